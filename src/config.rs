@@ -1,0 +1,259 @@
+//! Settings: built-in defaults, an environment file, then environment variables.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use serde::Deserialize;
+
+/// The defaults, compiled in so that the binary runs from any directory.
+const DEFAULTS: &str = include_str!("../config/default.toml");
+
+/// Every setting of the service; `config/default.toml` documents each key.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub database: DatabaseSettings,
+    pub queue: QueueSettings,
+    pub retry: RetrySettings,
+    pub log: LogSettings,
+    pub paths: PathSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ServerSettings {
+    pub host: String,
+    pub port: u16,
+    pub public_url: String,
+    pub request_deadline_secs: u64,
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct DatabaseSettings {
+    pub url: String,
+    pub pool_size: u32,
+    pub connect_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct QueueSettings {
+    pub url: String,
+    pub name: String,
+    pub concurrency: usize,
+    pub poll_interval_ms: u64,
+    pub max_deliveries: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct RetrySettings {
+    pub initial_interval_ms: u64,
+    pub max_interval_ms: u64,
+    pub multiplier: f64,
+    pub randomization_factor: f64,
+    pub max_elapsed_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct PathSettings {
+    pub data_dir: PathBuf,
+}
+
+/// Where the data lives, decided from `database.url`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatabaseUrl {
+    Postgres(String),
+    /// A file path (the `sqlite://` prefix removed).
+    Sqlite(PathBuf),
+}
+
+/// Where the queue lives, decided from `queue.url`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueueUrl {
+    Redis(String),
+    Sqlite(PathBuf),
+}
+
+impl Settings {
+    /// Loads the settings: defaults, then `<config_dir>/<SCIMSYNC_ENV>.toml`,
+    /// then `SCIMSYNC_*` variables, then `DATABASE_URL`, `REDIS_URL`, `PORT`.
+    pub fn load(config_dir: Option<&Path>) -> anyhow::Result<Self> {
+        let mut figment = Figment::from(Toml::string(DEFAULTS));
+        if let Ok(env_name) = std::env::var("SCIMSYNC_ENV") {
+            let dir = config_dir
+                .map(Path::to_path_buf)
+                .or_else(|| std::env::var_os("SCIMSYNC_CONFIG_DIR").map(PathBuf::from))
+                .unwrap_or_else(|| PathBuf::from("config"));
+            let file = dir.join(format!("{env_name}.toml"));
+            if !file.is_file() {
+                bail!(
+                    "SCIMSYNC_ENV={env_name} names {} which does not exist; create it or pass --config-dir",
+                    file.display()
+                );
+            }
+            figment = figment.merge(Toml::file(file));
+        }
+        figment = figment.merge(Env::prefixed("SCIMSYNC_").split("__").ignore(&[
+            "ENV",
+            "CONFIG_DIR",
+            "PUBLIC_URL",
+        ]));
+        let mut settings: Settings = figment
+            .extract()
+            .context("invalid configuration (see config/default.toml for every key)")?;
+        if let Ok(url) = std::env::var("SCIMSYNC_PUBLIC_URL") {
+            settings.server.public_url = url;
+        }
+        if let Ok(url) = std::env::var("DATABASE_URL") {
+            settings.database.url = url;
+        }
+        if let Ok(url) = std::env::var("REDIS_URL") {
+            settings.queue.url = url;
+        }
+        if let Ok(port) = std::env::var("PORT") {
+            settings.server.port = port
+                .parse()
+                .with_context(|| format!("PORT={port} is not a port number"))?;
+        }
+        settings.database_url()?;
+        settings.queue_url()?;
+        Ok(settings)
+    }
+
+    /// The database to use; refuses schemes it does not know with the fix.
+    pub fn database_url(&self) -> anyhow::Result<DatabaseUrl> {
+        let url = self.database.url.trim();
+        if url.is_empty() {
+            return Ok(DatabaseUrl::Sqlite(self.paths.data_dir.join("scimsync.db")));
+        }
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Ok(DatabaseUrl::Postgres(url.to_owned()));
+        }
+        if let Some(path) = url.strip_prefix("sqlite://") {
+            if path.is_empty() {
+                bail!(
+                    "DATABASE_URL=sqlite:// needs a file path, for example sqlite://data/scimsync.db"
+                );
+            }
+            return Ok(DatabaseUrl::Sqlite(PathBuf::from(path)));
+        }
+        bail!(
+            "DATABASE_URL has an unsupported scheme ({}); write postgres://USER:PASSWORD@HOST/DB \
+             or sqlite://PATH/TO/FILE.db, or leave it unset for the embedded SQLite default",
+            scheme_of(url)
+        )
+    }
+
+    /// The queue to use; refuses schemes it does not know with the fix.
+    pub fn queue_url(&self) -> anyhow::Result<QueueUrl> {
+        let url = self.queue.url.trim();
+        if url.is_empty() {
+            return Ok(QueueUrl::Sqlite(self.paths.data_dir.join("queue.db")));
+        }
+        if url.starts_with("redis://") || url.starts_with("rediss://") {
+            return Ok(QueueUrl::Redis(url.to_owned()));
+        }
+        if let Some(path) = url.strip_prefix("sqlite://") {
+            return Ok(QueueUrl::Sqlite(PathBuf::from(path)));
+        }
+        bail!(
+            "REDIS_URL has an unsupported scheme ({}); write redis://HOST:6379/0 (or rediss:// for TLS), \
+             or leave it unset for the embedded SQLite queue",
+            scheme_of(url)
+        )
+    }
+
+    /// The base URL clients use, without a trailing slash.
+    pub fn public_url(&self) -> String {
+        let url = self.server.public_url.trim().trim_end_matches('/');
+        if url.is_empty() {
+            format!("http://{}:{}", self.server.host, self.server.port)
+        } else {
+            url.to_owned()
+        }
+    }
+}
+
+/// The scheme of a URL for an error message, never the rest (it may hold a password).
+fn scheme_of(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, _)) => format!("{scheme}://"),
+        None => "no scheme".to_owned(),
+    }
+}
+
+/// A URL with its password replaced, for logs and `doctor` output.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings_with(db: &str, queue: &str) -> Settings {
+        let mut s: Settings = Figment::from(Toml::string(DEFAULTS))
+            .extract()
+            .expect("defaults parse");
+        s.database.url = db.into();
+        s.queue.url = queue.into();
+        s
+    }
+
+    #[test]
+    fn unset_urls_mean_embedded_sqlite_under_data_dir() {
+        let s = settings_with("", "");
+        assert_eq!(
+            s.database_url().expect("db"),
+            DatabaseUrl::Sqlite(PathBuf::from("data/scimsync.db"))
+        );
+        assert_eq!(
+            s.queue_url().expect("queue"),
+            QueueUrl::Sqlite(PathBuf::from("data/queue.db"))
+        );
+    }
+
+    #[test]
+    fn unknown_database_scheme_is_refused_with_the_fix() {
+        let s = settings_with("mysql://root:secret@localhost/x", "");
+        let err = s.database_url().expect_err("mysql refused").to_string();
+        assert!(err.contains("postgres://"), "{err}");
+        assert!(err.contains("sqlite://"), "{err}");
+        assert!(!err.contains("secret"), "password leaked: {err}");
+    }
+
+    #[test]
+    fn unknown_queue_scheme_is_refused_with_the_fix() {
+        let s = settings_with("", "amqp://localhost");
+        let err = s.queue_url().expect_err("amqp refused").to_string();
+        assert!(err.contains("redis://"), "{err}");
+    }
+
+    #[test]
+    fn redact_url_hides_password() {
+        assert_eq!(
+            redact_url("postgres://app:hunter2@db.example.com/scim"),
+            "postgres://app:***@db.example.com/scim"
+        );
+    }
+}

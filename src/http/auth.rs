@@ -1,0 +1,70 @@
+//! Bearer-token authentication: a token maps to exactly one organization.
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::AppState;
+use super::error::Error;
+use crate::ops::tokens::hash_token;
+use crate::scim::error::ScimError;
+use crate::store::tokens;
+
+/// The organization the request's token belongs to; every query is scoped by it.
+#[derive(Debug, Clone)]
+pub struct OrgId(pub String);
+
+fn unauthorized(detail: &str) -> Response {
+    let mut response = Error::Scim(ScimError::new(401, None, detail)).into_response();
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"scimsync\""),
+    );
+    response
+}
+
+/// Resolves `Authorization: Bearer <token>` to an [`OrgId`] or answers 401.
+///
+/// Only the SHA-256 of the token is looked up, so the comparison happens
+/// between hashes: timing reveals nothing about the token's characters.
+pub async fn require_token(
+    State(state): State<AppState>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let Some(value) = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return unauthorized("missing Authorization header; send Authorization: Bearer <token>");
+    };
+    let token = match value.split_once(' ') {
+        Some((scheme, token))
+            if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() =>
+        {
+            token.trim()
+        }
+        _ => return unauthorized("the Authorization header must be Bearer <token>"),
+    };
+    let hash = hash_token(token);
+    let found = state
+        .store
+        .run(move |c| {
+            let row = tokens::find_live_by_hash(c, &hash)?;
+            if let Some(row) = &row {
+                tokens::touch(c, &row.id)?;
+            }
+            Ok::<_, crate::store::Error>(row)
+        })
+        .await;
+    match found {
+        Ok(Some(row)) => {
+            req.extensions_mut().insert(OrgId(row.org_id));
+            next.run(req).await
+        }
+        Ok(None) => unauthorized("the bearer token is not valid or has been revoked"),
+        Err(e) => Error::from(e).into_response(),
+    }
+}

@@ -1,0 +1,127 @@
+//! HTTP: the SCIM API, discovery documents, health.
+
+pub mod auth;
+pub mod discovery;
+pub mod error;
+pub mod scim;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderName, Request, StatusCode};
+use axum::middleware;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+use crate::config::Settings;
+use crate::jobs::Queue;
+use crate::jobs::reply::Replies;
+use crate::store::Store;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub queue: Queue,
+    pub replies: Arc<Replies>,
+    pub settings: Arc<Settings>,
+    /// `<public_url>/scim/v2`
+    pub base_url: String,
+}
+
+const REQUEST_ID: &str = "x-request-id";
+
+/// The whole HTTP application.
+pub fn router(state: AppState) -> Router {
+    let body_limit = state.settings.server.max_body_bytes;
+    let scim_api = Router::new()
+        .route(
+            "/Users",
+            get(scim::list_user_resources).post(scim::create_user),
+        )
+        .route(
+            "/Users/{id}",
+            get(scim::get_user)
+                .put(scim::replace_user)
+                .patch(scim::patch_user)
+                .delete(scim::delete_user),
+        )
+        .route(
+            "/Groups",
+            get(scim::list_group_resources).post(scim::create_group),
+        )
+        .route(
+            "/Groups/{id}",
+            get(scim::get_group)
+                .put(scim::replace_group)
+                .patch(scim::patch_group)
+                .delete(scim::delete_group),
+        )
+        .route(
+            "/ServiceProviderConfig",
+            get(discovery::service_provider_config),
+        )
+        .route("/ResourceTypes", get(discovery::resource_types))
+        .route("/ResourceTypes/{id}", get(discovery::resource_type))
+        .route("/Schemas", get(discovery::schemas))
+        .route("/Schemas/{id}", get(discovery::schema))
+        .route("/Bulk", any(scim::not_implemented))
+        .route("/Me", any(scim::not_implemented))
+        .fallback(scim::not_found)
+        .method_not_allowed_fallback(scim::method_not_allowed)
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ))
+        .layer(middleware::map_response(scim::scim_errors));
+
+    let request_id = HeaderName::from_static(REQUEST_ID);
+    Router::new()
+        .nest("/scim/v2", scim_api)
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(state)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
+                let id = req
+                    .headers()
+                    .get(REQUEST_ID)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("-");
+                // The path only: query strings can carry filter values, and
+                // headers (Authorization) are never recorded.
+                tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path())
+            }),
+        )
+        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+}
+
+/// The process is up.
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// The database and the queue answer.
+async fn readyz(State(state): State<AppState>) -> Response {
+    let db = tokio::time::timeout(Duration::from_secs(3), state.store.ping()).await;
+    let queue = tokio::time::timeout(Duration::from_secs(3), state.queue.ping()).await;
+    let db_ok = matches!(db, Ok(Ok(())));
+    let queue_ok = matches!(queue, Ok(Ok(())));
+    let body = format!(
+        "database: {}\nqueue: {}\n",
+        if db_ok { "ok" } else { "unreachable" },
+        if queue_ok { "ok" } else { "unreachable" }
+    );
+    let status = if db_ok && queue_ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, body).into_response()
+}

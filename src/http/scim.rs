@@ -1,0 +1,793 @@
+//! SCIM endpoints: writes go through the queue and answer with the committed
+//! outcome; reads go straight to the database.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use axum::Extension;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use super::AppState;
+use super::auth::OrgId;
+use super::error::{Error, scim_response};
+use crate::jobs::{ChangeOp, ScimChange};
+use crate::reconcile::apply::{render_team, render_team_with, render_user};
+use crate::scim::ResourceKind;
+use crate::scim::error::{ScimError, ScimType};
+use crate::scim::filter::{
+    AttrPath, CompValue, Filter, matches, parse_attr_path, parse_filter, validate_filter,
+};
+use crate::scim::patch::parse_patch;
+use crate::scim::render::{etag, etag_matches};
+use crate::scim::resource::{
+    group_fields, group_member_ids, project, require_email, user_fields, validate_resource,
+};
+use crate::scim::schema::LIST_RESPONSE_SCHEMA;
+use crate::store::log::LogRow;
+use crate::store::teams::{self, TeamQuery};
+use crate::store::users::{self, UserQuery};
+
+/// Largest page a list returns; published in ServiceProviderConfig.
+pub const MAX_PAGE_SIZE: i64 = 200;
+/// Page size when the client names none.
+pub const DEFAULT_PAGE_SIZE: i64 = 100;
+/// Rows read per batch when a filter must be evaluated outside SQL.
+const SCAN_BATCH: i64 = 500;
+
+/// Parses a request body as JSON, whatever its Content-Type says.
+fn json_body(body: &Bytes) -> Result<Value, Error> {
+    if body.is_empty() {
+        return Err(ScimError::bad_request(
+            ScimType::InvalidSyntax,
+            "the request has no body; send a JSON object",
+        )
+        .into());
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        ScimError::bad_request(
+            ScimType::InvalidSyntax,
+            format!("the request body is not valid JSON: {e}"),
+        )
+        .into()
+    })
+}
+
+fn if_match(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(header::IF_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+/// Validates a User or Group body at ingest, so bad input never reaches the queue.
+fn validated(kind: ResourceKind, body: &Bytes) -> Result<Value, Error> {
+    let resource = validate_resource(kind, json_body(body)?)?;
+    match kind {
+        ResourceKind::User => {
+            let fields = user_fields(&resource)?;
+            require_email(&fields)?;
+        }
+        ResourceKind::Group => {
+            group_fields(&resource)?;
+            group_member_ids(&resource)?;
+        }
+    }
+    Ok(resource)
+}
+
+/// Queues a change and waits for its committed outcome until the deadline.
+async fn submit(state: &AppState, change: ScimChange) -> Result<Response, Error> {
+    let change_id = change.change_id.clone();
+    let waiter = state.replies.register(&change_id);
+    let queued = Instant::now();
+    state
+        .queue
+        .push(&change, state.settings.queue.max_deliveries)
+        .await
+        .map_err(|e| Error::Unavailable(format!("{e:#}")))?;
+    tracing::debug!(change_id, "change queued");
+    let deadline = queued + Duration::from_secs(state.settings.server.request_deadline_secs);
+    let mut poll = Duration::from_millis(20);
+    loop {
+        let now = Instant::now();
+        if now >= deadline {
+            tracing::warn!(
+                change_id,
+                "no outcome before the deadline; answering 503, the change will still apply"
+            );
+            return Err(Error::Unavailable(format!(
+                "change {change_id} was not applied within the request deadline"
+            )));
+        }
+        waiter.wait(poll.min(deadline - now)).await;
+        let id = change_id.clone();
+        // A failed read here is not a failed change: keep waiting.
+        match state
+            .store
+            .run(move |c| crate::store::log::find(c, &id).map_err(crate::store::Error::from))
+            .await
+        {
+            Ok(Some(row)) => return Ok(answer(&row)),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(change_id, error = %e, "cannot read the outcome yet"),
+        }
+        poll = (poll * 2).min(Duration::from_millis(500));
+    }
+}
+
+/// The HTTP answer for a committed outcome, exactly as the worker stored it.
+pub fn answer(row: &LogRow) -> Response {
+    let status = u16::try_from(row.status)
+        .ok()
+        .and_then(|s| StatusCode::from_u16(s).ok())
+        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let Some(text) = &row.response else {
+        return status.into_response();
+    };
+    let body: Value = serde_json::from_str(text).unwrap_or(Value::Null);
+    let mut response = scim_response(status, &body);
+    let headers = response.headers_mut();
+    if let Some(version) = body.pointer("/meta/version").and_then(Value::as_str)
+        && let Ok(v) = HeaderValue::from_str(version)
+    {
+        headers.insert(header::ETAG, v);
+    }
+    if status == StatusCode::CREATED
+        && let Some(location) = body.pointer("/meta/location").and_then(Value::as_str)
+        && let Ok(v) = HeaderValue::from_str(location)
+    {
+        headers.insert(header::LOCATION, v);
+    }
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        headers.insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(super::error::RETRY_AFTER_SECS),
+        );
+    }
+    response
+}
+
+async fn create(
+    kind: ResourceKind,
+    state: AppState,
+    org: OrgId,
+    body: Bytes,
+) -> Result<Response, Error> {
+    let resource = validated(kind, &body)?;
+    let id = uuid::Uuid::new_v4().to_string();
+    let change = ScimChange::new(
+        &org.0,
+        &state.base_url,
+        ChangeOp::Create { kind, id, resource },
+    );
+    submit(&state, change).await
+}
+
+async fn replace(
+    kind: ResourceKind,
+    state: AppState,
+    org: OrgId,
+    id: String,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Error> {
+    let resource = validated(kind, &body)?;
+    let change = ScimChange::new(
+        &org.0,
+        &state.base_url,
+        ChangeOp::Replace {
+            kind,
+            id,
+            resource,
+            if_match: if_match(&headers),
+        },
+    );
+    submit(&state, change).await
+}
+
+async fn patch(
+    kind: ResourceKind,
+    state: AppState,
+    org: OrgId,
+    id: String,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Error> {
+    let body = json_body(&body)?;
+    parse_patch(&body)?;
+    let change = ScimChange::new(
+        &org.0,
+        &state.base_url,
+        ChangeOp::Patch {
+            kind,
+            id,
+            body,
+            if_match: if_match(&headers),
+        },
+    );
+    submit(&state, change).await
+}
+
+async fn delete(
+    kind: ResourceKind,
+    state: AppState,
+    org: OrgId,
+    id: String,
+    headers: HeaderMap,
+) -> Result<Response, Error> {
+    let change = ScimChange::new(
+        &org.0,
+        &state.base_url,
+        ChangeOp::Delete {
+            kind,
+            id,
+            if_match: if_match(&headers),
+        },
+    );
+    submit(&state, change).await
+}
+
+/// Query parameters, looked up case-insensitively.
+struct Params(HashMap<String, String>);
+
+impl Params {
+    fn new(raw: HashMap<String, String>) -> Self {
+        Params(
+            raw.into_iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), v))
+                .collect(),
+        )
+    }
+
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0.get(&name.to_ascii_lowercase()).map(String::as_str)
+    }
+
+    fn int(&self, name: &str) -> Result<Option<i64>, Error> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(v) => v.trim().parse::<i64>().map(Some).map_err(|_| {
+                ScimError::bad_request(
+                    ScimType::InvalidValue,
+                    format!("{name} must be an integer, got \"{v}\""),
+                )
+                .into()
+            }),
+        }
+    }
+
+    fn paths(&self, name: &str) -> Result<Vec<AttrPath>, Error> {
+        match self.get(name) {
+            None => Ok(Vec::new()),
+            Some(list) => list
+                .split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(|p| parse_attr_path(p).map_err(Error::from))
+                .collect(),
+        }
+    }
+}
+
+/// What `attributes` / `excludedAttributes` ask for.
+struct Projection {
+    attributes: Vec<AttrPath>,
+    excluded: Vec<AttrPath>,
+}
+
+impl Projection {
+    fn from_params(params: &Params) -> Result<Self, Error> {
+        Ok(Projection {
+            attributes: params.paths("attributes")?,
+            excluded: params.paths("excludedAttributes")?,
+        })
+    }
+
+    fn apply(&self, kind: ResourceKind, resource: &mut Value) {
+        if !self.attributes.is_empty() || !self.excluded.is_empty() {
+            project(kind, resource, &self.attributes, &self.excluded);
+        }
+    }
+
+    /// Whether a group's members must be loaded to answer.
+    fn wants_members(&self) -> bool {
+        let is_members = |p: &AttrPath| p.name.eq_ignore_ascii_case("members");
+        if self
+            .excluded
+            .iter()
+            .any(|p| is_members(p) && p.sub.is_none())
+        {
+            return false;
+        }
+        self.attributes.is_empty() || self.attributes.iter().any(is_members)
+    }
+}
+
+async fn get_one(
+    kind: ResourceKind,
+    state: AppState,
+    org: OrgId,
+    id: String,
+    params: HashMap<String, String>,
+    headers: HeaderMap,
+) -> Result<Response, Error> {
+    let params = Params::new(params);
+    let projection = Projection::from_params(&params)?;
+    let with_members = projection.wants_members();
+    let base = state.base_url.clone();
+    let found = state
+        .store
+        .run(
+            move |c| -> Result<Option<(Value, i64)>, crate::store::Error> {
+                Ok(match kind {
+                    ResourceKind::User => match users::find(c, &org.0, &id)? {
+                        Some(row) => Some((render_user(&row, &base)?, row.version)),
+                        None => None,
+                    },
+                    ResourceKind::Group => match teams::find(c, &org.0, &id)? {
+                        Some(row) if with_members => {
+                            Some((render_team(c, &row, &base)?, row.version))
+                        }
+                        Some(row) => Some((render_team_with(&row, &base, None)?, row.version)),
+                        None => None,
+                    },
+                })
+            },
+        )
+        .await?;
+    let Some((mut resource, version)) = found else {
+        return Err(ScimError::not_found(format!(
+            "{} not found",
+            match kind {
+                ResourceKind::User => "User",
+                ResourceKind::Group => "Group",
+            }
+        ))
+        .into());
+    };
+    if let Some(tags) = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        && etag_matches(tags, version)
+    {
+        let mut response = StatusCode::NOT_MODIFIED.into_response();
+        if let Ok(v) = HeaderValue::from_str(&etag(version)) {
+            response.headers_mut().insert(header::ETAG, v);
+        }
+        return Ok(response);
+    }
+    projection.apply(kind, &mut resource);
+    let mut response = scim_response(StatusCode::OK, &resource);
+    if let Ok(v) = HeaderValue::from_str(&etag(version)) {
+        response.headers_mut().insert(header::ETAG, v);
+    }
+    Ok(response)
+}
+
+/// The parts of a filter that run in SQL, and whether anything is left over.
+fn user_query(filter: Option<&Filter>) -> (UserQuery, bool) {
+    let mut q = UserQuery::default();
+    let Some(filter) = filter else {
+        return (q, false);
+    };
+    let mut residual = false;
+    for term in filter.conjuncts() {
+        let pushed = match term.as_simple_eq() {
+            Some((path, value)) if is_core_attr(path, ResourceKind::User) => {
+                match (
+                    path.name.to_ascii_lowercase().as_str(),
+                    path.sub.as_deref(),
+                    value,
+                ) {
+                    ("username", None, CompValue::Str(s)) => {
+                        set(&mut q.user_name_key, s.to_lowercase())
+                    }
+                    ("externalid", None, CompValue::Str(s)) => set(&mut q.external_id, s.clone()),
+                    ("displayname", None, CompValue::Str(s)) => {
+                        set(&mut q.display_name_key, s.to_lowercase())
+                    }
+                    ("id", None, CompValue::Str(s)) => set(&mut q.id, s.clone()),
+                    ("active", None, CompValue::Bool(b)) => set(&mut q.active, *b),
+                    _ => false,
+                }
+            }
+            _ => false,
+        };
+        residual |= !pushed;
+    }
+    (q, residual)
+}
+
+fn team_query(filter: Option<&Filter>) -> (TeamQuery, bool) {
+    let mut q = TeamQuery::default();
+    let Some(filter) = filter else {
+        return (q, false);
+    };
+    let mut residual = false;
+    for term in filter.conjuncts() {
+        let pushed = match term.as_simple_eq() {
+            Some((path, value)) if is_core_attr(path, ResourceKind::Group) => {
+                match (
+                    path.name.to_ascii_lowercase().as_str(),
+                    path.sub.as_deref(),
+                    value,
+                ) {
+                    ("displayname", None, CompValue::Str(s)) => {
+                        set(&mut q.display_name_key, s.to_lowercase())
+                    }
+                    ("externalid", None, CompValue::Str(s)) => set(&mut q.external_id, s.clone()),
+                    ("id", None, CompValue::Str(s)) => set(&mut q.id, s.clone()),
+                    ("members", None | Some("value"), CompValue::Str(s)) => {
+                        set(&mut q.member_id, s.clone())
+                    }
+                    _ => false,
+                }
+            }
+            _ => false,
+        };
+        residual |= !pushed;
+    }
+    (q, residual)
+}
+
+/// Sets a SQL condition unless one is already set (a second `userName eq`
+/// in one conjunction is left to the evaluator).
+fn set<T>(slot: &mut Option<T>, value: T) -> bool {
+    if slot.is_some() {
+        return false;
+    }
+    *slot = Some(value);
+    true
+}
+
+fn is_core_attr(path: &AttrPath, kind: ResourceKind) -> bool {
+    let core = match kind {
+        ResourceKind::User => crate::scim::schema::USER_SCHEMA,
+        ResourceKind::Group => crate::scim::schema::GROUP_SCHEMA,
+    };
+    path.urn
+        .as_deref()
+        .is_none_or(|u| u.eq_ignore_ascii_case(core))
+}
+
+/// One page of resources and the total.
+struct Page {
+    total: i64,
+    resources: Vec<Value>,
+}
+
+async fn list(
+    kind: ResourceKind,
+    state: AppState,
+    org: OrgId,
+    params: HashMap<String, String>,
+) -> Result<Response, Error> {
+    let params = Params::new(params);
+    let filter = match params.get("filter") {
+        Some(f) if !f.trim().is_empty() => {
+            let filter = parse_filter(f)?;
+            validate_filter(&filter, kind)?;
+            Some(filter)
+        }
+        _ => None,
+    };
+    let start = params.int("startIndex")?.unwrap_or(1).max(1);
+    let count = params
+        .int("count")?
+        .unwrap_or(DEFAULT_PAGE_SIZE)
+        .clamp(0, MAX_PAGE_SIZE);
+    let projection = Projection::from_params(&params)?;
+    let with_members = projection.wants_members();
+    let base = state.base_url.clone();
+    let page = state
+        .store
+        .run(move |c| -> Result<Page, crate::store::Error> {
+            match kind {
+                ResourceKind::User => list_users(c, &org.0, filter.as_ref(), start, count, &base),
+                ResourceKind::Group => list_teams(
+                    c,
+                    &org.0,
+                    filter.as_ref(),
+                    start,
+                    count,
+                    &base,
+                    with_members,
+                ),
+            }
+        })
+        .await?;
+    let mut resources = page.resources;
+    for r in &mut resources {
+        projection.apply(kind, r);
+    }
+    let body = json!({
+        "schemas": [LIST_RESPONSE_SCHEMA],
+        "totalResults": page.total,
+        "startIndex": start,
+        "itemsPerPage": resources.len(),
+        "Resources": resources,
+    });
+    Ok(scim_response(StatusCode::OK, &body))
+}
+
+fn window(start: i64, count: i64) -> (i64, i64) {
+    (start - 1, count)
+}
+
+fn list_users(
+    c: &mut crate::store::Conn,
+    org: &str,
+    filter: Option<&Filter>,
+    start: i64,
+    count: i64,
+    base: &str,
+) -> Result<Page, crate::store::Error> {
+    let (q, residual) = user_query(filter);
+    let (offset, limit) = window(start, count);
+    let Some(filter) = filter.filter(|_| residual) else {
+        let total = users::count(c, org, &q)?;
+        let rows = if limit > 0 {
+            users::page(c, org, &q, offset, limit)?
+        } else {
+            Vec::new()
+        };
+        let resources = rows
+            .iter()
+            .map(|r| render_user(r, base))
+            .collect::<Result<_, _>>()?;
+        return Ok(Page { total, resources });
+    };
+    // Evaluate the rest of the filter batch by batch: memory stays bounded
+    // by the batch and the page, whatever the tenant's size.
+    let mut total = 0;
+    let mut resources = Vec::new();
+    let mut after = None;
+    loop {
+        let rows = users::scan(c, org, &q, after.take(), SCAN_BATCH)?;
+        let Some(last) = rows.last() else { break };
+        after = Some((last.created_at, last.id.clone()));
+        for row in &rows {
+            let resource = render_user(row, base)?;
+            if matches(filter, ResourceKind::User, &resource) {
+                if total >= offset && total < offset + limit {
+                    resources.push(resource);
+                }
+                total += 1;
+            }
+        }
+        if i64::try_from(rows.len()).unwrap_or(0) < SCAN_BATCH {
+            break;
+        }
+    }
+    Ok(Page { total, resources })
+}
+
+fn list_teams(
+    c: &mut crate::store::Conn,
+    org: &str,
+    filter: Option<&Filter>,
+    start: i64,
+    count: i64,
+    base: &str,
+    with_members: bool,
+) -> Result<Page, crate::store::Error> {
+    let (q, residual) = team_query(filter);
+    let (offset, limit) = window(start, count);
+    let render = |c: &mut crate::store::Conn, row: &teams::TeamRow, members: bool| {
+        if members {
+            render_team(c, row, base)
+        } else {
+            render_team_with(row, base, None)
+        }
+    };
+    let Some(filter) = filter.filter(|_| residual) else {
+        let total = teams::count(c, org, &q)?;
+        let rows = if limit > 0 {
+            teams::page(c, org, &q, offset, limit)?
+        } else {
+            Vec::new()
+        };
+        let mut resources = Vec::with_capacity(rows.len());
+        for row in &rows {
+            resources.push(render(c, row, with_members)?);
+        }
+        return Ok(Page { total, resources });
+    };
+    let mut total = 0;
+    let mut resources = Vec::new();
+    let mut after = None;
+    loop {
+        let rows = teams::scan(c, org, &q, after.take(), SCAN_BATCH)?;
+        let Some(last) = rows.last() else { break };
+        after = Some((last.created_at, last.id.clone()));
+        for row in &rows {
+            // Members are loaded only when the filter could look at them.
+            let resource = render(c, row, true)?;
+            if matches(filter, ResourceKind::Group, &resource) {
+                if total >= offset && total < offset + limit {
+                    let resource = if with_members {
+                        resource
+                    } else {
+                        render(c, row, false)?
+                    };
+                    resources.push(resource);
+                }
+                total += 1;
+            }
+        }
+        if i64::try_from(rows.len()).unwrap_or(0) < SCAN_BATCH {
+            break;
+        }
+    }
+    Ok(Page { total, resources })
+}
+
+// Route handlers: one per method and resource type, each a thin wrapper.
+
+pub async fn create_user(
+    State(s): State<AppState>,
+    Extension(o): Extension<OrgId>,
+    body: Bytes,
+) -> Result<Response, Error> {
+    create(ResourceKind::User, s, o, body).await
+}
+
+pub async fn create_group(
+    State(s): State<AppState>,
+    Extension(o): Extension<OrgId>,
+    body: Bytes,
+) -> Result<Response, Error> {
+    create(ResourceKind::Group, s, o, body).await
+}
+
+pub async fn list_user_resources(
+    State(s): State<AppState>,
+    Extension(o): Extension<OrgId>,
+    Query(p): Query<HashMap<String, String>>,
+) -> Result<Response, Error> {
+    list(ResourceKind::User, s, o, p).await
+}
+
+pub async fn list_group_resources(
+    State(s): State<AppState>,
+    Extension(o): Extension<OrgId>,
+    Query(p): Query<HashMap<String, String>>,
+) -> Result<Response, Error> {
+    list(ResourceKind::Group, s, o, p).await
+}
+
+pub async fn get_user(
+    State(s): State<AppState>,
+    Extension(o): Extension<OrgId>,
+    Path(id): Path<String>,
+    Query(p): Query<HashMap<String, String>>,
+    h: HeaderMap,
+) -> Result<Response, Error> {
+    get_one(ResourceKind::User, s, o, id, p, h).await
+}
+
+pub async fn get_group(
+    State(s): State<AppState>,
+    Extension(o): Extension<OrgId>,
+    Path(id): Path<String>,
+    Query(p): Query<HashMap<String, String>>,
+    h: HeaderMap,
+) -> Result<Response, Error> {
+    get_one(ResourceKind::Group, s, o, id, p, h).await
+}
+
+pub async fn replace_user(
+    State(s): State<AppState>,
+    Extension(o): Extension<OrgId>,
+    Path(id): Path<String>,
+    h: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Error> {
+    replace(ResourceKind::User, s, o, id, h, body).await
+}
+
+pub async fn replace_group(
+    State(s): State<AppState>,
+    Extension(o): Extension<OrgId>,
+    Path(id): Path<String>,
+    h: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Error> {
+    replace(ResourceKind::Group, s, o, id, h, body).await
+}
+
+pub async fn patch_user(
+    State(s): State<AppState>,
+    Extension(o): Extension<OrgId>,
+    Path(id): Path<String>,
+    h: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Error> {
+    patch(ResourceKind::User, s, o, id, h, body).await
+}
+
+pub async fn patch_group(
+    State(s): State<AppState>,
+    Extension(o): Extension<OrgId>,
+    Path(id): Path<String>,
+    h: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Error> {
+    patch(ResourceKind::Group, s, o, id, h, body).await
+}
+
+pub async fn delete_user(
+    State(s): State<AppState>,
+    Extension(o): Extension<OrgId>,
+    Path(id): Path<String>,
+    h: HeaderMap,
+) -> Result<Response, Error> {
+    delete(ResourceKind::User, s, o, id, h).await
+}
+
+pub async fn delete_group(
+    State(s): State<AppState>,
+    Extension(o): Extension<OrgId>,
+    Path(id): Path<String>,
+    h: HeaderMap,
+) -> Result<Response, Error> {
+    delete(ResourceKind::Group, s, o, id, h).await
+}
+
+/// `/Bulk` and `/Me`: not offered (ServiceProviderConfig says so).
+pub async fn not_implemented() -> Response {
+    Error::Scim(ScimError::new(
+        501,
+        None,
+        "this endpoint is not implemented; send one request per resource",
+    ))
+    .into_response()
+}
+
+/// Any path under `/scim/v2` that names no endpoint.
+pub async fn not_found() -> Response {
+    Error::Scim(ScimError::not_found(
+        "no such endpoint; the SCIM endpoints are /Users, /Groups, /ServiceProviderConfig, /ResourceTypes and /Schemas",
+    ))
+    .into_response()
+}
+
+/// Gives every error that axum itself produces (a body over the size
+/// limit, an unreadable path) the SCIM error body that clients expect.
+pub async fn scim_errors(response: Response) -> Response {
+    let status = response.status();
+    let is_scim = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/scim+json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_scim {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+    let detail = match String::from_utf8_lossy(&text).trim() {
+        "" => status.canonical_reason().unwrap_or("error").to_owned(),
+        t => t.to_owned(),
+    };
+    let mut rebuilt = Error::Scim(ScimError::new(status.as_u16(), None, detail)).into_response();
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            rebuilt.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    rebuilt
+}
+
+/// A known path with a method it does not accept.
+pub async fn method_not_allowed() -> Response {
+    Error::Scim(ScimError::new(
+        405,
+        None,
+        "this method is not allowed on this endpoint",
+    ))
+    .into_response()
+}

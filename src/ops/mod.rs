@@ -1,0 +1,4 @@
+//! Operations shared by the CLI and (later) the admin pages; plain data in and out.
+
+pub mod orgs;
+pub mod tokens;

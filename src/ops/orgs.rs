@@ -1,0 +1,91 @@
+//! Organizations: create, list, and the first-start default.
+
+use anyhow::{Context, bail};
+
+use super::tokens::{self, IssuedToken};
+use crate::store::{Store, orgs};
+
+/// An organization as listed.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct OrgInfo {
+    pub slug: String,
+    pub name: String,
+    pub notify_email: Option<String>,
+    pub created_at: String,
+}
+
+impl From<orgs::Org> for OrgInfo {
+    fn from(o: orgs::Org) -> Self {
+        OrgInfo {
+            slug: o.slug,
+            name: o.name,
+            notify_email: o.notify_email,
+            created_at: o
+                .created_at
+                .and_utc()
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        }
+    }
+}
+
+/// Slugs are short lower-case names used in URLs and commands.
+fn check_slug(slug: &str) -> anyhow::Result<()> {
+    let ok = !slug.is_empty()
+        && slug.len() <= 63
+        && slug
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !slug.starts_with('-');
+    if !ok {
+        bail!(
+            "\"{slug}\" is not a valid slug: use 1-63 lower-case letters, digits and dashes, e.g. acme-corp"
+        );
+    }
+    Ok(())
+}
+
+pub async fn create(
+    store: &Store,
+    slug: &str,
+    name: Option<&str>,
+    notify: Option<&str>,
+) -> anyhow::Result<OrgInfo> {
+    check_slug(slug)?;
+    if let Some(email) = notify
+        && !email.contains('@')
+    {
+        bail!("--notify must be an email address, got \"{email}\"");
+    }
+    let slug = slug.to_owned();
+    let name = name.unwrap_or(&slug).to_owned();
+    let notify = notify.map(str::to_owned);
+    store
+        .run(move |c| -> anyhow::Result<OrgInfo> {
+            if orgs::find_by_slug(c, &slug)?.is_some() {
+                bail!("an organization \"{slug}\" already exists");
+            }
+            Ok(orgs::insert(c, &slug, &name, notify.as_deref())?.into())
+        })
+        .await
+        .context("cannot create the organization")
+}
+
+pub async fn list(store: &Store) -> anyhow::Result<Vec<OrgInfo>> {
+    let rows = store
+        .run(|c| orgs::list(c).map_err(crate::store::Error::from))
+        .await?;
+    Ok(rows.into_iter().map(OrgInfo::from).collect())
+}
+
+/// On an empty database, creates the organization `default` and a token for
+/// it; returns the token to show once. Does nothing otherwise.
+pub async fn bootstrap_default(store: &Store) -> anyhow::Result<Option<IssuedToken>> {
+    let count = store
+        .run(|c| orgs::count(c).map_err(crate::store::Error::from))
+        .await?;
+    if count > 0 {
+        return Ok(None);
+    }
+    create(store, "default", Some("Default organization"), None).await?;
+    Ok(Some(tokens::create(store, "default", "first token").await?))
+}

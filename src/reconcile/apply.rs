@@ -1,0 +1,553 @@
+//! Applying one change: idempotency check, the change, its log row, in one
+//! transaction.
+
+use std::time::Instant;
+
+use diesel::Connection;
+use serde_json::Value;
+
+use crate::jobs::{ChangeOp, ScimChange};
+use crate::scim::ResourceKind;
+use crate::scim::error::{ScimError, ScimType};
+use crate::scim::patch::{MemberChange, apply_patch, parse_patch};
+use crate::scim::render::{self, MemberRef};
+use crate::scim::resource::{group_fields, group_member_ids, require_email, user_fields};
+use crate::store::log::LogRow;
+use crate::store::teams::TeamRow;
+use crate::store::users::UserRow;
+use crate::store::{self, Conn, log, now, teams, users};
+
+/// Why a change did not apply.
+#[derive(Debug)]
+enum ApplyError {
+    /// The change is wrong for the current state: a committed outcome.
+    Rejected(ScimError),
+    /// The database failed: roll back and let the caller decide.
+    Store(store::Error),
+}
+
+impl From<diesel::result::Error> for ApplyError {
+    fn from(e: diesel::result::Error) -> Self {
+        ApplyError::Store(store::Error::Query(e))
+    }
+}
+
+impl From<ScimError> for ApplyError {
+    fn from(e: ScimError) -> Self {
+        ApplyError::Rejected(e)
+    }
+}
+
+impl From<store::Error> for ApplyError {
+    fn from(e: store::Error) -> Self {
+        ApplyError::Store(e)
+    }
+}
+
+/// A change that applied: the answer to give, and what the log shows.
+struct Applied {
+    status: u16,
+    body: Option<Value>,
+    subject: Option<String>,
+}
+
+/// Applies `change` in one transaction and returns its log row. A change
+/// already in the log is not applied again: its stored outcome is returned.
+pub fn apply_once(
+    conn: &mut Conn,
+    change: &ScimChange,
+    attempts: i32,
+) -> Result<LogRow, store::Error> {
+    conn.transaction::<LogRow, store::Error, _>(|c| {
+        if let Some(done) = log::find(c, &change.change_id)? {
+            return Ok(done);
+        }
+        let started = Instant::now();
+        // A savepoint: a rejected change leaves no trace but its log row.
+        let result = c.transaction::<Applied, ApplyError, _>(|c| apply_op(c, change));
+        let mut row = LogRow {
+            change_id: change.change_id.clone(),
+            org_id: change.org_id.clone(),
+            operation: change.op.name().to_owned(),
+            resource_type: kind_name(change.op.kind()).to_owned(),
+            resource_id: Some(change.op.id().to_owned()),
+            subject: None,
+            outcome: String::new(),
+            status: 0,
+            response: None,
+            error: None,
+            attempts,
+            received_at: change.received_at.naive_utc(),
+            applied_at: now(),
+            duration_ms: 0,
+        };
+        match result {
+            Ok(applied) => {
+                row.outcome = "applied".into();
+                row.status = i32::from(applied.status);
+                row.response = applied.body.map(|b| b.to_string());
+                row.subject = applied.subject;
+            }
+            Err(ApplyError::Rejected(e)) => {
+                row.outcome = "rejected".into();
+                row.status = i32::from(e.status);
+                row.response = Some(e.to_json().to_string());
+                row.error = Some(e.detail.clone());
+                row.subject = subject_of(&change.op);
+            }
+            Err(ApplyError::Store(e)) => return Err(e),
+        }
+        row.duration_ms = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
+        log::insert(c, &row)?;
+        Ok(row)
+    })
+}
+
+/// Records a change that could not be applied at all, unless an outcome
+/// was committed meanwhile.
+pub fn record_dead_once(
+    conn: &mut Conn,
+    change: &ScimChange,
+    attempts: i32,
+    transient: bool,
+    error: &str,
+) -> Result<LogRow, store::Error> {
+    conn.transaction::<LogRow, store::Error, _>(|c| {
+        if let Some(done) = log::find(c, &change.change_id)? {
+            return Ok(done);
+        }
+        let status: u16 = if transient { 503 } else { 500 };
+        let answer = ScimError::new(
+            status,
+            None,
+            format!(
+                "the change could not be applied after {attempts} attempts and was recorded as dead; \
+                 send it again later, or ask an operator to retry change {}",
+                change.change_id
+            ),
+        );
+        let row = LogRow {
+            change_id: change.change_id.clone(),
+            org_id: change.org_id.clone(),
+            operation: change.op.name().to_owned(),
+            resource_type: kind_name(change.op.kind()).to_owned(),
+            resource_id: Some(change.op.id().to_owned()),
+            subject: subject_of(&change.op),
+            outcome: "dead".into(),
+            status: i32::from(status),
+            response: Some(answer.to_json().to_string()),
+            error: Some(error.to_owned()),
+            attempts,
+            received_at: change.received_at.naive_utc(),
+            applied_at: now(),
+            duration_ms: 0,
+        };
+        log::insert(c, &row)?;
+        Ok(row)
+    })
+}
+
+pub fn kind_name(kind: ResourceKind) -> &'static str {
+    match kind {
+        ResourceKind::User => "User",
+        ResourceKind::Group => "Group",
+    }
+}
+
+/// The userName or displayName a change names, for the log.
+fn subject_of(op: &ChangeOp) -> Option<String> {
+    let resource = match op {
+        ChangeOp::Create { resource, .. } | ChangeOp::Replace { resource, .. } => resource,
+        _ => return None,
+    };
+    ["userName", "displayName"]
+        .iter()
+        .find_map(|k| resource.get(*k).and_then(Value::as_str))
+        .map(str::to_owned)
+}
+
+fn apply_op(c: &mut Conn, change: &ScimChange) -> Result<Applied, ApplyError> {
+    let org = change.org_id.as_str();
+    let base = change.base_url.as_str();
+    match &change.op {
+        ChangeOp::Create {
+            kind: ResourceKind::User,
+            id,
+            resource,
+        } => {
+            let row = new_user_row(org, id, resource.clone())?;
+            ensure_user_name_free(c, org, &row.user_name_key, &row.user_name, None)?;
+            users::insert(c, &row)?;
+            Ok(Applied {
+                status: 201,
+                subject: Some(row.user_name.clone()),
+                body: Some(render_user(&row, base)?),
+            })
+        }
+        ChangeOp::Create {
+            kind: ResourceKind::Group,
+            id,
+            resource,
+        } => {
+            let member_ids = group_member_ids(resource)?;
+            let row = new_team_row(org, id, resource.clone())?;
+            ensure_team_name_free(c, org, &row.display_name_key, &row.display_name, None)?;
+            teams::insert(c, &row)?;
+            add_members(c, org, id, &member_ids)?;
+            Ok(Applied {
+                status: 201,
+                subject: Some(row.display_name.clone()),
+                body: Some(render_team(c, &row, base)?),
+            })
+        }
+        ChangeOp::Replace {
+            kind: ResourceKind::User,
+            id,
+            resource,
+            if_match,
+        } => {
+            let old = find_user(c, org, id)?;
+            check_version(if_match.as_deref(), old.version)?;
+            let mut row = new_user_row(org, id, resource.clone())?;
+            ensure_user_name_free(c, org, &row.user_name_key, &row.user_name, Some(id))?;
+            row.created_at = old.created_at;
+            row.version = old.version + 1;
+            if !users::update(c, &row, old.version)? {
+                return Err(ApplyError::Store(store::Error::Contended));
+            }
+            Ok(Applied {
+                status: 200,
+                subject: Some(row.user_name.clone()),
+                body: Some(render_user(&row, base)?),
+            })
+        }
+        ChangeOp::Replace {
+            kind: ResourceKind::Group,
+            id,
+            resource,
+            if_match,
+        } => {
+            let old = find_team(c, org, id)?;
+            check_version(if_match.as_deref(), old.version)?;
+            let member_ids = group_member_ids(resource)?;
+            let mut row = new_team_row(org, id, resource.clone())?;
+            ensure_team_name_free(c, org, &row.display_name_key, &row.display_name, Some(id))?;
+            row.created_at = old.created_at;
+            row.version = old.version + 1;
+            if !teams::update(c, &row, old.version)? {
+                return Err(ApplyError::Store(store::Error::Contended));
+            }
+            // PUT replaces the whole resource, members included (RFC 7644 §3.5.1).
+            teams::remove_all_members(c, id)?;
+            add_members(c, org, id, &member_ids)?;
+            Ok(Applied {
+                status: 200,
+                subject: Some(row.display_name.clone()),
+                body: Some(render_team(c, &row, base)?),
+            })
+        }
+        ChangeOp::Patch {
+            kind: ResourceKind::User,
+            id,
+            body,
+            if_match,
+        } => {
+            let old = find_user(c, org, id)?;
+            check_version(if_match.as_deref(), old.version)?;
+            let ops = parse_patch(body)?;
+            let mut resource = stored_resource(&old.resource)?;
+            let before = resource.clone();
+            apply_patch(ResourceKind::User, &mut resource, &ops)?;
+            if resource == before {
+                // Entra re-sends unchanged values every cycle; a no-op
+                // keeps the version (and ETag) as it was.
+                return Ok(Applied {
+                    status: 200,
+                    subject: Some(old.user_name.clone()),
+                    body: Some(render_user(&old, base)?),
+                });
+            }
+            let mut row = new_user_row(org, id, resource)?;
+            ensure_user_name_free(c, org, &row.user_name_key, &row.user_name, Some(id))?;
+            row.created_at = old.created_at;
+            row.version = old.version + 1;
+            if !users::update(c, &row, old.version)? {
+                return Err(ApplyError::Store(store::Error::Contended));
+            }
+            Ok(Applied {
+                status: 200,
+                subject: Some(row.user_name.clone()),
+                body: Some(render_user(&row, base)?),
+            })
+        }
+        ChangeOp::Patch {
+            kind: ResourceKind::Group,
+            id,
+            body,
+            if_match,
+        } => {
+            let old = find_team(c, org, id)?;
+            check_version(if_match.as_deref(), old.version)?;
+            let ops = parse_patch(body)?;
+            let mut resource = stored_resource(&old.resource)?;
+            let before = resource.clone();
+            let member_changes = apply_patch(ResourceKind::Group, &mut resource, &ops)?;
+            let mut changed = false;
+            if resource != before {
+                let mut row = new_team_row(org, id, resource)?;
+                ensure_team_name_free(c, org, &row.display_name_key, &row.display_name, Some(id))?;
+                row.created_at = old.created_at;
+                row.version = old.version + 1;
+                if !teams::update(c, &row, old.version)? {
+                    return Err(ApplyError::Store(store::Error::Contended));
+                }
+                changed = true;
+            }
+            let mut members_changed = false;
+            for mc in &member_changes {
+                members_changed |= match mc {
+                    MemberChange::Add(ids) => add_members(c, org, id, ids)? > 0,
+                    MemberChange::Remove(ids) => teams::remove_members(c, id, ids)? > 0,
+                    MemberChange::RemoveAll => teams::remove_all_members(c, id)? > 0,
+                    MemberChange::ReplaceAll(ids) => {
+                        let removed = teams::remove_all_members(c, id)?;
+                        let added = add_members(c, org, id, ids)?;
+                        removed > 0 || added > 0
+                    }
+                };
+            }
+            if members_changed && !changed {
+                teams::bump_version(c, org, id)?;
+            }
+            // Entra ID asks for 204 on group PATCH: a body listing every
+            // member would be large and is not read.
+            Ok(Applied {
+                status: 204,
+                subject: Some(old.display_name.clone()),
+                body: None,
+            })
+        }
+        ChangeOp::Delete {
+            kind: ResourceKind::User,
+            id,
+            if_match,
+        } => {
+            let old = find_user(c, org, id)?;
+            check_version(if_match.as_deref(), old.version)?;
+            users::delete(c, org, id)?;
+            Ok(Applied {
+                status: 204,
+                subject: Some(old.user_name),
+                body: None,
+            })
+        }
+        ChangeOp::Delete {
+            kind: ResourceKind::Group,
+            id,
+            if_match,
+        } => {
+            let old = find_team(c, org, id)?;
+            check_version(if_match.as_deref(), old.version)?;
+            teams::delete(c, org, id)?;
+            Ok(Applied {
+                status: 204,
+                subject: Some(old.display_name),
+                body: None,
+            })
+        }
+    }
+}
+
+fn stored_resource(text: &str) -> Result<Value, ApplyError> {
+    serde_json::from_str(text).map_err(|e| {
+        ApplyError::Store(store::Error::Corrupt(format!(
+            "stored resource is not JSON: {e}"
+        )))
+    })
+}
+
+fn check_version(if_match: Option<&str>, version: i64) -> Result<(), ScimError> {
+    match if_match {
+        None => Ok(()),
+        Some(tags) if render::etag_matches(tags, version) => Ok(()),
+        Some(_) => Err(ScimError::new(
+            412,
+            Some(ScimType::InvalidVers),
+            format!(
+                "If-Match does not match the current version {}; GET the resource and retry with its meta.version",
+                render::etag(version)
+            ),
+        )),
+    }
+}
+
+fn find_user(c: &mut Conn, org: &str, id: &str) -> Result<UserRow, ApplyError> {
+    users::find(c, org, id)?
+        .ok_or_else(|| ScimError::not_found(format!("User {id} not found")).into())
+}
+
+fn find_team(c: &mut Conn, org: &str, id: &str) -> Result<TeamRow, ApplyError> {
+    teams::find(c, org, id)?
+        .ok_or_else(|| ScimError::not_found(format!("Group {id} not found")).into())
+}
+
+fn ensure_user_name_free(
+    c: &mut Conn,
+    org: &str,
+    key: &str,
+    user_name: &str,
+    except: Option<&str>,
+) -> Result<(), ApplyError> {
+    match users::find_by_user_name_key(c, org, key)? {
+        Some(other) if Some(other.id.as_str()) != except => Err(ScimError::conflict(format!(
+            "userName \"{user_name}\" is already taken by user {} (userName is compared case-insensitively)",
+            other.id
+        ))
+        .into()),
+        _ => Ok(()),
+    }
+}
+
+fn ensure_team_name_free(
+    c: &mut Conn,
+    org: &str,
+    key: &str,
+    display_name: &str,
+    except: Option<&str>,
+) -> Result<(), ApplyError> {
+    match teams::find_by_display_name_key(c, org, key)? {
+        Some(other) if Some(other.id.as_str()) != except => Err(ScimError::conflict(format!(
+            "a group named \"{display_name}\" already exists ({}); group displayName is unique per organization, compared case-insensitively",
+            other.id
+        ))
+        .into()),
+        _ => Ok(()),
+    }
+}
+
+/// Adds members after checking that each is a user of this organization.
+fn add_members(
+    c: &mut Conn,
+    org: &str,
+    team_id: &str,
+    ids: &[String],
+) -> Result<usize, ApplyError> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let found = users::existing_ids(c, org, ids)?;
+    let missing: Vec<&str> = ids
+        .iter()
+        .filter(|id| !found.contains(id))
+        .map(String::as_str)
+        .take(5)
+        .collect();
+    if !missing.is_empty() {
+        return Err(ScimError::bad_request(
+            ScimType::InvalidValue,
+            format!(
+                "members must be ids of users of this organization; unknown: {}",
+                missing.join(", ")
+            ),
+        )
+        .into());
+    }
+    Ok(teams::add_members(c, org, team_id, ids)?)
+}
+
+fn new_user_row(org: &str, id: &str, resource: Value) -> Result<UserRow, ApplyError> {
+    let fields = user_fields(&resource)?;
+    require_email(&fields)?;
+    let at = now();
+    Ok(UserRow {
+        id: id.to_owned(),
+        org_id: org.to_owned(),
+        user_name_key: fields.user_name.to_lowercase(),
+        user_name: fields.user_name,
+        external_id: fields.external_id,
+        display_name_key: fields.display_name.as_ref().map(|d| d.to_lowercase()),
+        display_name: fields.display_name,
+        email: fields.email.map(|e| e.to_lowercase()),
+        active: fields.active,
+        resource: resource.to_string(),
+        version: 1,
+        created_at: at,
+        updated_at: at,
+    })
+}
+
+fn new_team_row(org: &str, id: &str, mut resource: Value) -> Result<TeamRow, ApplyError> {
+    let fields = group_fields(&resource)?;
+    // Members live in team_members, not in the stored document.
+    if let Some(obj) = resource.as_object_mut() {
+        obj.remove("members");
+    }
+    let at = now();
+    Ok(TeamRow {
+        id: id.to_owned(),
+        org_id: org.to_owned(),
+        display_name_key: fields.display_name.to_lowercase(),
+        display_name: fields.display_name,
+        external_id: fields.external_id,
+        resource: resource.to_string(),
+        version: 1,
+        created_at: at,
+        updated_at: at,
+    })
+}
+
+/// The SCIM representation of a stored user.
+pub fn render_user(row: &UserRow, base: &str) -> Result<Value, store::Error> {
+    let resource: Value = serde_json::from_str(&row.resource)
+        .map_err(|e| store::Error::Corrupt(format!("stored user {} is not JSON: {e}", row.id)))?;
+    Ok(render::resource(
+        resource,
+        &render::Meta {
+            kind: ResourceKind::User,
+            id: &row.id,
+            created: row.created_at,
+            last_modified: row.updated_at,
+            version: row.version,
+            base_url: base,
+        },
+    ))
+}
+
+/// The SCIM representation of a stored team, with its members.
+pub fn render_team(c: &mut Conn, row: &TeamRow, base: &str) -> Result<Value, store::Error> {
+    let members = teams::members(c, &row.id)?;
+    render_team_with(row, base, Some(&members))
+}
+
+/// The SCIM representation of a stored team; `members: None` leaves them out.
+pub fn render_team_with(
+    row: &TeamRow,
+    base: &str,
+    members: Option<&[teams::Member]>,
+) -> Result<Value, store::Error> {
+    let resource: Value = serde_json::from_str(&row.resource)
+        .map_err(|e| store::Error::Corrupt(format!("stored group {} is not JSON: {e}", row.id)))?;
+    let refs: Option<Vec<MemberRef<'_>>> = members.map(|ms| {
+        ms.iter()
+            .map(|m| MemberRef {
+                id: &m.user_id,
+                display: m.display_name.as_deref().unwrap_or(&m.user_name),
+            })
+            .collect()
+    });
+    let mut out = render::resource(
+        resource,
+        &render::Meta {
+            kind: ResourceKind::Group,
+            id: &row.id,
+            created: row.created_at,
+            last_modified: row.updated_at,
+            version: row.version,
+            base_url: base,
+        },
+    );
+    if let Some(refs) = refs {
+        render::set_members(&mut out, &refs, base);
+    }
+    Ok(out)
+}

@@ -1,0 +1,192 @@
+//! Building and running the application: web, workers, or both.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Settings;
+use crate::http::{self, AppState};
+use crate::jobs::Queue;
+use crate::jobs::reply::{Announcer, Replies, relay_from_redis};
+use crate::jobs::worker::{self, WorkerState};
+use crate::store::Store;
+
+/// Which parts this process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The SCIM API only (`scimsync serve`).
+    Web,
+    /// Workers only (`scimsync work`).
+    Worker,
+    /// Both in one process (`scimsync run`).
+    All,
+}
+
+impl Role {
+    fn web(self) -> bool {
+        matches!(self, Role::Web | Role::All)
+    }
+    fn worker(self) -> bool {
+        matches!(self, Role::Worker | Role::All)
+    }
+}
+
+/// A built application, bound to its port, not yet serving.
+pub struct Application {
+    role: Role,
+    listener: Option<TcpListener>,
+    port: u16,
+    public_url: String,
+    store: Store,
+    queue: Queue,
+    replies: Arc<Replies>,
+    settings: Arc<Settings>,
+}
+
+impl Application {
+    /// Opens the database and queue, applies migrations when `migrate` is
+    /// set (else refuses to start on a database that lacks them), and binds
+    /// the port when the role serves HTTP.
+    pub async fn build(settings: Settings, role: Role, migrate: bool) -> anyhow::Result<Self> {
+        let store = Store::open(
+            &settings.database_url()?,
+            settings.database.pool_size,
+            std::time::Duration::from_secs(settings.database.connect_timeout_secs),
+        )?;
+        if migrate {
+            let applied = store
+                .migrate()
+                .await
+                .context("cannot migrate the database")?;
+            for name in applied {
+                tracing::info!(migration = %name, "migration applied");
+            }
+        } else {
+            let pending = store
+                .pending_migrations()
+                .await
+                .context("cannot read the database's migrations (is DATABASE_URL right and the database up?)")?;
+            if !pending.is_empty() {
+                anyhow::bail!(
+                    "the database lacks {} migration(s) ({}); run `scimsync migrate` first",
+                    pending.len(),
+                    pending.join(", ")
+                );
+            }
+        }
+        let queue = Queue::connect(&settings.queue_url()?, &settings.queue.name).await?;
+        let (listener, port) = if role.web() {
+            let addr = format!("{}:{}", settings.server.host, settings.server.port);
+            let listener = TcpListener::bind(&addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (port in use? set PORT)"))?;
+            let port = listener.local_addr()?.port();
+            (Some(listener), port)
+        } else {
+            (None, settings.server.port)
+        };
+        let mut settings = settings;
+        if settings.server.public_url.trim().is_empty() {
+            settings.server.port = port;
+        }
+        let public_url = settings.public_url();
+        Ok(Application {
+            role,
+            listener,
+            port,
+            public_url,
+            store,
+            queue,
+            replies: Replies::new(),
+            settings: Arc::new(settings),
+        })
+    }
+
+    /// The port the HTTP server listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The base URL clients use, e.g. `http://127.0.0.1:8080`.
+    pub fn public_url(&self) -> &str {
+        &self.public_url
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn queue(&self) -> &Queue {
+        &self.queue
+    }
+
+    /// Serves until `shutdown` is cancelled, then stops accepting, lets
+    /// in-flight requests and changes finish, and returns.
+    pub async fn run_until(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let mut tasks = tokio::task::JoinSet::new();
+        if let (true, Queue::Redis { client, .. }) = (self.role.web(), &self.queue) {
+            let relay = tokio::spawn(relay_from_redis(client.clone(), self.replies.clone()));
+            let token = shutdown.clone();
+            tokio::spawn(async move {
+                token.cancelled().await;
+                relay.abort();
+            });
+        }
+        if let Some(listener) = self.listener {
+            let state = AppState {
+                store: self.store.clone(),
+                queue: self.queue.clone(),
+                replies: self.replies.clone(),
+                settings: self.settings.clone(),
+                base_url: format!("{}/scim/v2", self.public_url),
+            };
+            let app = http::router(state);
+            let token = shutdown.clone();
+            tracing::info!(url = %self.public_url, "listening");
+            tasks.spawn(async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(async move { token.cancelled().await })
+                    .await
+                    .context("HTTP server failed")
+            });
+        }
+        if self.role.worker() {
+            let announcer = match &self.queue {
+                Queue::Redis { conn, .. } => Announcer::Redis {
+                    local: self.replies.clone(),
+                    conn: conn.clone(),
+                },
+                Queue::Sqlite(_) => Announcer::Local(self.replies.clone()),
+            };
+            let state = Arc::new(WorkerState {
+                store: self.store.clone(),
+                settings: self.settings.clone(),
+                announcer,
+            });
+            let queue = self.queue.clone();
+            let token = shutdown.clone();
+            tracing::info!(
+                concurrency = self.settings.queue.concurrency,
+                "workers started"
+            );
+            tasks.spawn(async move {
+                worker::run(queue, state, async move { token.cancelled().await }).await
+            });
+        }
+        let mut result = Ok(());
+        while let Some(joined) = tasks.join_next().await {
+            let outcome = joined.context("a service task panicked").and_then(|r| r);
+            if let Err(e) = outcome {
+                // One part failing stops the others: a half-running process
+                // would look healthy while doing nothing.
+                shutdown.cancel();
+                if result.is_ok() {
+                    result = Err(e);
+                }
+            }
+        }
+        result
+    }
+}

@@ -1,0 +1,269 @@
+//! Persistence: one diesel code path over PostgreSQL and SQLite.
+//!
+//! Store functions are synchronous over `&mut Conn`; async code reaches them
+//! through [`Store::run`], which runs them on the blocking pool.
+
+pub mod log;
+pub mod orgs;
+pub mod schema;
+pub mod teams;
+pub mod tokens;
+pub mod users;
+
+use std::time::Duration;
+
+use diesel::connection::SimpleConnection;
+use diesel::pg::PgConnection;
+use diesel::r2d2::{self, ManageConnection};
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use diesel::sqlite::SqliteConnection;
+use diesel::{Connection, RunQueryDsl};
+use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+
+use crate::config::DatabaseUrl;
+
+const PG_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
+const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
+
+/// A connection to either backend; every query is written once against it.
+#[derive(diesel::MultiConnection)]
+pub enum Conn {
+    Pg(PgConnection),
+    Sqlite(SqliteConnection),
+}
+
+/// The diesel backend of [`Conn`], for boxed queries.
+pub type Db = <Conn as Connection>::Backend;
+
+/// Which database a [`Store`] talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+/// Failures of the store, sorted by what the caller should do about them.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No connection could be had (database down, pool exhausted): try later.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// A query failed.
+    #[error(transparent)]
+    Query(#[from] DieselError),
+    /// A row changed between read and write (optimistic concurrency):
+    /// the transaction is retried and sees the other change.
+    #[error("the resource changed while this change was applied")]
+    Contended,
+    /// Stored data that cannot be read back (a bug, or a hand edit).
+    #[error("corrupt stored data: {0}")]
+    Corrupt(String),
+    /// The blocking task was cancelled (runtime shutting down).
+    #[error("database task cancelled")]
+    Cancelled,
+}
+
+impl Error {
+    /// Whether trying the same work again may succeed: lost connections,
+    /// serialization failures, deadlocks, a busy SQLite file, and unique
+    /// violations from a race that the retried transaction will see and
+    /// answer with a clean 409 or no-op.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Unavailable(_) | Error::Contended | Error::Cancelled => true,
+            Error::Query(e) => is_transient_diesel(e),
+            Error::Corrupt(_) => false,
+        }
+    }
+}
+
+fn is_transient_diesel(e: &DieselError) -> bool {
+    match e {
+        DieselError::DatabaseError(kind, info) => match kind {
+            DatabaseErrorKind::SerializationFailure
+            | DatabaseErrorKind::ClosedConnection
+            | DatabaseErrorKind::UniqueViolation => true,
+            _ => {
+                let msg = info.message().to_ascii_lowercase();
+                msg.contains("deadlock")
+                    || msg.contains("database is locked")
+                    || msg.contains("busy")
+                    || msg.contains("terminating connection")
+                    || msg.contains("server closed the connection")
+                    || msg.contains("could not connect")
+                    || msg.contains("connection")
+            }
+        },
+        DieselError::BrokenTransactionManager => true,
+        _ => false,
+    }
+}
+
+/// Opens connections for the pool, with each backend's session settings.
+#[derive(Debug, Clone)]
+pub struct ConnManager {
+    url: DatabaseUrl,
+}
+
+impl ManageConnection for ConnManager {
+    type Connection = Conn;
+    type Error = r2d2::Error;
+
+    fn connect(&self) -> Result<Conn, r2d2::Error> {
+        match &self.url {
+            DatabaseUrl::Postgres(url) => PgConnection::establish(url)
+                .map(Conn::Pg)
+                .map_err(r2d2::Error::ConnectionError),
+            DatabaseUrl::Sqlite(path) => {
+                let mut conn = SqliteConnection::establish(&path.to_string_lossy())
+                    .map_err(r2d2::Error::ConnectionError)?;
+                // foreign_keys defaults vary by build; WAL lets readers run beside the
+                // one writer; busy_timeout makes writers queue instead of failing.
+                conn.batch_execute(
+                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                     PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;",
+                )
+                .map_err(r2d2::Error::QueryError)?;
+                Ok(Conn::Sqlite(conn))
+            }
+        }
+    }
+
+    fn is_valid(&self, conn: &mut Conn) -> Result<(), r2d2::Error> {
+        diesel::sql_query("SELECT 1")
+            .execute(conn)
+            .map(|_| ())
+            .map_err(r2d2::Error::QueryError)
+    }
+
+    fn has_broken(&self, _conn: &mut Conn) -> bool {
+        false
+    }
+}
+
+/// The connection pool and the entry point of every database call.
+#[derive(Clone)]
+pub struct Store {
+    pool: r2d2::Pool<ConnManager>,
+    backend: Backend,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("backend", &self.backend)
+            .finish()
+    }
+}
+
+impl Store {
+    /// Builds the pool without connecting yet; the first query connects.
+    pub fn open(url: &DatabaseUrl, pool_size: u32, timeout: Duration) -> anyhow::Result<Self> {
+        let backend = match url {
+            DatabaseUrl::Postgres(_) => Backend::Postgres,
+            DatabaseUrl::Sqlite(path) => {
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir).map_err(|e| {
+                        anyhow::anyhow!("cannot create the data directory {}: {e}", dir.display())
+                    })?;
+                }
+                Backend::Sqlite
+            }
+        };
+        let pool = r2d2::Pool::builder()
+            .max_size(pool_size.max(1))
+            .min_idle(Some(0))
+            .connection_timeout(timeout)
+            .test_on_check_out(false)
+            .build_unchecked(ConnManager { url: url.clone() });
+        Ok(Store { pool, backend })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Runs `f` with a pooled connection on the blocking thread pool.
+    /// A panic inside `f` is re-raised here rather than turned into an error.
+    pub async fn run<F, T, E>(&self, f: F) -> Result<T, E>
+    where
+        F: FnOnce(&mut Conn) -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: From<Error> + Send + 'static,
+    {
+        let pool = self.pool.clone();
+        let joined = tokio::task::spawn_blocking(move || {
+            let mut conn = pool
+                .get()
+                .map_err(|e| E::from(Error::Unavailable(e.to_string())))?;
+            f(&mut conn)
+        })
+        .await;
+        match joined {
+            Ok(result) => result,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => Err(E::from(Error::Cancelled)),
+        }
+    }
+
+    /// Applies the migrations this backend has not seen yet; returns their names.
+    pub async fn migrate(&self) -> anyhow::Result<Vec<String>> {
+        self.run(|conn| -> anyhow::Result<Vec<String>> {
+            let applied = match conn {
+                Conn::Pg(c) => c
+                    .run_pending_migrations(PG_MIGRATIONS)
+                    .map_err(|e| anyhow::anyhow!("PostgreSQL migration failed: {e}"))?
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect(),
+                Conn::Sqlite(c) => c
+                    .run_pending_migrations(SQLITE_MIGRATIONS)
+                    .map_err(|e| anyhow::anyhow!("SQLite migration failed: {e}"))?
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect(),
+            };
+            Ok(applied)
+        })
+        .await
+    }
+
+    /// Migrations known to the binary that the database has not applied.
+    pub async fn pending_migrations(&self) -> anyhow::Result<Vec<String>> {
+        self.run(|conn| -> anyhow::Result<Vec<String>> {
+            let pending = match conn {
+                Conn::Pg(c) => c
+                    .pending_migrations(PG_MIGRATIONS)
+                    .map_err(|e| anyhow::anyhow!("{e}"))?
+                    .iter()
+                    .map(|m| m.name().to_string())
+                    .collect(),
+                Conn::Sqlite(c) => c
+                    .pending_migrations(SQLITE_MIGRATIONS)
+                    .map_err(|e| anyhow::anyhow!("{e}"))?
+                    .iter()
+                    .map(|m| m.name().to_string())
+                    .collect(),
+            };
+            Ok(pending)
+        })
+        .await
+    }
+
+    /// Cheap round trip for `/readyz` and `doctor`.
+    pub async fn ping(&self) -> Result<(), Error> {
+        self.run(|conn| {
+            diesel::sql_query("SELECT 1").execute(conn)?;
+            Ok::<(), Error>(())
+        })
+        .await
+    }
+}
+
+/// The current time as stored: UTC without an offset, to the microsecond.
+pub fn now() -> chrono::NaiveDateTime {
+    let now = chrono::Utc::now().naive_utc();
+    // SQLite keeps what it is given and PostgreSQL rounds to microseconds;
+    // truncating here makes both return the value that was written.
+    chrono::DurationRound::duration_trunc(now, chrono::TimeDelta::microseconds(1)).unwrap_or(now)
+}

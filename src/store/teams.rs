@@ -1,0 +1,233 @@
+//! Teams (Entra ID groups) and their memberships, scoped by organization.
+
+use diesel::prelude::*;
+
+use super::schema::{team_members, teams, users};
+use super::{Conn, Db, now};
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable, AsChangeset)]
+#[diesel(table_name = teams, treat_none_as_null = true)]
+pub struct TeamRow {
+    pub id: String,
+    pub org_id: String,
+    pub display_name: String,
+    pub display_name_key: String,
+    pub external_id: Option<String>,
+    pub resource: String,
+    pub version: i64,
+    pub created_at: chrono::NaiveDateTime,
+    pub updated_at: chrono::NaiveDateTime,
+}
+
+/// Conditions that run in SQL (see [`super::users::UserQuery`]).
+#[derive(Debug, Clone, Default)]
+pub struct TeamQuery {
+    pub id: Option<String>,
+    pub display_name_key: Option<String>,
+    pub external_id: Option<String>,
+    /// Teams that have this user as a member.
+    pub member_id: Option<String>,
+}
+
+/// A member as a group lists it.
+#[derive(Debug, Clone, Queryable)]
+pub struct Member {
+    pub user_id: String,
+    pub display_name: Option<String>,
+    pub user_name: String,
+}
+
+fn filtered<'a>(org_id: &'a str, q: &'a TeamQuery) -> teams::BoxedQuery<'a, Db> {
+    let mut query = teams::table.filter(teams::org_id.eq(org_id)).into_boxed();
+    if let Some(id) = &q.id {
+        query = query.filter(teams::id.eq(id));
+    }
+    if let Some(key) = &q.display_name_key {
+        query = query.filter(teams::display_name_key.eq(key));
+    }
+    if let Some(external_id) = &q.external_id {
+        query = query.filter(teams::external_id.eq(external_id));
+    }
+    if let Some(member) = &q.member_id {
+        query = query.filter(
+            teams::id.eq_any(
+                team_members::table
+                    .filter(team_members::user_id.eq(member))
+                    .select(team_members::team_id),
+            ),
+        );
+    }
+    query
+}
+
+pub fn insert(conn: &mut Conn, row: &TeamRow) -> QueryResult<()> {
+    diesel::insert_into(teams::table)
+        .values(row)
+        .execute(conn)?;
+    Ok(())
+}
+
+pub fn find(conn: &mut Conn, org_id: &str, id: &str) -> QueryResult<Option<TeamRow>> {
+    teams::table
+        .filter(teams::org_id.eq(org_id))
+        .filter(teams::id.eq(id))
+        .select(TeamRow::as_select())
+        .first(conn)
+        .optional()
+}
+
+pub fn find_by_display_name_key(
+    conn: &mut Conn,
+    org_id: &str,
+    key: &str,
+) -> QueryResult<Option<TeamRow>> {
+    teams::table
+        .filter(teams::org_id.eq(org_id))
+        .filter(teams::display_name_key.eq(key))
+        .select(TeamRow::as_select())
+        .first(conn)
+        .optional()
+}
+
+/// Writes `row` if the stored version is still `expected_version`.
+pub fn update(conn: &mut Conn, row: &TeamRow, expected_version: i64) -> QueryResult<bool> {
+    let n = diesel::update(
+        teams::table
+            .filter(teams::org_id.eq(&row.org_id))
+            .filter(teams::id.eq(&row.id))
+            .filter(teams::version.eq(expected_version)),
+    )
+    .set(row)
+    .execute(conn)?;
+    Ok(n == 1)
+}
+
+/// Advances the version after a membership change. An increment, not a
+/// compare-and-set: concurrent member PATCHes of one group all succeed.
+pub fn bump_version(conn: &mut Conn, org_id: &str, id: &str) -> QueryResult<()> {
+    diesel::update(
+        teams::table
+            .filter(teams::org_id.eq(org_id))
+            .filter(teams::id.eq(id)),
+    )
+    .set((
+        teams::version.eq(teams::version + 1),
+        teams::updated_at.eq(now()),
+    ))
+    .execute(conn)?;
+    Ok(())
+}
+
+pub fn delete(conn: &mut Conn, org_id: &str, id: &str) -> QueryResult<bool> {
+    let n = diesel::delete(
+        teams::table
+            .filter(teams::org_id.eq(org_id))
+            .filter(teams::id.eq(id)),
+    )
+    .execute(conn)?;
+    Ok(n == 1)
+}
+
+pub fn count(conn: &mut Conn, org_id: &str, q: &TeamQuery) -> QueryResult<i64> {
+    filtered(org_id, q).count().get_result(conn)
+}
+
+pub fn page(
+    conn: &mut Conn,
+    org_id: &str,
+    q: &TeamQuery,
+    offset: i64,
+    limit: i64,
+) -> QueryResult<Vec<TeamRow>> {
+    filtered(org_id, q)
+        .order((teams::created_at.asc(), teams::id.asc()))
+        .offset(offset)
+        .limit(limit)
+        .select(TeamRow::as_select())
+        .load(conn)
+}
+
+pub fn scan(
+    conn: &mut Conn,
+    org_id: &str,
+    q: &TeamQuery,
+    after: Option<(chrono::NaiveDateTime, String)>,
+    limit: i64,
+) -> QueryResult<Vec<TeamRow>> {
+    let mut query = filtered(org_id, q);
+    if let Some((created_at, id)) = after {
+        query = query.filter(
+            teams::created_at
+                .gt(created_at)
+                .or(teams::created_at.eq(created_at).and(teams::id.gt(id))),
+        );
+    }
+    query
+        .order((teams::created_at.asc(), teams::id.asc()))
+        .limit(limit)
+        .select(TeamRow::as_select())
+        .load(conn)
+}
+
+/// Members of a team in a stable order.
+pub fn members(conn: &mut Conn, team_id: &str) -> QueryResult<Vec<Member>> {
+    team_members::table
+        .inner_join(users::table)
+        .filter(team_members::team_id.eq(team_id))
+        .order(team_members::user_id.asc())
+        .select((users::id, users::display_name, users::user_name))
+        .load(conn)
+}
+
+/// Adds the users not already members; returns how many were added.
+/// Checked first rather than relying on the primary key, because a failed
+/// insert aborts a PostgreSQL transaction.
+pub fn add_members(
+    conn: &mut Conn,
+    org_id: &str,
+    team_id: &str,
+    user_ids: &[String],
+) -> QueryResult<usize> {
+    let at = now();
+    let mut added = 0;
+    let mut seen = std::collections::HashSet::new();
+    for chunk in user_ids.chunks(500) {
+        let present: Vec<String> = team_members::table
+            .filter(team_members::team_id.eq(team_id))
+            .filter(team_members::user_id.eq_any(chunk))
+            .select(team_members::user_id)
+            .load(conn)?;
+        for id in chunk {
+            if present.contains(id) || !seen.insert(id.as_str()) {
+                continue;
+            }
+            diesel::insert_into(team_members::table)
+                .values((
+                    team_members::team_id.eq(team_id),
+                    team_members::user_id.eq(id),
+                    team_members::org_id.eq(org_id),
+                    team_members::created_at.eq(at),
+                ))
+                .execute(conn)?;
+            added += 1;
+        }
+    }
+    Ok(added)
+}
+
+pub fn remove_members(conn: &mut Conn, team_id: &str, user_ids: &[String]) -> QueryResult<usize> {
+    let mut removed = 0;
+    for chunk in user_ids.chunks(500) {
+        removed += diesel::delete(
+            team_members::table
+                .filter(team_members::team_id.eq(team_id))
+                .filter(team_members::user_id.eq_any(chunk)),
+        )
+        .execute(conn)?;
+    }
+    Ok(removed)
+}
+
+pub fn remove_all_members(conn: &mut Conn, team_id: &str) -> QueryResult<usize> {
+    diesel::delete(team_members::table.filter(team_members::team_id.eq(team_id))).execute(conn)
+}

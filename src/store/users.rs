@@ -1,0 +1,173 @@
+//! Users as Entra ID provisions them, scoped by organization in every query.
+
+use diesel::prelude::*;
+
+use super::schema::users;
+use super::{Conn, Db};
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable, AsChangeset)]
+#[diesel(table_name = users, treat_none_as_null = true)]
+pub struct UserRow {
+    pub id: String,
+    pub org_id: String,
+    pub user_name: String,
+    pub user_name_key: String,
+    pub external_id: Option<String>,
+    pub display_name: Option<String>,
+    pub display_name_key: Option<String>,
+    pub email: Option<String>,
+    pub active: bool,
+    pub resource: String,
+    pub version: i64,
+    pub created_at: chrono::NaiveDateTime,
+    pub updated_at: chrono::NaiveDateTime,
+}
+
+/// Conditions that run in SQL; anything else in a SCIM filter is evaluated
+/// on the rows these select.
+#[derive(Debug, Clone, Default)]
+pub struct UserQuery {
+    pub id: Option<String>,
+    pub user_name_key: Option<String>,
+    pub external_id: Option<String>,
+    pub display_name_key: Option<String>,
+    pub email_key: Option<String>,
+    pub active: Option<bool>,
+}
+
+fn filtered<'a>(org_id: &'a str, q: &'a UserQuery) -> users::BoxedQuery<'a, Db> {
+    let mut query = users::table.filter(users::org_id.eq(org_id)).into_boxed();
+    if let Some(id) = &q.id {
+        query = query.filter(users::id.eq(id));
+    }
+    if let Some(key) = &q.user_name_key {
+        query = query.filter(users::user_name_key.eq(key));
+    }
+    if let Some(external_id) = &q.external_id {
+        query = query.filter(users::external_id.eq(external_id));
+    }
+    if let Some(key) = &q.display_name_key {
+        query = query.filter(users::display_name_key.eq(key));
+    }
+    if let Some(key) = &q.email_key {
+        query = query.filter(users::email.eq(key));
+    }
+    if let Some(active) = q.active {
+        query = query.filter(users::active.eq(active));
+    }
+    query
+}
+
+pub fn insert(conn: &mut Conn, row: &UserRow) -> QueryResult<()> {
+    diesel::insert_into(users::table)
+        .values(row)
+        .execute(conn)?;
+    Ok(())
+}
+
+pub fn find(conn: &mut Conn, org_id: &str, id: &str) -> QueryResult<Option<UserRow>> {
+    users::table
+        .filter(users::org_id.eq(org_id))
+        .filter(users::id.eq(id))
+        .select(UserRow::as_select())
+        .first(conn)
+        .optional()
+}
+
+/// The user holding a (lower-cased) userName, if any.
+pub fn find_by_user_name_key(
+    conn: &mut Conn,
+    org_id: &str,
+    key: &str,
+) -> QueryResult<Option<UserRow>> {
+    users::table
+        .filter(users::org_id.eq(org_id))
+        .filter(users::user_name_key.eq(key))
+        .select(UserRow::as_select())
+        .first(conn)
+        .optional()
+}
+
+/// Writes `row` if the stored version is still `expected_version`; returns
+/// whether it did. A concurrent writer makes it return false, and the caller
+/// retries its whole transaction instead of overwriting that change.
+pub fn update(conn: &mut Conn, row: &UserRow, expected_version: i64) -> QueryResult<bool> {
+    let n = diesel::update(
+        users::table
+            .filter(users::org_id.eq(&row.org_id))
+            .filter(users::id.eq(&row.id))
+            .filter(users::version.eq(expected_version)),
+    )
+    .set(row)
+    .execute(conn)?;
+    Ok(n == 1)
+}
+
+pub fn delete(conn: &mut Conn, org_id: &str, id: &str) -> QueryResult<bool> {
+    let n = diesel::delete(
+        users::table
+            .filter(users::org_id.eq(org_id))
+            .filter(users::id.eq(id)),
+    )
+    .execute(conn)?;
+    Ok(n == 1)
+}
+
+pub fn count(conn: &mut Conn, org_id: &str, q: &UserQuery) -> QueryResult<i64> {
+    filtered(org_id, q).count().get_result(conn)
+}
+
+/// One page in the stable order (creation time, then id).
+pub fn page(
+    conn: &mut Conn,
+    org_id: &str,
+    q: &UserQuery,
+    offset: i64,
+    limit: i64,
+) -> QueryResult<Vec<UserRow>> {
+    filtered(org_id, q)
+        .order((users::created_at.asc(), users::id.asc()))
+        .offset(offset)
+        .limit(limit)
+        .select(UserRow::as_select())
+        .load(conn)
+}
+
+/// The next `limit` rows after `after` in the stable order, for scans that
+/// evaluate a filter batch by batch instead of loading a tenant at once.
+pub fn scan(
+    conn: &mut Conn,
+    org_id: &str,
+    q: &UserQuery,
+    after: Option<(chrono::NaiveDateTime, String)>,
+    limit: i64,
+) -> QueryResult<Vec<UserRow>> {
+    let mut query = filtered(org_id, q);
+    if let Some((created_at, id)) = after {
+        query = query.filter(
+            users::created_at
+                .gt(created_at)
+                .or(users::created_at.eq(created_at).and(users::id.gt(id))),
+        );
+    }
+    query
+        .order((users::created_at.asc(), users::id.asc()))
+        .limit(limit)
+        .select(UserRow::as_select())
+        .load(conn)
+}
+
+/// Which of `ids` are users of this organization.
+pub fn existing_ids(conn: &mut Conn, org_id: &str, ids: &[String]) -> QueryResult<Vec<String>> {
+    let mut found = Vec::with_capacity(ids.len());
+    // Bounded IN lists: SQLite limits bind parameters per statement.
+    for chunk in ids.chunks(500) {
+        let mut part: Vec<String> = users::table
+            .filter(users::org_id.eq(org_id))
+            .filter(users::id.eq_any(chunk))
+            .select(users::id)
+            .load(conn)?;
+        found.append(&mut part);
+    }
+    Ok(found)
+}

@@ -1,0 +1,111 @@
+//! Tokens and tenants: who may see and change what.
+
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+use crate::helpers::{TestApp, patch_body, user_body};
+use crate::on_both_backends;
+
+on_both_backends!(
+    missing_or_bad_token_is_401_with_scim_body,
+    revoked_token_is_refused_at_once,
+    another_organization_can_neither_see_nor_change_resources,
+);
+
+async fn missing_or_bad_token_is_401_with_scim_body(app: TestApp) {
+    for token in [None, Some("scimsync_not-a-real-token")] {
+        let reply = app
+            .call_with_token(Method::GET, "/Users", None, token)
+            .await;
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(reply.body["status"], "401");
+        assert!(reply.header("www-authenticate").is_some());
+    }
+}
+
+async fn revoked_token_is_refused_at_once(app: TestApp) {
+    let issued = scimsync::ops::tokens::create(&app.store, &app.org_slug, "short-lived")
+        .await
+        .expect("token");
+    let ok = app
+        .call_with_token(Method::GET, "/Users", None, Some(&issued.token))
+        .await;
+    assert_eq!(ok.status, StatusCode::OK);
+    scimsync::ops::tokens::revoke(&app.store, &issued.info.id)
+        .await
+        .expect("revoke");
+    let refused = app
+        .call_with_token(Method::GET, "/Users", None, Some(&issued.token))
+        .await;
+    assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
+}
+
+async fn another_organization_can_neither_see_nor_change_resources(app: TestApp) {
+    let user = app.create_user("private@example.com").await;
+    let group = app.create_group("Secret team", &[&user]).await;
+    let other = app.other_org_token("globex").await;
+    let as_other = |method: Method, path: String, body: Option<serde_json::Value>| {
+        let app = &app;
+        let other = other.clone();
+        async move { app.call_with_token(method, &path, body, Some(&other)).await }
+    };
+    for path in [format!("/Users/{user}"), format!("/Groups/{group}")] {
+        assert_eq!(
+            as_other(Method::GET, path.clone(), None).await.status,
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            as_other(Method::DELETE, path.clone(), None).await.status,
+            StatusCode::NOT_FOUND
+        );
+    }
+    let list = as_other(
+        Method::GET,
+        "/Users?filter=userName%20eq%20%22private%40example.com%22".into(),
+        None,
+    )
+    .await;
+    assert_eq!(list.body["totalResults"], 0);
+    let all = as_other(Method::GET, "/Groups".into(), None).await;
+    assert_eq!(all.body["totalResults"], 0);
+    let patch = as_other(
+        Method::PATCH,
+        format!("/Users/{user}"),
+        Some(patch_body(
+            json!([{"op": "replace", "path": "active", "value": false}]),
+        )),
+    )
+    .await;
+    assert_eq!(patch.status, StatusCode::NOT_FOUND);
+    let put = as_other(
+        Method::PUT,
+        format!("/Users/{user}"),
+        Some(user_body("private@example.com")),
+    )
+    .await;
+    assert_eq!(put.status, StatusCode::NOT_FOUND);
+    // The other tenant cannot put our user into its own group either.
+    let theirs = as_other(
+        Method::POST,
+        "/Groups".into(),
+        Some(json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"], "displayName": "Theirs", "members": [{"value": user}]})),
+    )
+    .await;
+    assert_eq!(theirs.status, StatusCode::BAD_REQUEST);
+    assert_eq!(theirs.body["scimType"], "invalidValue");
+    // Same userName is fine in another organization.
+    let same_name = as_other(
+        Method::POST,
+        "/Users".into(),
+        Some(user_body("private@example.com")),
+    )
+    .await;
+    assert_eq!(same_name.status, StatusCode::CREATED);
+    // And ours is untouched.
+    let ours = app.get(&format!("/Users/{user}")).await;
+    assert_eq!(ours.body["active"], true);
+    assert_eq!(
+        app.get(&format!("/Groups/{group}")).await.body["members"][0]["value"],
+        user.as_str()
+    );
+}

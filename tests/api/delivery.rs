@@ -1,0 +1,189 @@
+//! The spine: answers only after commit, redeliveries applied once, the
+//! deadline path, and several workers sharing one queue.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use scimsync::jobs::{ChangeOp, ScimChange};
+use scimsync::reconcile;
+use scimsync::scim::ResourceKind;
+use scimsync::startup::{Application, Role};
+use scimsync::store::{log, users};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::helpers::{Backend, TestApp, spawn_with, test_env, user_body};
+use crate::on_both_backends;
+
+on_both_backends!(
+    answer_is_given_only_after_commit,
+    change_delivered_twice_is_applied_once,
+);
+
+async fn answer_is_given_only_after_commit(app: TestApp) {
+    let reply = app.post("/Users", user_body("committed@example.com")).await;
+    assert_eq!(reply.status, StatusCode::CREATED);
+    let id = reply.body["id"].as_str().expect("id").to_owned();
+    // No waiting: the row must already be there when the answer arrives.
+    let org_id = org_id(&app).await;
+    let row = app
+        .store
+        .run(move |c| users::find(c, &org_id, &id).map_err(scimsync::store::Error::from))
+        .await
+        .expect("query");
+    assert!(row.is_some(), "201 was sent before the user was committed");
+}
+
+async fn org_id(app: &TestApp) -> String {
+    let slug = app.org_slug.clone();
+    app.store
+        .run(move |c| {
+            scimsync::store::orgs::find_by_slug(c, &slug).map_err(scimsync::store::Error::from)
+        })
+        .await
+        .expect("query")
+        .expect("org exists")
+        .id
+}
+
+async fn change_delivered_twice_is_applied_once(app: TestApp) {
+    let org = org_id(&app).await;
+    let change = ScimChange::new(
+        &org,
+        &app.scim,
+        ChangeOp::Create {
+            kind: ResourceKind::User,
+            id: uuid::Uuid::new_v4().to_string(),
+            resource: scimsync::scim::resource::validate_resource(
+                ResourceKind::User,
+                user_body("twice@example.com"),
+            )
+            .expect("valid"),
+        },
+    );
+    // Two workers receive the same change at once (a redelivery racing the
+    // original), then a third delivery arrives after both committed.
+    let (a, b) = tokio::join!(
+        reconcile::apply_with_retry(&app.store, &app.settings.retry, &change, 1),
+        reconcile::apply_with_retry(&app.store, &app.settings.retry, &change, 2),
+    );
+    let (a, b) = (a.expect("first"), b.expect("second"));
+    let c = reconcile::apply_with_retry(&app.store, &app.settings.retry, &change, 3)
+        .await
+        .expect("third");
+    assert_eq!(a.status, 201);
+    assert_eq!(
+        (a.status, a.response.clone()),
+        (b.status, b.response.clone())
+    );
+    assert_eq!((a.status, a.response.clone()), (c.status, c.response));
+    let id = change.change_id.clone();
+    let (users_named, log_rows) = app
+        .store
+        .run(move |c| {
+            let q = users::UserQuery {
+                user_name_key: Some("twice@example.com".into()),
+                ..Default::default()
+            };
+            let n = users::count(c, &org, &q)?;
+            let logged = log::find(c, &id)?.into_iter().count();
+            Ok::<_, scimsync::store::Error>((n, logged))
+        })
+        .await
+        .expect("query");
+    assert_eq!(users_named, 1);
+    assert_eq!(log_rows, 1);
+}
+
+/// Waits until `check` holds, for at most 30 s; panics otherwise.
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while tokio::time::Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting until {what}");
+}
+
+/// Starts a worker-only process on the app's storage.
+async fn start_worker(app: &TestApp) -> CancellationToken {
+    let worker = Application::build(app.settings.clone(), Role::Worker, false)
+        .await
+        .expect("worker builds");
+    let token = CancellationToken::new();
+    tokio::spawn(worker.run_until(token.clone()));
+    token
+}
+
+async fn deadline_answers_503_and_the_change_still_lands(backend: Backend) {
+    let mut env = test_env(backend);
+    env.settings.server.request_deadline_secs = 1;
+    // Web only: nobody applies the change before the deadline.
+    let app = spawn_with(env, Role::Web).await;
+    let reply = app.post("/Users", user_body("late@example.com")).await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(reply.header("retry-after").is_some());
+    assert_eq!(reply.body["status"], "503");
+    let worker = start_worker(&app).await;
+    eventually("the late change is applied", || async {
+        app.get("/Users?filter=userName%20eq%20%22late%40example.com%22")
+            .await
+            .body["totalResults"]
+            == 1
+    })
+    .await;
+    worker.cancel();
+}
+
+async fn two_workers_apply_each_change_once(backend: Backend) {
+    let app = spawn_with(test_env(backend), Role::Web).await;
+    let w1 = start_worker(&app).await;
+    let w2 = start_worker(&app).await;
+    let app = std::sync::Arc::new(app);
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let app = app.clone();
+        tasks.push(tokio::spawn(async move {
+            app.post("/Users", user_body(&format!("w{i}@example.com")))
+                .await
+                .status
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.expect("task"), StatusCode::CREATED);
+    }
+    let all = app.get("/Users?count=0").await;
+    assert_eq!(all.body["totalResults"], 40);
+    w1.cancel();
+    w2.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadline_path_sqlite() {
+    deadline_answers_503_and_the_change_still_lands(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadline_path_postgres_redis() {
+    if crate::helpers::postgres_redis_enabled() {
+        deadline_answers_503_and_the_change_still_lands(Backend::PostgresRedis).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_sqlite() {
+    two_workers_apply_each_change_once(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_postgres_redis() {
+    if crate::helpers::postgres_redis_enabled() {
+        two_workers_apply_each_change_once(Backend::PostgresRedis).await;
+    }
+}

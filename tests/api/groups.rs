@@ -1,0 +1,146 @@
+//! Groups become teams: create, look up, members, rename, delete.
+
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::helpers::{TestApp, patch_body};
+use crate::on_both_backends;
+
+on_both_backends!(
+    group_lifecycle_as_entra_drives_it,
+    duplicate_group_name_in_another_case_is_409,
+    concurrent_member_patches_lose_no_member,
+);
+
+async fn group_lifecycle_as_entra_drives_it(app: TestApp) {
+    let alice = app.create_user("alice@example.com").await;
+    let bob = app.create_user("bob@example.com").await;
+    // Entra looks the group up by name, without members, then creates it
+    // with its extra Microsoft schema URI.
+    let lookup = app
+        .get("/Groups?excludedAttributes=members&filter=displayName+eq+%22Platform%22")
+        .await;
+    assert_eq!(lookup.status, StatusCode::OK);
+    assert_eq!(lookup.body["totalResults"], 0);
+    let created = app
+        .post(
+            "/Groups",
+            json!({
+                "schemas": [
+                    "urn:ietf:params:scim:schemas:core:2.0:Group",
+                    "http://schemas.microsoft.com/2006/11/ResourceManagement/ADSCIM/2.0/Group"
+                ],
+                "externalId": "8aa1a0c0-c4c3-4bc0-b4a5-2ef676900159",
+                "displayName": "Platform",
+                "meta": {"resourceType": "Group"}
+            }),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{:?}", created.body);
+    let id = created.body["id"].as_str().expect("id").to_owned();
+    assert_eq!(created.body["members"], json!([]));
+
+    let add = app
+        .patch(
+            &format!("/Groups/{id}"),
+            patch_body(json!([{"op": "Add", "path": "members", "value": [
+                {"$ref": null, "value": alice}, {"value": bob}
+            ]}])),
+        )
+        .await;
+    assert_eq!(add.status, StatusCode::NO_CONTENT, "{:?}", add.body);
+    let got = app.get(&format!("/Groups/{id}")).await;
+    let mut members: Vec<&str> = got.body["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .filter_map(|m| m["value"].as_str())
+        .collect();
+    members.sort_unstable();
+    let mut expected = vec![alice.as_str(), bob.as_str()];
+    expected.sort_unstable();
+    assert_eq!(members, expected);
+
+    let found = app
+        .get("/Groups?excludedAttributes=members&filter=displayName+eq+%22platform%22")
+        .await;
+    assert_eq!(found.body["totalResults"], 1);
+    assert!(found.body["Resources"][0].get("members").is_none());
+
+    // Entra's default dialect: Remove with a value list removes only those.
+    let remove = app
+        .patch(
+            &format!("/Groups/{id}"),
+            patch_body(json!([{"op": "Remove", "path": "members", "value": [{"value": alice}]}])),
+        )
+        .await;
+    assert_eq!(remove.status, StatusCode::NO_CONTENT);
+    let after = app.get(&format!("/Groups/{id}")).await;
+    assert_eq!(after.body["members"].as_array().map(Vec::len), Some(1));
+    assert_eq!(after.body["members"][0]["value"], bob.as_str());
+
+    let rename = app
+        .patch(
+            &format!("/Groups/{id}"),
+            patch_body(json!([{"op": "Replace", "path": "displayName", "value": "Platform Eng"}])),
+        )
+        .await;
+    assert_eq!(rename.status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        app.get(&format!("/Groups/{id}")).await.body["displayName"],
+        "Platform Eng"
+    );
+
+    assert_eq!(
+        app.delete(&format!("/Groups/{id}")).await.status,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        app.get(&format!("/Groups/{id}")).await.status,
+        StatusCode::NOT_FOUND
+    );
+    // The users remain.
+    assert_eq!(
+        app.get(&format!("/Users/{bob}")).await.status,
+        StatusCode::OK
+    );
+}
+
+async fn duplicate_group_name_in_another_case_is_409(app: TestApp) {
+    app.create_group("Sales", &[]).await;
+    let reply = app
+        .post(
+            "/Groups",
+            json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"], "displayName": "SALES"}),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::CONFLICT);
+    assert_eq!(reply.body["scimType"], "uniqueness");
+}
+
+async fn concurrent_member_patches_lose_no_member(app: TestApp) {
+    let group = app.create_group("Everyone", &[]).await;
+    let mut users = Vec::new();
+    for i in 0..12 {
+        users.push(app.create_user(&format!("member{i}@example.com")).await);
+    }
+    let app = std::sync::Arc::new(app);
+    let mut tasks = Vec::new();
+    for user in &users {
+        let app = app.clone();
+        let path = format!("/Groups/{group}");
+        let body =
+            patch_body(json!([{"op": "Add", "path": "members", "value": [{"value": user}]}]));
+        tasks.push(tokio::spawn(
+            async move { app.patch(&path, body).await.status },
+        ));
+    }
+    for t in tasks {
+        assert_eq!(t.await.expect("task"), StatusCode::NO_CONTENT);
+    }
+    let got = app.get(&format!("/Groups/{group}")).await;
+    assert_eq!(
+        got.body["members"].as_array().map(Vec::len),
+        Some(users.len())
+    );
+}

@@ -1,0 +1,365 @@
+//! Starting the real application for a test: port 0, a fresh database, and
+//! a typed client. Each test runs on SQLite and on PostgreSQL + Redis.
+
+use std::sync::Once;
+
+use diesel::{Connection, RunQueryDsl, pg::PgConnection};
+use reqwest::{Method, StatusCode};
+use scimsync::config::Settings;
+use scimsync::startup::{Application, Role};
+use scimsync::store::Store;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+/// Which backends a test app uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    PostgresRedis,
+}
+
+/// Runs each named `async fn(TestApp)` once per backend, as two tests:
+/// `<name>::sqlite` and `<name>::postgres_redis`.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($test:ident),* $(,)?) => {
+        $(
+            mod $test {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    let app = $crate::helpers::spawn_app($crate::helpers::Backend::Sqlite).await;
+                    super::$test(app).await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres_redis() {
+                    if !$crate::helpers::postgres_redis_enabled() {
+                        return;
+                    }
+                    let app = $crate::helpers::spawn_app($crate::helpers::Backend::PostgresRedis).await;
+                    super::$test(app).await;
+                }
+            }
+        )*
+    };
+}
+
+/// Where the PostgreSQL + Redis suite connects; both must be set to run it.
+pub const PG_VAR: &str = "SCIMSYNC_TEST_POSTGRES_URL";
+pub const REDIS_VAR: &str = "SCIMSYNC_TEST_REDIS_URL";
+
+static NOTICE: Once = Once::new();
+
+/// Whether the PostgreSQL + Redis variants run. Says so once when not.
+pub fn postgres_redis_enabled() -> bool {
+    let enabled = std::env::var(PG_VAR).is_ok() && std::env::var(REDIS_VAR).is_ok();
+    if !enabled {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!(
+                "CI=true but {PG_VAR} and {REDIS_VAR} are not both set: the PostgreSQL + Redis suite must run in CI"
+            );
+        }
+        NOTICE.call_once(|| {
+            eprintln!(
+                "note: PostgreSQL + Redis variants skipped; set {PG_VAR} and {REDIS_VAR} to run them (.ci/run does)"
+            );
+        });
+    }
+    enabled
+}
+
+/// A running application and what a test needs to talk to it.
+pub struct TestApp {
+    /// `<address>/scim/v2`
+    pub scim: String,
+    pub token: String,
+    pub org_slug: String,
+    pub client: reqwest::Client,
+    pub store: Store,
+    pub settings: Settings,
+    shutdown: CancellationToken,
+    _cleanup: Cleanup,
+}
+
+/// Removes what a test created outside the process: its PostgreSQL
+/// database, its Redis keys, its temp directory.
+struct Cleanup {
+    _dir: tempfile::TempDir,
+    pg: Option<(String, String)>,
+    redis: Option<(String, String)>,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if let Some((admin_url, db)) = self.pg.take()
+            && let Ok(mut conn) = PgConnection::establish(&admin_url)
+        {
+            let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"))
+                .execute(&mut conn);
+        }
+        if let Some((url, queue)) = self.redis.take()
+            && let Ok(client) = redis::Client::open(url)
+            && let Ok(mut conn) = client.get_connection()
+        {
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(format!("{queue}*"))
+                .query(&mut conn)
+                .unwrap_or_default();
+            for chunk in keys.chunks(100) {
+                let _: redis::RedisResult<()> = redis::cmd("DEL").arg(chunk).query(&mut conn);
+            }
+        }
+    }
+}
+
+/// Settings for a test: defaults, a port chosen by the OS, a short deadline.
+pub struct TestEnv {
+    pub settings: Settings,
+    dir: tempfile::TempDir,
+    pg: Option<(String, String)>,
+    redis: Option<(String, String)>,
+}
+
+/// Fresh storage for one test on `backend`.
+pub fn test_env(backend: Backend) -> TestEnv {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut settings = Settings::load(None).expect("default settings");
+    settings.server.port = 0;
+    settings.server.public_url = String::new();
+    settings.server.request_deadline_secs = 20;
+    settings.database.pool_size = 8;
+    settings.paths.data_dir = dir.path().to_path_buf();
+    settings.queue.poll_interval_ms = 20;
+    settings.retry.max_elapsed_ms = 5_000;
+    let suffix = ulid::Ulid::new().to_string().to_lowercase();
+    let mut pg = None;
+    let mut redis = None;
+    match backend {
+        Backend::Sqlite => {
+            settings.database.url =
+                format!("sqlite://{}", dir.path().join("scimsync.db").display());
+            settings.queue.url = format!("sqlite://{}", dir.path().join("queue.db").display());
+        }
+        Backend::PostgresRedis => {
+            let admin_url = std::env::var(PG_VAR).expect("PostgreSQL URL");
+            let redis_url = std::env::var(REDIS_VAR).expect("Redis URL");
+            let db = format!("scimsync_test_{suffix}");
+            let mut conn = PgConnection::establish(&admin_url).unwrap_or_else(|e| {
+                panic!("{PG_VAR} is set but PostgreSQL cannot be reached: {e}")
+            });
+            diesel::sql_query(format!("CREATE DATABASE \"{db}\""))
+                .execute(&mut conn)
+                .expect("create test database");
+            let mut url = url::Url::parse(&admin_url).expect("PostgreSQL URL parses");
+            url.set_path(&db);
+            settings.database.url = url.to_string();
+            settings.queue.url = redis_url.clone();
+            settings.queue.name = format!("scimsync-test-{suffix}");
+            pg = Some((admin_url, db));
+            redis = Some((redis_url, settings.queue.name.clone()));
+        }
+    }
+    TestEnv {
+        settings,
+        dir,
+        pg,
+        redis,
+    }
+}
+
+/// Starts the whole application (web + workers) as `scimsync run` does, with
+/// one organization and a token for it.
+pub async fn spawn_app(backend: Backend) -> TestApp {
+    spawn_with(test_env(backend), Role::All).await
+}
+
+/// Starts the application with `role` on prepared storage.
+pub async fn spawn_with(env: TestEnv, role: Role) -> TestApp {
+    init_logs();
+    let settings = env.settings.clone();
+    let app = Application::build(settings.clone(), role, true)
+        .await
+        .expect("application builds");
+    let address = app.public_url().to_owned();
+    let store = app.store().clone();
+    let org_slug = "acme".to_owned();
+    scimsync::ops::orgs::create(&store, &org_slug, Some("Acme"), None)
+        .await
+        .expect("org");
+    let token = scimsync::ops::tokens::create(&store, &org_slug, "test")
+        .await
+        .expect("token")
+        .token;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(app.run_until(shutdown.clone()));
+    TestApp {
+        scim: format!("{address}/scim/v2"),
+        token,
+        org_slug,
+        client: reqwest::Client::new(),
+        store,
+        settings,
+        shutdown,
+        _cleanup: Cleanup {
+            _dir: env.dir,
+            pg: env.pg,
+            redis: env.redis,
+        },
+    }
+}
+
+fn init_logs() {
+    static LOGS: Once = Once::new();
+    LOGS.call_once(|| {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "warn".into()),
+            )
+            .with_test_writer()
+            .try_init();
+    });
+}
+
+/// A response read whole.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+impl TestApp {
+    /// Sends a SCIM request with this app's token.
+    pub async fn call(&self, method: Method, path: &str, body: Option<Value>) -> Reply {
+        self.call_with_token(method, path, body, Some(&self.token))
+            .await
+    }
+
+    pub async fn call_with_token(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+        token: Option<&str>,
+    ) -> Reply {
+        let mut req = self.client.request(method, format!("{}{path}", self.scim));
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            req = req
+                .header("content-type", "application/scim+json")
+                .body(body.to_string());
+        }
+        let response = req.send().await.expect("request reaches the server");
+        read(response).await
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        self.call(Method::GET, path, None).await
+    }
+    pub async fn post(&self, path: &str, body: Value) -> Reply {
+        self.call(Method::POST, path, Some(body)).await
+    }
+    pub async fn patch(&self, path: &str, body: Value) -> Reply {
+        self.call(Method::PATCH, path, Some(body)).await
+    }
+    pub async fn put(&self, path: &str, body: Value) -> Reply {
+        self.call(Method::PUT, path, Some(body)).await
+    }
+    pub async fn delete(&self, path: &str) -> Reply {
+        self.call(Method::DELETE, path, None).await
+    }
+
+    /// Creates a user and returns its id, asserting 201.
+    pub async fn create_user(&self, user_name: &str) -> String {
+        let reply = self.post("/Users", user_body(user_name)).await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+        reply.body["id"].as_str().expect("id").to_owned()
+    }
+
+    /// Creates a group and returns its id, asserting 201.
+    pub async fn create_group(&self, name: &str, members: &[&str]) -> String {
+        let members: Vec<Value> = members
+            .iter()
+            .map(|m| serde_json::json!({"value": m}))
+            .collect();
+        let reply = self
+            .post(
+                "/Groups",
+                serde_json::json!({
+                    "schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"],
+                    "displayName": name,
+                    "members": members,
+                }),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+        reply.body["id"].as_str().expect("id").to_owned()
+    }
+
+    /// A second organization with its own token, for isolation tests.
+    pub async fn other_org_token(&self, slug: &str) -> String {
+        scimsync::ops::orgs::create(&self.store, slug, None, None)
+            .await
+            .expect("org");
+        scimsync::ops::tokens::create(&self.store, slug, "other")
+            .await
+            .expect("token")
+            .token
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+pub async fn read(response: reqwest::Response) -> Reply {
+    let status = response.status();
+    let headers = response.headers().clone();
+    let text = response.text().await.expect("body");
+    let body = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or(Value::String(text))
+    };
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// A user as Entra ID's create request shapes it.
+pub fn user_body(user_name: &str) -> Value {
+    serde_json::json!({
+        "schemas": [
+            "urn:ietf:params:scim:schemas:core:2.0:User",
+            "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
+        ],
+        "externalId": format!("ext-{user_name}"),
+        "userName": user_name,
+        "active": true,
+        "emails": [{"primary": true, "type": "work", "value": user_name}],
+        "meta": {"resourceType": "User"},
+        "name": {"formatted": "Ada Lovelace", "familyName": "Lovelace", "givenName": "Ada"},
+        "roles": []
+    })
+}
+
+/// A PATCH body with the given operations.
+pub fn patch_body(ops: Value) -> Value {
+    serde_json::json!({
+        "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+        "Operations": ops,
+    })
+}

@@ -1,0 +1,7 @@
+mod auth;
+mod delivery;
+mod groups;
+mod helpers;
+mod protocol;
+mod schema_drift;
+mod users;

@@ -1,0 +1,80 @@
+//! Protocol edges: discovery, unsupported endpoints, wrong methods, limits.
+
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+use crate::helpers::TestApp;
+use crate::on_both_backends;
+
+on_both_backends!(
+    discovery_documents_describe_users_and_groups,
+    bulk_and_me_answer_501_and_wrong_method_405,
+    oversized_body_is_413_with_scim_error,
+    filter_on_unknown_attribute_is_400,
+);
+
+async fn discovery_documents_describe_users_and_groups(app: TestApp) {
+    let spc = app.get("/ServiceProviderConfig").await;
+    assert_eq!(spc.status, StatusCode::OK);
+    assert_eq!(spc.body["patch"]["supported"], true);
+    assert_eq!(spc.body["bulk"]["supported"], false);
+    let types = app.get("/ResourceTypes").await;
+    let endpoints: Vec<&str> = types.body["Resources"]
+        .as_array()
+        .expect("resources")
+        .iter()
+        .filter_map(|r| r["endpoint"].as_str())
+        .collect();
+    assert_eq!(endpoints, vec!["/Users", "/Groups"]);
+    let schemas = app.get("/Schemas").await;
+    let ids: Vec<&str> = schemas.body["Resources"]
+        .as_array()
+        .expect("resources")
+        .iter()
+        .filter_map(|r| r["id"].as_str())
+        .collect();
+    for want in [
+        "urn:ietf:params:scim:schemas:core:2.0:User",
+        "urn:ietf:params:scim:schemas:core:2.0:Group",
+        "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User",
+    ] {
+        assert!(ids.contains(&want), "{want} missing from /Schemas");
+        let one = app.get(&format!("/Schemas/{want}")).await;
+        assert_eq!(one.status, StatusCode::OK);
+    }
+    assert_eq!(
+        app.get("/Schemas/urn:nope").await.status,
+        StatusCode::NOT_FOUND
+    );
+}
+
+async fn bulk_and_me_answer_501_and_wrong_method_405(app: TestApp) {
+    let bulk = app.post("/Bulk", json!({})).await;
+    assert_eq!(bulk.status, StatusCode::NOT_IMPLEMENTED);
+    assert_eq!(bulk.body["status"], "501");
+    assert_eq!(app.get("/Me").await.status, StatusCode::NOT_IMPLEMENTED);
+    let wrong = app.call(Method::DELETE, "/Users", None).await;
+    assert_eq!(wrong.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(wrong.body["status"], "405");
+    let unknown = app.get("/Widgets").await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+    assert_eq!(unknown.body["status"], "404");
+}
+
+async fn oversized_body_is_413_with_scim_error(app: TestApp) {
+    let big = "x".repeat(app.settings.server.max_body_bytes + 1);
+    let reply = app
+        .post(
+            "/Users",
+            json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": big}),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(reply.body["status"], "413");
+}
+
+async fn filter_on_unknown_attribute_is_400(app: TestApp) {
+    let reply = app.get("/Users?filter=shoeSize%20eq%20%2242%22").await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert_eq!(reply.body["scimType"], "invalidFilter");
+}

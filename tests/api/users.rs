@@ -1,0 +1,247 @@
+//! Users: the lifecycle Entra ID drives, on both backends.
+
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::helpers::{TestApp, patch_body, user_body};
+use crate::on_both_backends;
+
+on_both_backends!(
+    test_connection_filter_for_unknown_user_is_an_empty_list,
+    created_user_is_returned_with_id_meta_and_location,
+    user_is_found_by_filter_on_user_name_in_any_case,
+    duplicate_user_name_in_another_case_is_409_uniqueness,
+    string_false_deactivates_and_user_stays_findable,
+    put_replaces_the_user,
+    delete_answers_204_then_404,
+    unknown_id_is_404_with_scim_error,
+    user_without_email_is_rejected_before_queueing,
+    malformed_json_is_400_invalid_syntax,
+    bad_filter_is_400_invalid_filter,
+    list_pages_are_stable_and_count_zero_gives_totals,
+);
+
+async fn test_connection_filter_for_unknown_user_is_an_empty_list(app: TestApp) {
+    // Entra's Test Connection: form-encoded filter and no User-Agent.
+    let response = app
+        .client
+        .get(format!(
+            "{}/Users?filter=userName+eq+%22cf4d78e8-cc4f-4d5d-b8b9-183561c0104a%22",
+            app.scim
+        ))
+        .bearer_auth(&app.token)
+        .send()
+        .await
+        .expect("request");
+    let reply = crate::helpers::read(response).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.header("content-type"), Some("application/scim+json"));
+    assert_eq!(reply.body["totalResults"], 0);
+    assert_eq!(reply.body["Resources"], json!([]));
+    assert_eq!(
+        reply.body["schemas"],
+        json!(["urn:ietf:params:scim:api:messages:2.0:ListResponse"])
+    );
+}
+
+async fn created_user_is_returned_with_id_meta_and_location(app: TestApp) {
+    let reply = app.post("/Users", user_body("ada@example.com")).await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+    let id = reply.body["id"].as_str().expect("id");
+    assert_eq!(reply.body["userName"], "ada@example.com");
+    assert_eq!(reply.body["meta"]["resourceType"], "User");
+    let location = format!("{}/Users/{id}", app.scim);
+    assert_eq!(reply.body["meta"]["location"], location.as_str());
+    assert_eq!(reply.header("location"), Some(location.as_str()));
+    assert!(reply.header("etag").is_some());
+    let got = app.get(&format!("/Users/{id}")).await;
+    assert_eq!(got.status, StatusCode::OK);
+    assert_eq!(got.body["name"]["givenName"], "Ada");
+    assert_eq!(got.body["active"], true);
+}
+
+async fn user_is_found_by_filter_on_user_name_in_any_case(app: TestApp) {
+    let id = app.create_user("Grace.Hopper@example.com").await;
+    app.create_user("alan@example.com").await;
+    let reply = app
+        .get("/Users?filter=userName%20eq%20%22grace.hopper%40EXAMPLE.com%22")
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.body["totalResults"], 1);
+    assert_eq!(reply.body["Resources"][0]["id"], id.as_str());
+    // Stored exactly as sent.
+    assert_eq!(
+        reply.body["Resources"][0]["userName"],
+        "Grace.Hopper@example.com"
+    );
+    let by_external = app
+        .get("/Users?filter=externalId%20eq%20%22ext-alan%40example.com%22")
+        .await;
+    assert_eq!(by_external.body["totalResults"], 1);
+}
+
+async fn duplicate_user_name_in_another_case_is_409_uniqueness(app: TestApp) {
+    app.create_user("dup@example.com").await;
+    let reply = app.post("/Users", user_body("DUP@Example.com")).await;
+    assert_eq!(reply.status, StatusCode::CONFLICT);
+    assert_eq!(reply.body["scimType"], "uniqueness");
+    assert_eq!(reply.body["status"], "409");
+    assert!(
+        reply.body["detail"]
+            .as_str()
+            .expect("detail")
+            .contains("userName")
+    );
+}
+
+async fn string_false_deactivates_and_user_stays_findable(app: TestApp) {
+    let id = app.create_user("leaver@example.com").await;
+    let reply = app
+        .patch(
+            &format!("/Users/{id}"),
+            patch_body(json!([{"op": "Replace", "path": "active", "value": "False"}])),
+        )
+        .await;
+    assert!(reply.status.is_success(), "{:?}", reply.body);
+    let got = app.get(&format!("/Users/{id}")).await;
+    assert_eq!(got.body["active"], false);
+    let found = app
+        .get("/Users?filter=userName%20eq%20%22leaver%40example.com%22")
+        .await;
+    assert_eq!(found.body["totalResults"], 1);
+    assert_eq!(found.body["Resources"][0]["active"], false);
+    let back = app
+        .patch(
+            &format!("/Users/{id}"),
+            patch_body(json!([{"op": "Replace", "path": "active", "value": "True"}])),
+        )
+        .await;
+    assert!(back.status.is_success());
+    assert_eq!(app.get(&format!("/Users/{id}")).await.body["active"], true);
+}
+
+async fn put_replaces_the_user(app: TestApp) {
+    let created = app.post("/Users", user_body("put@example.com")).await;
+    let id = created.body["id"].as_str().expect("id");
+    let mut body = user_body("put@example.com");
+    body["name"] = json!({"givenName": "Put", "familyName": "Replaced"});
+    body.as_object_mut().expect("object").remove("externalId");
+    let reply = app.put(&format!("/Users/{id}"), body).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    let got = app.get(&format!("/Users/{id}")).await;
+    assert_eq!(got.body["name"]["familyName"], "Replaced");
+    assert!(
+        got.body.get("externalId").is_none(),
+        "PUT removes what it omits"
+    );
+    assert_ne!(got.body["meta"]["version"], created.body["meta"]["version"]);
+}
+
+async fn delete_answers_204_then_404(app: TestApp) {
+    let id = app.create_user("gone@example.com").await;
+    assert_eq!(
+        app.delete(&format!("/Users/{id}")).await.status,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        app.get(&format!("/Users/{id}")).await.status,
+        StatusCode::NOT_FOUND
+    );
+    let again = app.delete(&format!("/Users/{id}")).await;
+    assert_eq!(again.status, StatusCode::NOT_FOUND);
+    assert_eq!(again.body["status"], "404");
+}
+
+async fn unknown_id_is_404_with_scim_error(app: TestApp) {
+    for path in ["/Users/nope", "/Groups/nope"] {
+        let reply = app.get(path).await;
+        assert_eq!(reply.status, StatusCode::NOT_FOUND);
+        assert_eq!(
+            reply.body["schemas"],
+            json!(["urn:ietf:params:scim:api:messages:2.0:Error"])
+        );
+    }
+    let patch = app
+        .patch(
+            "/Users/nope",
+            patch_body(json!([{"op": "replace", "path": "active", "value": false}])),
+        )
+        .await;
+    assert_eq!(patch.status, StatusCode::NOT_FOUND);
+}
+
+async fn user_without_email_is_rejected_before_queueing(app: TestApp) {
+    let reply = app
+        .post(
+            "/Users",
+            json!({
+                "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+                "userName": "no-email-here",
+            }),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert_eq!(reply.body["scimType"], "invalidValue");
+    assert!(
+        reply.body["detail"]
+            .as_str()
+            .expect("detail")
+            .contains("email")
+    );
+}
+
+async fn malformed_json_is_400_invalid_syntax(app: TestApp) {
+    let response = app
+        .client
+        .post(format!("{}/Users", app.scim))
+        .bearer_auth(&app.token)
+        .header("content-type", "application/scim+json")
+        .body("{\"userName\": ")
+        .send()
+        .await
+        .expect("request");
+    let reply = crate::helpers::read(response).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert_eq!(reply.body["scimType"], "invalidSyntax");
+    let wrong_type = app
+        .post(
+            "/Users",
+            json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": 42}),
+        )
+        .await;
+    assert_eq!(wrong_type.status, StatusCode::BAD_REQUEST);
+}
+
+async fn bad_filter_is_400_invalid_filter(app: TestApp) {
+    for filter in [
+        "userName%20eq",
+        "userName%20equals%20%22x%22",
+        "(userName%20eq%20%22x%22",
+    ] {
+        let reply = app.get(&format!("/Users?filter={filter}")).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{filter}");
+        assert_eq!(reply.body["scimType"], "invalidFilter", "{filter}");
+    }
+}
+
+async fn list_pages_are_stable_and_count_zero_gives_totals(app: TestApp) {
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(app.create_user(&format!("page{i}@example.com")).await);
+    }
+    let first = app.get("/Users?startIndex=1&count=2").await;
+    let second = app.get("/Users?startIndex=3&count=2").await;
+    let third = app.get("/Users?startIndex=5&count=2").await;
+    assert_eq!(first.body["totalResults"], 5);
+    assert_eq!(first.body["itemsPerPage"], 2);
+    assert_eq!(third.body["itemsPerPage"], 1);
+    let seen: Vec<String> = [&first, &second, &third]
+        .iter()
+        .flat_map(|r| r.body["Resources"].as_array().cloned().unwrap_or_default())
+        .map(|r| r["id"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(seen, ids, "pages in creation order, no gaps or repeats");
+    let totals = app.get("/Users?count=0").await;
+    assert_eq!(totals.body["totalResults"], 5);
+    assert_eq!(totals.body["Resources"], json!([]));
+}
