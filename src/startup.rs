@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Settings;
 use crate::http::{self, AppState};
 use crate::jobs::Queue;
+use crate::jobs::queue::Backend;
 use crate::jobs::reply::{Announcer, Replies, relay_from_redis};
 use crate::jobs::worker::{self, WorkerState};
 use crate::store::Store;
@@ -126,7 +127,15 @@ impl Application {
     /// in-flight requests and changes finish, and returns.
     pub async fn run_until(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let mut tasks = tokio::task::JoinSet::new();
-        if let (true, Queue::Redis { client, .. }) = (self.role.web(), &self.queue) {
+        if self.role.worker() {
+            let relay = tokio::spawn(self.queue.clone().relay_pushes());
+            let token = shutdown.clone();
+            tokio::spawn(async move {
+                token.cancelled().await;
+                relay.abort();
+            });
+        }
+        if let (true, Backend::Redis { client, .. }) = (self.role.web(), &self.queue.backend) {
             let relay = tokio::spawn(relay_from_redis(client.clone(), self.replies.clone()));
             let token = shutdown.clone();
             tokio::spawn(async move {
@@ -153,12 +162,12 @@ impl Application {
             });
         }
         if self.role.worker() {
-            let announcer = match &self.queue {
-                Queue::Redis { conn, .. } => Announcer::Redis {
+            let announcer = match &self.queue.backend {
+                Backend::Redis { conn, .. } => Announcer::Redis {
                     local: self.replies.clone(),
                     conn: conn.clone(),
                 },
-                Queue::Sqlite(_) => Announcer::Local(self.replies.clone()),
+                Backend::Sqlite(_) => Announcer::Local(self.replies.clone()),
             };
             let state = Arc::new(WorkerState {
                 store: self.store.clone(),

@@ -1,18 +1,27 @@
 //! The queue of SCIM changes: Redis in production, SQLite when embedded.
+//!
+//! Workers poll the queue on an interval, and are also nudged the moment a
+//! change is pushed: directly when the push happens in their own process,
+//! and through a Redis channel when it happens in a web process elsewhere.
+//! The nudge is what keeps the answer to Entra ID fast; the interval is
+//! what keeps nothing stranded if a nudge is lost.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
 use apalis::prelude::*;
 use apalis_redis::RedisStorage;
 use apalis_sqlite::SqliteStorage;
+use futures::StreamExt;
+use futures::channel::mpsc;
 
 use super::change::ScimChange;
 use crate::config::QueueUrl;
 
-/// A handle for pushing changes; cheap to clone.
+/// Where the queue lives.
 #[derive(Clone)]
-pub enum Queue {
+pub enum Backend {
     Redis {
         storage: Box<RedisStorage<ScimChange>>,
         client: redis::Client,
@@ -21,19 +30,51 @@ pub enum Queue {
     Sqlite(SqliteStorage<ScimChange>),
 }
 
+/// A handle for pushing changes; cheap to clone.
+#[derive(Clone)]
+pub struct Queue {
+    pub backend: Backend,
+    name: String,
+    nudges: Arc<Nudges>,
+}
+
 impl std::fmt::Debug for Queue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Queue::Redis { .. } => "Queue::Redis",
-            Queue::Sqlite(_) => "Queue::Sqlite",
-        })
+        let kind = match self.backend {
+            Backend::Redis { .. } => "Redis",
+            Backend::Sqlite(_) => "SQLite",
+        };
+        write!(f, "Queue({kind}, {})", self.name)
+    }
+}
+
+/// Wakes this process's idle workers.
+#[derive(Debug, Default)]
+pub struct Nudges {
+    subscribers: Mutex<Vec<mpsc::UnboundedSender<()>>>,
+}
+
+impl Nudges {
+    /// A stream that yields whenever work was pushed.
+    pub fn subscribe(&self) -> mpsc::UnboundedReceiver<()> {
+        let (tx, rx) = mpsc::unbounded();
+        if let Ok(mut subs) = self.subscribers.lock() {
+            subs.push(tx);
+        }
+        rx
+    }
+
+    pub fn nudge(&self) {
+        if let Ok(mut subs) = self.subscribers.lock() {
+            subs.retain(|tx| tx.unbounded_send(()).is_ok());
+        }
     }
 }
 
 impl Queue {
     /// Connects and prepares the queue (SQLite: creates the file and tables).
     pub async fn connect(url: &QueueUrl, name: &str) -> anyhow::Result<Queue> {
-        match url {
+        let backend = match url {
             QueueUrl::Redis(url) => {
                 let client = redis::Client::open(url.as_str())
                     .context("REDIS_URL is not a valid Redis URL")?;
@@ -52,11 +93,11 @@ impl Queue {
                         .heartbeat_interval(Duration::from_secs(5))
                         .missed_heartbeats(3),
                 );
-                Ok(Queue::Redis {
+                Backend::Redis {
                     storage: Box::new(storage),
                     client,
                     conn,
-                })
+                }
             }
             QueueUrl::Sqlite(path) => {
                 if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -74,47 +115,101 @@ impl Queue {
                 SqliteStorage::setup(&pool)
                     .await
                     .context("cannot create the SQLite queue tables")?;
-                let storage = SqliteStorage::new(&pool).with_config(
-                    apalis_sqlite::Config::default()
-                        .queue(name)
-                        .heartbeat_interval(Duration::from_secs(5)),
-                );
-                Ok(Queue::Sqlite(storage))
+                Backend::Sqlite(
+                    SqliteStorage::new(&pool).with_config(
+                        apalis_sqlite::Config::default()
+                            .queue(name)
+                            .heartbeat_interval(Duration::from_secs(5)),
+                    ),
+                )
             }
-        }
+        };
+        Ok(Queue {
+            backend,
+            name: name.to_owned(),
+            nudges: Arc::new(Nudges::default()),
+        })
     }
 
-    /// Queues a change under its own id.
+    /// The Redis channel on which pushes to this queue are announced.
+    fn pushed_channel(&self) -> String {
+        format!("scimsync:pushed:{}", self.name)
+    }
+
+    /// Queues a change under its own id and wakes the workers.
     pub async fn push(&self, change: &ScimChange, max_deliveries: u32) -> anyhow::Result<()> {
-        let task = |c: ScimChange| {
-            TaskBuilder::new(c)
-                .task_id(TaskId::from_string(change.change_id.clone()))
-                .max_attempts(max_deliveries as usize)
-                .build()
+        let task = TaskBuilder::new(change.clone())
+            .task_id(TaskId::from_string(change.change_id.clone()))
+            .max_attempts(max_deliveries as usize)
+            .build();
+        match &self.backend {
+            Backend::Redis { storage, conn, .. } => {
+                (**storage)
+                    .clone()
+                    .push_task(task)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("cannot queue the change on Redis: {e}"))?;
+                let mut conn = conn.clone();
+                let published: redis::RedisResult<i64> = redis::cmd("PUBLISH")
+                    .arg(self.pushed_channel())
+                    .arg(&change.change_id)
+                    .query_async(&mut conn)
+                    .await;
+                if let Err(e) = published {
+                    tracing::debug!(error = %e, "could not announce a push; workers will find it by polling");
+                }
+            }
+            Backend::Sqlite(storage) => storage
+                .clone()
+                .push_task(task)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot queue the change in SQLite: {e}"))?,
+        }
+        self.nudges.nudge();
+        Ok(())
+    }
+
+    /// A stream of nudges for one worker.
+    pub fn nudges(&self) -> mpsc::UnboundedReceiver<()> {
+        self.nudges.subscribe()
+    }
+
+    /// Relays pushes announced on Redis by other processes to this process's
+    /// workers, reconnecting after errors; returns at once for SQLite.
+    pub async fn relay_pushes(self) {
+        let Backend::Redis { client, .. } = &self.backend else {
+            return;
         };
-        match self {
-            Queue::Redis { storage, .. } => (**storage)
-                .clone()
-                .push_task(task(change.clone()))
-                .await
-                .map_err(|e| anyhow::anyhow!("cannot queue the change on Redis: {e}")),
-            Queue::Sqlite(storage) => storage
-                .clone()
-                .push_task(task(change.clone()))
-                .await
-                .map_err(|e| anyhow::anyhow!("cannot queue the change in SQLite: {e}")),
+        let channel = self.pushed_channel();
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match client.get_async_pubsub().await {
+                Ok(mut pubsub) => match pubsub.subscribe(&channel).await {
+                    Ok(()) => {
+                        delay = Duration::from_millis(100);
+                        let mut messages = pubsub.on_message();
+                        while messages.next().await.is_some() {
+                            self.nudges.nudge();
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot subscribe to queue pushes"),
+                },
+                Err(e) => tracing::warn!(error = %e, "cannot connect to Redis for queue pushes"),
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(5));
         }
     }
 
     /// Round trip for `/readyz`.
     pub async fn ping(&self) -> anyhow::Result<()> {
-        match self {
-            Queue::Redis { conn, .. } => {
+        match &self.backend {
+            Backend::Redis { conn, .. } => {
                 let mut conn = conn.clone();
                 let _: String = redis::cmd("PING").query_async(&mut conn).await?;
                 Ok(())
             }
-            Queue::Sqlite(storage) => {
+            Backend::Sqlite(storage) => {
                 sqlx::query("SELECT 1").execute(storage.pool()).await?;
                 Ok(())
             }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use apalis::prelude::*;
 
 use super::change::ScimChange;
-use super::queue::Queue;
+use super::queue::{Backend, Queue};
 use super::reply::Announcer;
 use crate::config::Settings;
 use crate::reconcile;
@@ -92,12 +92,18 @@ where
             tracing::warn!(worker = ctx.name(), error = %err, "worker stopped; restarting");
             true
         });
-    let result = match queue {
-        Queue::Redis { storage, .. } => {
+    // A fresh nudge stream per (re)started worker: the monitor's factory
+    // may build the worker again after a backend error.
+    let strategy = {
+        let queue = queue.clone();
+        move || Strategy::new().stream(queue.nudges()).interval(poll)
+    };
+    let result = match queue.backend.clone() {
+        Backend::Redis { storage, .. } => {
             monitor
                 .register(move |_| {
                     WorkerBuilder::new(worker_name())
-                        .backend((*storage).clone().poll_with_interval(poll))
+                        .backend((*storage).clone().poll_with_strategy(strategy()))
                         .data(state.clone())
                         .concurrency(concurrency)
                         .parallelize(tokio::spawn)
@@ -107,11 +113,11 @@ where
                 .run_with_signal(signal)
                 .await
         }
-        Queue::Sqlite(storage) => {
+        Backend::Sqlite(storage) => {
             monitor
                 .register(move |_| {
                     WorkerBuilder::new(worker_name())
-                        .backend(storage.clone().poll_with_interval(poll))
+                        .backend(storage.clone().poll_with_strategy(strategy()))
                         .data(state.clone())
                         .concurrency(concurrency)
                         .parallelize(tokio::spawn)
