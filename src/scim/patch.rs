@@ -23,8 +23,8 @@ use crate::scim::filter::{
     self, AttrPath, CompValue, CompareOp, Filter, get_ci, parse_patch_path_parts,
 };
 use crate::scim::resource::{
-    check_member_count, check_unique_types, coerce_bool, is_manager, member_ids, merge_into,
-    normalize_manager, normalize_value,
+    check_member_count, check_unique_types, coerce_bool, describe, is_manager, member_ids,
+    merge_into, normalize_manager, normalize_value,
 };
 use crate::scim::schema::{
     self, AttrType, AttributeDef, PATCH_OP_SCHEMA, ResolvedAttr, ResourceKind, SchemaDef,
@@ -216,7 +216,8 @@ fn parse_op(op: &Value) -> Result<PatchOp, ScimError> {
         },
         Some(other) => {
             return Err(syntax(format!(
-                "\"op\" must be the string add, remove or replace, not {other}"
+                "\"op\" must be the string add, remove or replace, not {}",
+                describe(other)
             )));
         }
         None => {
@@ -232,7 +233,8 @@ fn parse_op(op: &Value) -> Result<PatchOp, ScimError> {
         Some(Value::String(s)) => Some(parse_patch_path(s)?),
         Some(other) => {
             return Err(invalid_path(format!(
-                "\"path\" must be a string such as \"name.givenName\", not {other}"
+                "\"path\" must be a string such as \"name.givenName\", not {}",
+                describe(other)
             )));
         }
     };
@@ -407,8 +409,9 @@ fn apply_pathless(
                 }
                 other => {
                     return Err(invalid_value(format!(
-                        "\"{}\" must be an object of its attributes, not {other}",
-                        s.id
+                        "\"{}\" must be an object of its attributes, not {}",
+                        s.id,
+                        describe(other)
                     )));
                 }
             }
@@ -535,8 +538,9 @@ fn apply_whole_schema(
         }
         (_, Some(Value::Object(inner))) => apply_pathless(ctx, doc, op, inner, Some(ext)),
         (_, Some(other)) => Err(invalid_value(format!(
-            "the value for '{}' must be an object of its attributes, not {other}",
-            ext.id
+            "the value for '{}' must be an object of its attributes, not {}",
+            ext.id,
+            describe(other)
         ))),
     }
 }
@@ -1150,5 +1154,1063 @@ fn apply_members(
             }
             (OpKind::Add, None) => Err(syntax("the add operation has no \"value\"")),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scim::schema::{ENTERPRISE_USER_SCHEMA, GROUP_SCHEMA, USER_SCHEMA};
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    const ENT: &str = ENTERPRISE_USER_SCHEMA;
+
+    fn body(ops: Value) -> Value {
+        json!({"schemas": [PATCH_OP_SCHEMA], "Operations": ops})
+    }
+
+    fn user() -> Value {
+        json!({
+            "schemas": [USER_SCHEMA],
+            "id": "6764549bef60420686bc",
+            "meta": {"resourceType": "User", "created": "2024-01-01T00:00:00Z"},
+            "userName": "Test_User@testuser.com",
+            "externalId": "0a21f0f2",
+            "active": true,
+            "name": {"givenName": "givenName", "familyName": "familyName"},
+            "emails": [{"value": "old@testuser.com", "type": "work", "primary": true}]
+        })
+    }
+
+    fn bare_user() -> Value {
+        json!({"schemas": [USER_SCHEMA], "id": "u1", "userName": "bare@x.com"})
+    }
+
+    fn group() -> Value {
+        json!({"schemas": [GROUP_SCHEMA], "id": "a99962b9", "displayName": "Team", "externalId": "8aa1"})
+    }
+
+    /// Parses and applies `ops` to `resource`; panics on error.
+    fn patch(kind: ResourceKind, resource: &mut Value, ops: Value) -> Vec<MemberChange> {
+        let parsed = parse_patch(&body(ops)).unwrap();
+        apply_patch(kind, resource, &parsed).unwrap()
+    }
+
+    fn patch_user(resource: &mut Value, ops: Value) {
+        assert!(patch(ResourceKind::User, resource, ops).is_empty());
+    }
+
+    /// Parses and applies, expecting an error; checks the resource is untouched.
+    fn patch_err(kind: ResourceKind, resource: &Value, ops: Value) -> ScimError {
+        let mut copy = resource.clone();
+        let e = match parse_patch(&body(ops)) {
+            Err(e) => e,
+            Ok(parsed) => apply_patch(kind, &mut copy, &parsed).unwrap_err(),
+        };
+        assert_eq!(
+            &copy, resource,
+            "a failed PATCH must leave the resource unchanged"
+        );
+        e
+    }
+
+    fn assert_scim(e: &ScimError, status: u16, t: ScimType) {
+        assert_eq!((e.status, e.scim_type), (status, Some(t)), "{}", e.detail);
+    }
+
+    // --- ENTRA.md §2.4: user updates -------------------------------------
+
+    #[test]
+    fn default_dialect_replaces_work_email_and_family_name() {
+        let mut u = user();
+        patch_user(
+            &mut u,
+            json!([
+                {"op":"Replace","path":"emails[type eq \"work\"].value","value":"updatedEmail@microsoft.com"},
+                {"op":"Replace","path":"name.familyName","value":"updatedFamilyName"}]),
+        );
+        assert_eq!(
+            u["emails"],
+            json!([{"value": "updatedEmail@microsoft.com", "type": "work", "primary": true}])
+        );
+        assert_eq!(
+            u["name"],
+            json!({"givenName": "givenName", "familyName": "updatedFamilyName"})
+        );
+    }
+
+    #[test]
+    fn capitalised_replace_updates_user_name() {
+        let mut u = user();
+        patch_user(
+            &mut u,
+            json!([{"op":"Replace","path":"userName","value":"5b50642d-79fc-4410-9e90-4c077cdd1a59@testuser.com"}]),
+        );
+        assert_eq!(
+            u["userName"],
+            "5b50642d-79fc-4410-9e90-4c077cdd1a59@testuser.com"
+        );
+    }
+
+    #[test]
+    fn default_dialect_replace_of_many_attributes_creates_missing_work_email() {
+        let mut u = bare_user();
+        patch_user(
+            &mut u,
+            json!([
+                {"op":"Replace","path":"displayName","value":"Pvlo"},
+                {"op":"Replace","path":"emails[type eq \"work\"].value","value":"TestBcwqnm@test.microsoft.com"},
+                {"op":"Replace","path":"name.givenName","value":"Gtfd"},
+                {"op":"Replace","path":"name.familyName","value":"Pkqf"},
+                {"op":"Replace","path":"externalId","value":"Eqpj"},
+                {"op":"Replace","path":"urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:employeeNumber","value":"Eqpj"}]),
+        );
+        assert_eq!(
+            u,
+            json!({
+                "schemas": [USER_SCHEMA, ENT],
+                "id": "u1",
+                "userName": "bare@x.com",
+                "displayName": "Pvlo",
+                "emails": [{"type": "work", "value": "TestBcwqnm@test.microsoft.com"}],
+                "name": {"givenName": "Gtfd", "familyName": "Pkqf"},
+                "externalId": "Eqpj",
+                ENT: {"employeeNumber": "Eqpj"}
+            })
+        );
+    }
+
+    #[test]
+    fn flagged_pathless_replace_with_dotted_and_urn_keys_updates_each_attribute() {
+        let mut u = user();
+        patch_user(
+            &mut u,
+            json!([
+                {"op":"replace","path":"emails[type eq \"work\"].value","value":"TestMhvaes@test.microsoft.com"},
+                {"op":"replace","value":{
+                    "displayName":"Bjfe",
+                    "name.givenName":"Kkom",
+                    "name.familyName":"Unua",
+                    "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:employeeNumber":"Aklq"}}]),
+        );
+        assert_eq!(u["displayName"], "Bjfe");
+        assert_eq!(
+            u["name"],
+            json!({"givenName": "Kkom", "familyName": "Unua"})
+        );
+        assert_eq!(u[ENT], json!({"employeeNumber": "Aklq"}));
+        assert_eq!(u["emails"][0]["value"], "TestMhvaes@test.microsoft.com");
+        assert_eq!(u["schemas"], json!([USER_SCHEMA, ENT]));
+        assert!(u.get("name.givenName").is_none());
+    }
+
+    #[test]
+    fn validator_pathless_user_name_replace() {
+        let mut u = user();
+        patch_user(
+            &mut u,
+            json!([{"op":"replace","value":{"userName":"emilio@hermann.uk"}}]),
+        );
+        assert_eq!(u["userName"], "emilio@hermann.uk");
+    }
+
+    #[test]
+    fn add_on_single_valued_string_acts_as_replace_in_both_dialects() {
+        for op in ["Add", "add"] {
+            let mut u = user();
+            patch_user(
+                &mut u,
+                json!([{"op": op, "path":"nickName","value":"Babs"}]),
+            );
+            assert_eq!(u["nickName"], "Babs");
+            patch_user(
+                &mut u,
+                json!([{"op": op, "path":"nickName","value":"Barbara"}]),
+            );
+            assert_eq!(u["nickName"], "Barbara");
+        }
+    }
+
+    #[test]
+    fn mixed_verbs_create_work_address_and_add_department() {
+        let mut u = user();
+        patch_user(
+            &mut u,
+            json!([
+                {"op":"Replace","path":"emails[type eq \"work\"].value","value":"AdeleV2@REDACTED.onmicrosoft.com"},
+                {"op":"Replace","path":"addresses[type eq \"work\"].formatted","value":"18/2111"},
+                {"op":"Add","path":"urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:department","value":"Retail"}]),
+        );
+        assert_eq!(
+            u["addresses"],
+            json!([{"type": "work", "formatted": "18/2111"}])
+        );
+        assert_eq!(u[ENT]["department"], "Retail");
+        assert_eq!(u["emails"][0]["value"], "AdeleV2@REDACTED.onmicrosoft.com");
+    }
+
+    #[test]
+    fn filtered_add_on_missing_element_creates_it_and_later_ops_merge_into_it() {
+        let mut u = bare_user();
+        patch_user(
+            &mut u,
+            json!([
+                {"op":"Add","path":"addresses[type eq \"work\"].streetAddress","value":"1 Main St"},
+                {"op":"Add","path":"addresses[type eq \"work\"].locality","value":"Springfield"},
+                {"op":"Add","path":"phoneNumbers[type eq \"mobile\"].value","value":"55555555555"}]),
+        );
+        assert_eq!(
+            u["addresses"],
+            json!([{"type": "work", "streetAddress": "1 Main St", "locality": "Springfield"}])
+        );
+        assert_eq!(
+            u["phoneNumbers"],
+            json!([{"type": "mobile", "value": "55555555555"}])
+        );
+    }
+
+    #[test]
+    fn filter_with_string_true_creates_element_with_boolean_primary() {
+        let mut u = bare_user();
+        patch_user(
+            &mut u,
+            json!([{"op":"Add","path":"roles[primary eq \"True\"].value","value":"Admin"}]),
+        );
+        assert_eq!(u["roles"], json!([{"primary": true, "value": "Admin"}]));
+    }
+
+    #[test]
+    fn filtered_replace_with_an_unbuildable_filter_is_no_target() {
+        let e = patch_err(
+            ResourceKind::User,
+            &user(),
+            json!([{"op":"replace","path":"emails[value co \"zzz\"].display","value":"x"}]),
+        );
+        assert_scim(&e, 400, ScimType::NoTarget);
+    }
+
+    #[test]
+    fn remove_with_filter_removes_elements_or_one_sub_attribute() {
+        let mut u = user();
+        patch_user(
+            &mut u,
+            json!([{"op":"add","path":"emails","value":[{"value":"h@x.com","type":"home"}]}]),
+        );
+        assert_eq!(u["emails"].as_array().unwrap().len(), 2);
+        patch_user(
+            &mut u,
+            json!([{"op":"remove","path":"emails[type eq \"home\"]"}]),
+        );
+        assert_eq!(
+            u["emails"],
+            json!([{"value": "old@testuser.com", "type": "work", "primary": true}])
+        );
+        patch_user(
+            &mut u,
+            json!([{"op":"remove","path":"emails[type eq \"work\"].value"}]),
+        );
+        assert_eq!(u["emails"], json!([{"type": "work", "primary": true}]));
+        // Removing what is not there succeeds: Entra retries must be idempotent.
+        patch_user(
+            &mut u,
+            json!([{"op":"remove","path":"emails[type eq \"other\"]"}]),
+        );
+        patch_user(&mut u, json!([{"op":"remove","path":"emails"}]));
+        assert!(u.get("emails").is_none());
+    }
+
+    #[test]
+    fn add_to_multi_valued_appends_and_merges_same_type() {
+        let mut u = user();
+        patch_user(
+            &mut u,
+            json!([{"op":"add","path":"emails","value":[
+                {"value":"new-work@x.com","type":"Work"},
+                {"value":"home@x.com","type":"home"}]}]),
+        );
+        assert_eq!(
+            u["emails"],
+            json!([
+                {"value": "new-work@x.com", "type": "Work", "primary": true},
+                {"value": "home@x.com", "type": "home"}
+            ])
+        );
+    }
+
+    #[test]
+    fn new_primary_element_demotes_the_old_primary() {
+        let mut u = user();
+        patch_user(
+            &mut u,
+            json!([{"op":"add","path":"emails","value":[{"value":"h@x.com","type":"home","primary":"True"}]}]),
+        );
+        assert_eq!(u["emails"][0]["primary"], false);
+        assert_eq!(u["emails"][1]["primary"], true);
+    }
+
+    #[test]
+    fn replace_on_multi_valued_replaces_the_whole_list() {
+        let mut u = user();
+        patch_user(
+            &mut u,
+            json!([{"op":"replace","path":"emails","value":[{"value":"only@x.com","type":"home"}]}]),
+        );
+        assert_eq!(
+            u["emails"],
+            json!([{"value": "only@x.com", "type": "home"}])
+        );
+        let e = patch_err(
+            ResourceKind::User,
+            &u,
+            json!([{"op":"replace","path":"emails","value":[
+                {"value":"a@x.com","type":"work"},{"value":"b@x.com","type":"work"}]}]),
+        );
+        assert_scim(&e, 400, ScimType::InvalidValue);
+    }
+
+    #[test]
+    fn entra_roles_add_appends_role_objects() {
+        let mut u = user();
+        patch_user(
+            &mut u,
+            json!([{"op":"Add","path":"roles","value":[{"value":"{\"id\":\"06b07648\",\"value\":\"Admin\",\"displayName\":\"Admin\"}"}]}]),
+        );
+        assert_eq!(
+            u["roles"],
+            json!([{"value": "{\"id\":\"06b07648\",\"value\":\"Admin\",\"displayName\":\"Admin\"}"}])
+        );
+    }
+
+    #[test]
+    fn remove_with_value_list_on_multi_valued_removes_only_those() {
+        let mut u = user();
+        patch_user(
+            &mut u,
+            json!([{"op":"add","path":"roles","value":[{"value":"a"},{"value":"b"}]},
+                   {"op":"Remove","path":"roles","value":[{"value":"a"}]}]),
+        );
+        assert_eq!(u["roles"], json!([{"value": "b"}]));
+    }
+
+    #[test]
+    fn capitalised_path_updates_the_schema_spelled_attribute() {
+        let mut u = user();
+        patch_user(
+            &mut u,
+            json!([{"op":"replace","path":"USERNAME","value":"x@y.com"},
+                                   {"op":"replace","path":"Name.GivenName","value":"G"}]),
+        );
+        assert_eq!(u["userName"], "x@y.com");
+        assert_eq!(u["name"]["givenName"], "G");
+        assert!(u.get("USERNAME").is_none());
+    }
+
+    #[test]
+    fn values_are_stored_verbatim() {
+        let mut u = user();
+        patch_user(
+            &mut u,
+            json!([{"op":"replace","path":"displayName","value":"  MiXeD Case  "}]),
+        );
+        assert_eq!(u["displayName"], "  MiXeD Case  ");
+    }
+
+    #[test]
+    fn null_replace_removes_the_attribute() {
+        let mut u = user();
+        patch_user(
+            &mut u,
+            json!([{"op":"replace","path":"externalId","value":null},
+                                   {"op":"replace","path":"name","value":{"givenName":null}}]),
+        );
+        assert!(u.get("externalId").is_none());
+        assert_eq!(u["name"], json!({"familyName": "familyName"}));
+    }
+
+    #[test]
+    fn pathless_nested_object_merges_into_complex_attribute() {
+        let mut u = user();
+        patch_user(
+            &mut u,
+            json!([{"op":"replace","value":{"name":{"middleName":"M"}}}]),
+        );
+        assert_eq!(
+            u["name"],
+            json!({"givenName": "givenName", "familyName": "familyName", "middleName": "M"})
+        );
+    }
+
+    #[test]
+    fn pathless_enterprise_urn_object_merges_into_the_extension() {
+        let mut u = user();
+        patch_user(
+            &mut u,
+            json!([{"op":"add","value":{ENT: {"department":"Ops","costCenter":"42"}}}]),
+        );
+        patch_user(
+            &mut u,
+            json!([{"op":"replace","value":{ENT: {"department":"Sales"}}}]),
+        );
+        assert_eq!(u[ENT], json!({"department": "Sales", "costCenter": "42"}));
+        patch_user(&mut u, json!([{"op":"remove","path": ENT}]));
+        assert!(u.get(ENT).is_none());
+        assert_eq!(u["schemas"], json!([USER_SCHEMA]));
+    }
+
+    // --- ENTRA.md §2.5: disable / re-enable ------------------------------
+
+    #[test]
+    fn capitalised_replace_with_string_false_deactivates() {
+        let mut u = user();
+        patch_user(
+            &mut u,
+            json!([{"op":"Replace","path":"active","value":"False"}]),
+        );
+        assert_eq!(u["active"], json!(false));
+    }
+
+    #[test]
+    fn string_true_reactivates() {
+        let mut u = user();
+        u["active"] = json!(false);
+        patch_user(
+            &mut u,
+            json!([{"op":"Replace","path":"active","value":"True"}]),
+        );
+        assert_eq!(u["active"], json!(true));
+    }
+
+    #[test]
+    fn boolean_false_in_either_dialect_deactivates() {
+        for (op, v) in [
+            ("replace", json!(false)),
+            ("Replace", json!(false)),
+            ("replace", json!("fAlSe")),
+        ] {
+            let mut u = user();
+            patch_user(&mut u, json!([{"op": op, "path":"active","value": v}]));
+            assert_eq!(u["active"], json!(false));
+        }
+        let mut u = user();
+        patch_user(&mut u, json!([{"op":"replace","value":{"active":"False"}}]));
+        assert_eq!(u["active"], json!(false));
+    }
+
+    #[test]
+    fn non_boolean_active_is_invalid_value() {
+        for v in [json!("no"), json!(0), json!({"x": 1})] {
+            let e = patch_err(
+                ResourceKind::User,
+                &user(),
+                json!([{"op":"replace","path":"active","value":v}]),
+            );
+            assert_scim(&e, 400, ScimType::InvalidValue);
+            assert!(e.detail.contains("'active'"), "{}", e.detail);
+        }
+    }
+
+    // --- manager -------------------------------------------------------------
+
+    fn manager_of(u: &Value) -> Option<Value> {
+        u.get(ENT).and_then(|e| e.get("manager")).cloned()
+    }
+
+    const MANAGER_PATH: &str = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:manager";
+
+    #[test]
+    fn manager_accepts_bare_id_value_object_and_array() {
+        for (op, path, value) in [
+            ("Add", MANAGER_PATH, json!("271")),
+            ("add", MANAGER_PATH, json!("271")),
+            ("replace", MANAGER_PATH, json!({"value": "271"})),
+            (
+                "Add",
+                "manager",
+                json!([{"$ref": "http://x/scim/Users/271", "value": "271"}]),
+            ),
+            ("replace", &format!("{MANAGER_PATH}.value"), json!("271")),
+        ] {
+            let mut u = user();
+            patch_user(&mut u, json!([{"op": op, "path": path, "value": value}]));
+            assert_eq!(manager_of(&u), Some(json!({"value": "271"})), "{op} {path}");
+            assert_eq!(u["schemas"], json!([USER_SCHEMA, ENT]));
+        }
+        let mut u = user();
+        patch_user(
+            &mut u,
+            json!([{"op":"replace","value":{MANAGER_PATH: "271"}}]),
+        );
+        assert_eq!(manager_of(&u), Some(json!({"value": "271"})));
+    }
+
+    #[test]
+    fn manager_is_removed_by_empty_values_and_remove_ops() {
+        let with_manager = || {
+            let mut u = user();
+            patch_user(
+                &mut u,
+                json!([{"op":"add","path": MANAGER_PATH,"value":"271"}]),
+            );
+            u
+        };
+        for op in [
+            json!({"op":"replace","path": MANAGER_PATH,"value":{"value":""}}),
+            json!({"op":"replace","path": MANAGER_PATH,"value":""}),
+            json!({"op":"Add","path": MANAGER_PATH,"value":null}),
+            json!({"op":"remove","path": MANAGER_PATH}),
+            json!({"op":"remove","path":"manager[value eq \"271\"]"}),
+            json!({"op":"Remove","path": format!("{MANAGER_PATH}[value eq \"271\"]")}),
+        ] {
+            let mut u = with_manager();
+            patch_user(&mut u, json!([op.clone()]));
+            assert_eq!(manager_of(&u), None, "{op}");
+            assert!(u.get(ENT).is_none(), "empty extension object dropped: {op}");
+            assert_eq!(u["schemas"], json!([USER_SCHEMA]));
+        }
+        let mut u = with_manager();
+        patch_user(
+            &mut u,
+            json!([{"op":"remove","path":"manager[value eq \"someone-else\"]"}]),
+        );
+        assert_eq!(manager_of(&u), Some(json!({"value": "271"})));
+    }
+
+    #[test]
+    fn manager_display_name_is_read_only() {
+        let e = patch_err(
+            ResourceKind::User,
+            &user(),
+            json!([{"op":"replace","path": format!("{MANAGER_PATH}.displayName"),"value":"Boss"}]),
+        );
+        assert_scim(&e, 400, ScimType::Mutability);
+    }
+
+    // --- errors on users -------------------------------------------------
+
+    #[test]
+    fn unknown_attribute_is_invalid_path_naming_it() {
+        let e = patch_err(
+            ResourceKind::User,
+            &user(),
+            json!([{"op":"replace","path":"favouriteColour","value":"x"}]),
+        );
+        assert_scim(&e, 400, ScimType::InvalidPath);
+        assert!(e.detail.contains("favouriteColour"), "{}", e.detail);
+        let e = patch_err(
+            ResourceKind::User,
+            &user(),
+            json!([{"op":"replace","path":"name.nick","value":"x"}]),
+        );
+        assert_scim(&e, 400, ScimType::InvalidPath);
+        assert!(
+            e.detail.contains("'nick' is not a sub-attribute of 'name'"),
+            "{}",
+            e.detail
+        );
+        let e = patch_err(
+            ResourceKind::User,
+            &user(),
+            json!([{"op":"replace","value":{"shoeSize":"9"}}]),
+        );
+        assert_scim(&e, 400, ScimType::InvalidPath);
+        let e = patch_err(
+            ResourceKind::User,
+            &user(),
+            json!([{"op":"replace","path":"urn:example:custom:User:x","value":"9"}]),
+        );
+        assert_scim(&e, 400, ScimType::InvalidPath);
+    }
+
+    #[test]
+    fn read_only_attributes_are_mutability_errors() {
+        for path in ["id", "meta", "meta.created", "groups"] {
+            let e = patch_err(
+                ResourceKind::User,
+                &user(),
+                json!([{"op":"replace","path": path,"value":"x"}]),
+            );
+            assert_scim(&e, 400, ScimType::Mutability);
+        }
+        let e = patch_err(
+            ResourceKind::User,
+            &user(),
+            json!([{"op":"replace","value":{"id":"x"}}]),
+        );
+        assert_scim(&e, 400, ScimType::Mutability);
+    }
+
+    #[test]
+    fn wrong_value_types_are_invalid_value() {
+        for (path, v) in [
+            ("displayName", json!({"a": 1})),
+            ("name", json!("x")),
+            ("name.givenName", json!(["x"])),
+            ("emails[type eq \"work\"].value", json!(5)),
+        ] {
+            let e = patch_err(
+                ResourceKind::User,
+                &user(),
+                json!([{"op":"replace","path": path,"value": v}]),
+            );
+            assert_scim(&e, 400, ScimType::InvalidValue);
+        }
+    }
+
+    #[test]
+    fn removing_or_emptying_user_name_is_invalid_value() {
+        for op in [
+            json!({"op":"remove","path":"userName"}),
+            json!({"op":"replace","path":"userName","value":""}),
+            json!({"op":"replace","path":"userName","value":null}),
+        ] {
+            let e = patch_err(ResourceKind::User, &user(), json!([op]));
+            assert_scim(&e, 400, ScimType::InvalidValue);
+            assert!(e.detail.contains("userName is required"));
+        }
+    }
+
+    #[test]
+    fn failing_later_operation_leaves_resource_unchanged() {
+        let e = patch_err(
+            ResourceKind::User,
+            &user(),
+            json!([{"op":"replace","path":"displayName","value":"changed"},
+                   {"op":"replace","path":"active","value":"maybe"}]),
+        );
+        assert_scim(&e, 400, ScimType::InvalidValue);
+        assert!(e.detail.starts_with("operation 2: "), "{}", e.detail);
+    }
+
+    // --- parse errors --------------------------------------------------------
+
+    #[test]
+    fn body_without_patch_op_schema_is_invalid_syntax() {
+        for b in [
+            json!([]),
+            json!({"Operations": [{"op":"add","path":"nickName","value":"x"}]}),
+            json!({"schemas": [USER_SCHEMA], "Operations": [{"op":"add","path":"nickName","value":"x"}]}),
+            json!({"schemas": [PATCH_OP_SCHEMA]}),
+            json!({"schemas": [PATCH_OP_SCHEMA], "Operations": []}),
+            json!({"schemas": [PATCH_OP_SCHEMA], "Operations": {"op": "add"}}),
+        ] {
+            let e = parse_patch(&b).unwrap_err();
+            assert_scim(&e, 400, ScimType::InvalidSyntax);
+            assert!(
+                e.detail.contains("PatchOp") || e.detail.contains("Operations"),
+                "{}",
+                e.detail
+            );
+        }
+    }
+
+    #[test]
+    fn structural_names_are_case_insensitive() {
+        let ops = parse_patch(&json!({
+            "Schemas": [PATCH_OP_SCHEMA],
+            "operations": [{"OP": "REPLACE", "Path": "nickName", "Value": "x"}]
+        }))
+        .unwrap();
+        assert_eq!(ops[0].op, OpKind::Replace);
+        assert_eq!(ops[0].value, Some(json!("x")));
+    }
+
+    #[test]
+    fn more_than_a_thousand_operations_is_too_many() {
+        let ops: Vec<Value> = (0..=MAX_PATCH_OPERATIONS)
+            .map(|_| json!({"op":"add","path":"nickName","value":"x"}))
+            .collect();
+        let e = parse_patch(&body(Value::Array(ops))).unwrap_err();
+        assert_scim(&e, 400, ScimType::TooMany);
+    }
+
+    #[test]
+    fn operation_errors_have_rfc_keywords() {
+        let cases = [
+            (
+                json!({"op":"move","path":"nickName","value":"x"}),
+                ScimType::InvalidSyntax,
+            ),
+            (
+                json!({"path":"nickName","value":"x"}),
+                ScimType::InvalidSyntax,
+            ),
+            (
+                json!({"op": 1,"path":"nickName","value":"x"}),
+                ScimType::InvalidSyntax,
+            ),
+            (json!("add"), ScimType::InvalidSyntax),
+            (json!({"op":"remove"}), ScimType::NoTarget),
+            (json!({"op":"remove","path":""}), ScimType::NoTarget),
+            (
+                json!({"op":"replace","path":"nickName"}),
+                ScimType::InvalidSyntax,
+            ),
+            (json!({"op":"add"}), ScimType::InvalidSyntax),
+            (json!({"op":"replace","value":"x"}), ScimType::InvalidSyntax),
+            (
+                json!({"op":"replace","path":"emails[type eq]","value":"x"}),
+                ScimType::InvalidPath,
+            ),
+            (
+                json!({"op":"replace","path":"a.b.c","value":"x"}),
+                ScimType::InvalidPath,
+            ),
+            (
+                json!({"op":"replace","path": 7,"value":"x"}),
+                ScimType::InvalidPath,
+            ),
+        ];
+        for (op, t) in cases {
+            let e = parse_patch(&body(json!([op.clone()]))).unwrap_err();
+            assert_scim(&e, 400, t);
+        }
+        let e = parse_patch(&body(json!([{"op":"move","path":"a","value":1}]))).unwrap_err();
+        assert!(
+            e.detail.contains("use add, remove or replace"),
+            "{}",
+            e.detail
+        );
+    }
+
+    #[test]
+    fn parsed_paths_keep_filter_and_sub_attribute() {
+        let ops = parse_patch(&body(json!([
+            {"op":"Replace","path":"emails[type eq \"work\"].value","value":"x"}])))
+        .unwrap();
+        let Some(PatchPath::Filtered { path, sub, .. }) = &ops[0].path else {
+            panic!()
+        };
+        assert_eq!(path.name, "emails");
+        assert_eq!(sub.as_deref(), Some("value"));
+        assert_eq!(
+            ops[0].path.as_ref().unwrap().to_string(),
+            "emails[type eq \"work\"].value"
+        );
+    }
+
+    // --- ENTRA.md §2.7: groups -----------------------------------------------
+
+    fn patch_group(ops: Value) -> (Value, Vec<MemberChange>) {
+        let mut g = group();
+        let changes = patch(ResourceKind::Group, &mut g, ops);
+        (g, changes)
+    }
+
+    fn ids(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn entra_add_members_is_returned_not_stored() {
+        let (g, changes) = patch_group(
+            json!([{"op":"Add","path":"members","value":[{"$ref":null,"value":"f648f8d5ea4e4cd38e9c"}]}]),
+        );
+        assert_eq!(changes, [MemberChange::Add(ids(&["f648f8d5ea4e4cd38e9c"]))]);
+        assert_eq!(g, group());
+    }
+
+    #[test]
+    fn several_members_in_one_add_and_plain_string_values() {
+        let (_, changes) = patch_group(json!([
+            {"op":"add","path":"members","value":[{"value":"a","display":"A","name":"x"},{"value":"b","type":"User"}]},
+            {"op":"add","path":"members","value":"c"},
+            {"op":"add","path":"members","value":{"value":"d"}}]));
+        assert_eq!(
+            changes,
+            [
+                MemberChange::Add(ids(&["a", "b"])),
+                MemberChange::Add(ids(&["c"])),
+                MemberChange::Add(ids(&["d"]))
+            ]
+        );
+    }
+
+    #[test]
+    fn default_dialect_remove_with_value_removes_only_listed_members() {
+        let (_, changes) =
+            patch_group(json!([{"op":"Remove","path":"members","value":[{"value":"u1091"}]}]));
+        assert_eq!(changes, [MemberChange::Remove(ids(&["u1091"]))]);
+        let (_, changes) = patch_group(
+            json!([{"op":"Remove","path":"members","value":[{"$ref":null,"value":"u1"},{"value":"u2"}]}]),
+        );
+        assert_eq!(changes, [MemberChange::Remove(ids(&["u1", "u2"]))]);
+    }
+
+    #[test]
+    fn flagged_remove_with_member_filter_removes_that_member() {
+        let (_, changes) = patch_group(
+            json!([{"op":"remove","path":"members[value eq \"7f4bc1a3-285e-48ae-8202-5accb43efb0e\"]"}]),
+        );
+        assert_eq!(
+            changes,
+            [MemberChange::Remove(ids(&[
+                "7f4bc1a3-285e-48ae-8202-5accb43efb0e"
+            ]))]
+        );
+        let (_, changes) = patch_group(
+            json!([{"op":"remove","path":"members[value eq \"a\" or VALUE EQ \"b\"]"}]),
+        );
+        assert_eq!(changes, [MemberChange::Remove(ids(&["a", "b"]))]);
+    }
+
+    #[test]
+    fn remove_members_without_value_removes_all() {
+        let (_, changes) = patch_group(json!([{"op":"remove","path":"members"}]));
+        assert_eq!(changes, [MemberChange::RemoveAll]);
+    }
+
+    #[test]
+    fn replace_members_replaces_all() {
+        let (_, changes) = patch_group(
+            json!([{"op":"replace","path":"members","value":[{"value":"a"},{"value":"b"}]}]),
+        );
+        assert_eq!(changes, [MemberChange::ReplaceAll(ids(&["a", "b"]))]);
+        let (_, changes) = patch_group(json!([{"op":"replace","path":"members","value":[]}]));
+        assert_eq!(changes, [MemberChange::ReplaceAll(vec![])]);
+    }
+
+    #[test]
+    fn pathless_members_keys_become_member_changes() {
+        let (g, changes) = patch_group(json!([
+            {"op":"replace","value":{"members":[{"value":"a"}], "displayName":"New"}},
+            {"op":"add","value":{"members":[{"value":"b"}]}}]));
+        assert_eq!(
+            changes,
+            [
+                MemberChange::ReplaceAll(ids(&["a"])),
+                MemberChange::Add(ids(&["b"]))
+            ]
+        );
+        assert_eq!(g["displayName"], "New");
+        assert!(g.get("members").is_none());
+    }
+
+    #[test]
+    fn add_and_remove_of_the_same_member_keep_their_order() {
+        let (_, changes) = patch_group(json!([
+            {"op":"add","path":"members","value":[{"value":"a"}]},
+            {"op":"remove","path":"members[value eq \"a\"]"}]));
+        assert_eq!(
+            changes,
+            [
+                MemberChange::Add(ids(&["a"])),
+                MemberChange::Remove(ids(&["a"]))
+            ]
+        );
+    }
+
+    #[test]
+    fn group_rename_by_path_and_pathless_and_external_id() {
+        let (g, _) = patch_group(
+            json!([{"op":"Replace","path":"displayName","value":"1879db59updatedDisplayName"}]),
+        );
+        assert_eq!(g["displayName"], "1879db59updatedDisplayName");
+        let (g, _) = patch_group(json!([{"op":"replace","value":{"displayName":"WUZPWMBDDCGI"}}]));
+        assert_eq!(g["displayName"], "WUZPWMBDDCGI");
+        let (g, _) = patch_group(json!([{"op":"replace","value":{"externalId":"new-ext"}}]));
+        assert_eq!(g["externalId"], "new-ext");
+    }
+
+    #[test]
+    fn other_member_filters_are_invalid_filter() {
+        for path in [
+            "members[display eq \"Ann\"]",
+            "members[value ne \"a\"]",
+            "members[value eq \"a\" and type eq \"User\"]",
+            "members[value pr]",
+        ] {
+            let e = patch_err(
+                ResourceKind::Group,
+                &group(),
+                json!([{"op":"remove","path": path}]),
+            );
+            assert_scim(&e, 400, ScimType::InvalidFilter);
+            assert!(e.detail.contains("value eq"), "{}", e.detail);
+        }
+    }
+
+    #[test]
+    fn group_member_errors() {
+        let e = patch_err(
+            ResourceKind::Group,
+            &group(),
+            json!([{"op":"add","path":"members","value":[{"value":""}]}]),
+        );
+        assert_scim(&e, 400, ScimType::InvalidValue);
+        let e = patch_err(
+            ResourceKind::Group,
+            &group(),
+            json!([{"op":"add","path":"members","value":[{"value": 5}]}]),
+        );
+        assert_scim(&e, 400, ScimType::InvalidValue);
+        let e = patch_err(
+            ResourceKind::Group,
+            &group(),
+            json!([{"op":"add","path":"members[value eq \"a\"]","value":"a"}]),
+        );
+        assert_scim(&e, 400, ScimType::InvalidPath);
+        let e = patch_err(
+            ResourceKind::Group,
+            &group(),
+            json!([{"op":"remove","path":"displayName"}]),
+        );
+        assert_scim(&e, 400, ScimType::InvalidValue);
+        let e = patch_err(
+            ResourceKind::Group,
+            &group(),
+            json!([{"op":"replace","path":"id","value":"x"}]),
+        );
+        assert_scim(&e, 400, ScimType::Mutability);
+        let e = patch_err(
+            ResourceKind::Group,
+            &group(),
+            json!([{"op":"replace","path":"userName","value":"x"}]),
+        );
+        assert_scim(&e, 400, ScimType::InvalidPath);
+    }
+
+    #[test]
+    fn more_than_ten_thousand_member_ids_is_too_many() {
+        let half: Vec<Value> = (0..5001).map(|i| json!({"value": i.to_string()})).collect();
+        let e = patch_err(
+            ResourceKind::Group,
+            &group(),
+            json!([{"op":"add","path":"members","value": half.clone()},
+                   {"op":"add","path":"members","value": half}]),
+        );
+        assert_scim(&e, 400, ScimType::TooMany);
+    }
+
+    // --- properties ----------------------------------------------------------
+
+    fn arb_json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i32>().prop_map(Value::from),
+            prop::sample::select(vec![
+                "add",
+                "Replace",
+                "remove",
+                "True",
+                "",
+                "work",
+                "emails[type eq \"work\"].value",
+                "members",
+                "members[value eq \"a\"]",
+                "name.givenName",
+                "active",
+                "userName",
+                MANAGER_PATH,
+                ENT,
+                "id",
+                "displayName",
+                "emails",
+                "roles[primary eq \"True\"].value",
+            ])
+            .prop_map(Value::from),
+            "\\PC{0,10}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(3, 20, 5, |inner| {
+            let key = prop::sample::select(vec![
+                "op",
+                "path",
+                "value",
+                "schemas",
+                "Operations",
+                "userName",
+                "displayName",
+                "type",
+                "name.givenName",
+                "members",
+                "active",
+                MANAGER_PATH,
+                ENT,
+                "emails",
+                "x",
+            ]);
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::btree_map(key.prop_map(str::to_owned), inner, 0..5)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn arb_op() -> impl Strategy<Value = Value> {
+        let op = prop::sample::select(vec!["add", "Replace", "remove", "REMOVE"]);
+        let path = prop::option::of(prop::sample::select(vec![
+            "userName",
+            "displayName",
+            "active",
+            "emails",
+            "emails[type eq \"work\"].value",
+            "emails[type eq \"home\"]",
+            "addresses[type eq \"work\"].formatted",
+            "name",
+            "name.familyName",
+            MANAGER_PATH,
+            "manager[value eq \"m\"]",
+            ENT,
+            "members",
+            "members[value eq \"a\"]",
+            "members[value eq \"a\" or value eq \"b\"]",
+            "externalId",
+            "id",
+            "groups",
+            "roles",
+            "bogus",
+        ]));
+        (op, path, prop::option::of(arb_json())).prop_map(|(op, path, value)| {
+            let mut m = Map::new();
+            m.insert("op".into(), json!(op));
+            if let Some(p) = path {
+                m.insert("path".into(), json!(p));
+            }
+            if let Some(v) = value {
+                m.insert("value".into(), v);
+            }
+            Value::Object(m)
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(384))]
+
+        #[test]
+        fn parse_patch_never_panics_on_arbitrary_json(b in arb_json()) {
+            let _ = parse_patch(&b);
+            let _ = parse_patch(&body(b));
+        }
+
+        #[test]
+        fn apply_patch_is_all_or_nothing(ops in prop::collection::vec(arb_op(), 1..6), is_user in any::<bool>()) {
+            let (kind, start) = if is_user { (ResourceKind::User, user()) } else { (ResourceKind::Group, group()) };
+            if let Ok(parsed) = parse_patch(&body(Value::Array(ops))) {
+                let mut r = start.clone();
+                match apply_patch(kind, &mut r, &parsed) {
+                    Err(e) => {
+                        prop_assert_eq!(&r, &start);
+                        prop_assert_eq!(e.status, 400);
+                    }
+                    Ok(_) => {
+                        // Still a valid resource of its kind.
+                        let v = crate::scim::resource::validate_resource(kind, r.clone());
+                        prop_assert!(v.is_ok(), "{:?} -> {}", v, r);
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn apply_patch_never_panics_on_arbitrary_resources(resource in arb_json(), ops in prop::collection::vec(arb_op(), 1..4)) {
+            if let Ok(parsed) = parse_patch(&body(Value::Array(ops))) {
+                let mut r = resource.clone();
+                if apply_patch(ResourceKind::User, &mut r, &parsed).is_err() {
+                    prop_assert_eq!(&r, &resource);
+                }
+            }
+        }
     }
 }

@@ -182,7 +182,9 @@ fn normalize_complex(
     }
 }
 
-fn describe(v: &Value) -> String {
+/// A short description of a client value for error details (never the
+/// whole value: it may be large).
+pub(crate) fn describe(v: &Value) -> String {
     match v {
         Value::String(s) if s.chars().count() <= 40 => format!("the string \"{s}\""),
         Value::Bool(b) => format!("the boolean {b}"),
