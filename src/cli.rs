@@ -45,6 +45,19 @@ pub enum Command {
     /// Manage SCIM bearer tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Check mail delivery.
+    #[command(subcommand)]
+    Mail(MailCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MailCommand {
+    /// Send a test message through the configured transport
+    /// (SCIMSYNC_MAIL_URL) and print what the server answered.
+    Test {
+        /// Where to send it.
+        address: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -62,6 +75,17 @@ pub enum OrgCommand {
     },
     /// List organizations.
     List(Output),
+    /// Set or clear where an organization's failure digests go.
+    Notify {
+        /// The organization's slug.
+        slug: String,
+        /// The new address; omit with --clear.
+        #[arg(required_unless_present = "clear")]
+        email: Option<String>,
+        /// Stop sending this organization's digests (the operator address, if configured, still gets them).
+        #[arg(long, conflicts_with = "email")]
+        clear: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -195,6 +219,17 @@ pub async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()
                     println!("next: scimsync token create {}", org.slug);
                     Ok(())
                 }
+                OrgCommand::Notify { slug, email, clear } => {
+                    let email = if clear { None } else { email };
+                    ops::orgs::set_notify(&store, &slug, email.as_deref()).await?;
+                    match email {
+                        Some(e) => println!("failure digests of {slug} now go to {e}"),
+                        None => println!(
+                            "failure digests of {slug} are no longer sent to the organization"
+                        ),
+                    }
+                    Ok(())
+                }
                 OrgCommand::List(out) => {
                     let orgs = ops::orgs::list(&store).await?;
                     if out.json {
@@ -212,6 +247,31 @@ pub async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()
                         }
                     }
                     Ok(())
+                }
+            }
+        }
+        Command::Mail(MailCommand::Test { address }) => {
+            let transport = crate::email::Transport::from_url(&settings.mail_url())?;
+            println!("sending through {}", transport.describe());
+            let email = crate::email::Email {
+                id: ulid::Ulid::new().to_string(),
+                from: settings.mail.from.clone(),
+                to: address.clone(),
+                subject: "scimsync test message".into(),
+                text: "This is a test message from scimsync. If you can read it, mail delivery works.\n".into(),
+                html: "<p>This is a test message from scimsync. If you can read it, mail delivery works.</p>".into(),
+            };
+            match transport.send(&email).await {
+                Ok(said) => {
+                    println!("sent to {address}; the server said: {said}");
+                    Ok(())
+                }
+                Err(e) => {
+                    eprintln!("not sent: {}", e.reason());
+                    if let Some(hint) = crate::email::hint(&e, &transport) {
+                        eprintln!("hint: {hint}");
+                    }
+                    anyhow::bail!("the test message was not sent")
                 }
             }
         }

@@ -17,8 +17,31 @@ pub struct Settings {
     pub database: DatabaseSettings,
     pub queue: QueueSettings,
     pub retry: RetrySettings,
+    pub mail: MailSettings,
+    pub reconciler: ReconcilerSettings,
     pub log: LogSettings,
     pub paths: PathSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct MailSettings {
+    pub url: String,
+    pub from: String,
+    pub contact: String,
+    pub operator_email: String,
+    pub invitation_ttl_hours: u64,
+    pub digest_interval_secs: u64,
+    pub max_attempts: u32,
+    pub retry_initial_secs: u64,
+    pub retry_max_secs: u64,
+    pub concurrency: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ReconcilerSettings {
+    pub interval_ms: u64,
+    pub requeue_after_secs: u64,
+    pub send_lease_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -110,6 +133,7 @@ impl Settings {
         figment = figment.merge(Env::prefixed("SCIMSYNC_").split("__").ignore(&[
             "ENV",
             "CONFIG_DIR",
+            "MAIL_URL",
             "PUBLIC_URL",
         ]));
         let mut settings: Settings = figment
@@ -117,6 +141,9 @@ impl Settings {
             .context("invalid configuration (see config/default.toml for every key)")?;
         if let Ok(url) = std::env::var("SCIMSYNC_PUBLIC_URL") {
             settings.server.public_url = url;
+        }
+        if let Ok(url) = std::env::var("SCIMSYNC_MAIL_URL") {
+            settings.mail.url = url;
         }
         if let Ok(url) = std::env::var("DATABASE_URL") {
             settings.database.url = url;
@@ -175,6 +202,16 @@ impl Settings {
              or leave it unset for the embedded SQLite queue",
             scheme_of(url)
         )
+    }
+
+    /// Where mail goes: the configured URL, or `.eml` files under the data directory.
+    pub fn mail_url(&self) -> String {
+        let url = self.mail.url.trim();
+        if url.is_empty() {
+            format!("file://{}", self.paths.data_dir.join("mail").display())
+        } else {
+            url.to_owned()
+        }
     }
 
     /// The base URL clients use, without a trailing slash.

@@ -4,6 +4,8 @@
 pub mod cli;
 /// Settings from defaults, an environment file and environment variables.
 pub mod config;
+/// Email: templates, transports (SMTP, HTTP API, files).
+pub mod email;
 /// HTTP: SCIM endpoints, auth, discovery, health.
 pub mod http;
 /// Jobs: the change job, queue backends, workers, retries, reply wake-up.

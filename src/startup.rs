@@ -7,11 +7,14 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
+use crate::email::Transport;
 use crate::http::{self, AppState};
-use crate::jobs::Queue;
+use crate::jobs::mail::{MailState, SendMail};
 use crate::jobs::queue::Backend;
 use crate::jobs::reply::{Announcer, Replies, relay_from_redis};
 use crate::jobs::worker::{self, WorkerState};
+use crate::jobs::{Queue, ScimChange};
+use crate::reconcile::periodic;
 use crate::store::Store;
 
 /// Which parts this process runs.
@@ -41,7 +44,9 @@ pub struct Application {
     port: u16,
     public_url: String,
     store: Store,
-    queue: Queue,
+    queue: Queue<ScimChange>,
+    mail: Queue<SendMail>,
+    transport: Arc<Transport>,
     replies: Arc<Replies>,
     settings: Arc<Settings>,
 }
@@ -77,7 +82,13 @@ impl Application {
                 );
             }
         }
-        let queue = Queue::connect(&settings.queue_url()?, &settings.queue.name).await?;
+        let queue: Queue<ScimChange> =
+            Queue::connect(&settings.queue_url()?, &settings.queue.name).await?;
+        let mail = queue.sibling(&format!("{}-mail", settings.queue.name));
+        let transport = Arc::new(
+            Transport::from_url(&settings.mail_url())
+                .context("invalid mail configuration (SCIMSYNC_MAIL_URL)")?,
+        );
         let (listener, port) = if role.web() {
             let addr = format!("{}:{}", settings.server.host, settings.server.port);
             let listener = TcpListener::bind(&addr)
@@ -100,6 +111,8 @@ impl Application {
             public_url,
             store,
             queue,
+            mail,
+            transport,
             replies: Replies::new(),
             settings: Arc::new(settings),
         })
@@ -119,21 +132,50 @@ impl Application {
         &self.store
     }
 
-    pub fn queue(&self) -> &Queue {
+    pub fn queue(&self) -> &Queue<ScimChange> {
         &self.queue
+    }
+
+    pub fn mail_queue(&self) -> &Queue<SendMail> {
+        &self.mail
+    }
+
+    pub fn transport(&self) -> &Arc<Transport> {
+        &self.transport
+    }
+
+    /// What the mail workers use; also lets tests deliver directly.
+    pub fn mail_state(&self) -> Arc<MailState> {
+        Arc::new(MailState {
+            store: self.store.clone(),
+            settings: self.settings.clone(),
+            transport: self.transport.clone(),
+            public_url: self.public_url.clone(),
+        })
     }
 
     /// Serves until `shutdown` is cancelled, then stops accepting, lets
     /// in-flight requests and changes finish, and returns.
-    pub async fn run_until(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+    pub async fn run_until(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let mut tasks = tokio::task::JoinSet::new();
         if self.role.worker() {
-            let relay = tokio::spawn(self.queue.clone().relay_pushes());
+            let relays = [
+                tokio::spawn(self.queue.clone().relay_pushes()),
+                tokio::spawn(self.mail.clone().relay_pushes()),
+            ];
             let token = shutdown.clone();
             tokio::spawn(async move {
                 token.cancelled().await;
-                relay.abort();
+                for relay in relays {
+                    relay.abort();
+                }
             });
+            tokio::spawn(periodic::run(
+                self.store.clone(),
+                self.mail.clone(),
+                self.settings.clone(),
+                shutdown.clone(),
+            ));
         }
         if let (true, Backend::Redis { client, .. }) = (self.role.web(), &self.queue.backend) {
             let relay = tokio::spawn(relay_from_redis(client.clone(), self.replies.clone()));
@@ -143,7 +185,7 @@ impl Application {
                 relay.abort();
             });
         }
-        if let Some(listener) = self.listener {
+        if let Some(listener) = self.listener.take() {
             let state = AppState {
                 store: self.store.clone(),
                 queue: self.queue.clone(),
@@ -169,10 +211,12 @@ impl Application {
                 },
                 Backend::Sqlite(_) => Announcer::Local(self.replies.clone()),
             };
+            let mail_state = self.mail_state();
             let state = Arc::new(WorkerState {
                 store: self.store.clone(),
                 settings: self.settings.clone(),
                 announcer,
+                mail: self.mail.clone(),
             });
             let queue = self.queue.clone();
             let token = shutdown.clone();
@@ -181,7 +225,13 @@ impl Application {
                 "workers started"
             );
             tasks.spawn(async move {
-                worker::run(queue, state, async move { token.cancelled().await }).await
+                worker::run(
+                    queue,
+                    state,
+                    mail_state,
+                    async move { token.cancelled().await },
+                )
+                .await
             });
         }
         let mut result = Ok(());

@@ -3,6 +3,7 @@
 pub mod auth;
 pub mod discovery;
 pub mod error;
+pub mod invitations;
 pub mod scim;
 
 use std::sync::Arc;
@@ -13,20 +14,20 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderName, Request, StatusCode};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get};
+use axum::routing::{any, get, post};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
 
 use crate::config::Settings;
-use crate::jobs::Queue;
 use crate::jobs::reply::Replies;
+use crate::jobs::{Queue, ScimChange};
 use crate::store::Store;
 
 /// What every handler shares.
 #[derive(Clone)]
 pub struct AppState {
     pub store: Store,
-    pub queue: Queue,
+    pub queue: Queue<ScimChange>,
     pub replies: Arc<Replies>,
     pub settings: Arc<Settings>,
     /// `<public_url>/scim/v2`
@@ -50,6 +51,9 @@ pub fn router(state: AppState) -> Router {
                 .patch(scim::patch_user)
                 .delete(scim::delete_user),
         )
+        .route("/Users/.search", post(scim::search_users))
+        .route("/Groups/.search", post(scim::search_groups))
+        .route("/.search", post(scim::search_all))
         .route(
             "/Groups",
             get(scim::list_group_resources).post(scim::create_group),
@@ -82,12 +86,18 @@ pub fn router(state: AppState) -> Router {
     let request_id = HeaderName::from_static(REQUEST_ID);
     Router::new()
         .nest("/scim/v2", scim_api)
+        .route(
+            "/invitations/{token}",
+            get(invitations::show).post(invitations::accept),
+        )
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(state)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(
-            TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
+            TraceLayer::new_for_http()
+                .on_response(DefaultOnResponse::new().level(tracing::Level::INFO))
+                .make_span_with(|req: &Request<_>| {
                 let id = req
                     .headers()
                     .get(REQUEST_ID)

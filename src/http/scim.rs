@@ -26,7 +26,7 @@ use crate::scim::render::{etag, etag_matches};
 use crate::scim::resource::{
     group_fields, group_member_ids, project, require_email, user_fields, validate_resource,
 };
-use crate::scim::schema::LIST_RESPONSE_SCHEMA;
+use crate::scim::schema::{LIST_RESPONSE_SCHEMA, SEARCH_REQUEST_SCHEMA};
 use crate::store::log::LogRow;
 use crate::store::teams::{self, TeamQuery};
 use crate::store::users::{self, UserQuery};
@@ -624,6 +624,160 @@ fn list_teams(
         }
     }
     Ok(Page { total, resources })
+}
+
+/// Turns a SearchRequest body (RFC 7644 §3.4.3) into the parameters a GET
+/// list takes, so both run the same code.
+fn search_params(body: &Bytes) -> Result<HashMap<String, String>, Error> {
+    let body = json_body(body)?;
+    let Some(obj) = body.as_object() else {
+        return Err(ScimError::bad_request(
+            ScimType::InvalidSyntax,
+            "a search request must be a JSON object",
+        )
+        .into());
+    };
+    let has_schema = obj
+        .get("schemas")
+        .and_then(Value::as_array)
+        .is_some_and(|s| s.iter().any(|u| u.as_str() == Some(SEARCH_REQUEST_SCHEMA)));
+    if !has_schema {
+        return Err(ScimError::bad_request(
+            ScimType::InvalidSyntax,
+            format!("a search request needs \"schemas\": [\"{SEARCH_REQUEST_SCHEMA}\"]"),
+        )
+        .into());
+    }
+    let mut params = HashMap::new();
+    for (key, value) in obj {
+        let text = match (key.as_str(), value) {
+            ("schemas", _) | (_, Value::Null) => continue,
+            ("attributes" | "excludedAttributes", Value::Array(items)) => {
+                let mut names = Vec::with_capacity(items.len());
+                for item in items {
+                    let Some(name) = item.as_str() else {
+                        return Err(ScimError::bad_request(
+                            ScimType::InvalidValue,
+                            format!("{key} must be a list of attribute names"),
+                        )
+                        .into());
+                    };
+                    names.push(name.to_owned());
+                }
+                names.join(",")
+            }
+            (_, Value::String(text)) => text.clone(),
+            (_, Value::Number(n)) => n.to_string(),
+            _ => {
+                return Err(ScimError::bad_request(
+                    ScimType::InvalidValue,
+                    format!("search request member {key} has the wrong type"),
+                )
+                .into());
+            }
+        };
+        params.insert(key.clone(), text);
+    }
+    Ok(params)
+}
+
+pub async fn search_users(
+    State(s): State<AppState>,
+    Extension(o): Extension<OrgId>,
+    body: Bytes,
+) -> Result<Response, Error> {
+    list(ResourceKind::User, s, o, search_params(&body)?).await
+}
+
+pub async fn search_groups(
+    State(s): State<AppState>,
+    Extension(o): Extension<OrgId>,
+    body: Bytes,
+) -> Result<Response, Error> {
+    list(ResourceKind::Group, s, o, search_params(&body)?).await
+}
+
+/// `POST /.search`: Users then Groups, paged as one list. A filter naming
+/// attributes only one type has matches only resources of that type.
+pub async fn search_all(
+    State(state): State<AppState>,
+    Extension(org): Extension<OrgId>,
+    body: Bytes,
+) -> Result<Response, Error> {
+    let params = Params::new(search_params(&body)?);
+    let filter = match params.get("filter") {
+        Some(f) if !f.trim().is_empty() => Some(parse_filter(f)?),
+        _ => None,
+    };
+    let applies = |kind| {
+        filter
+            .as_ref()
+            .is_none_or(|f| validate_filter(f, kind).is_ok())
+    };
+    let (users_ok, groups_ok) = (applies(ResourceKind::User), applies(ResourceKind::Group));
+    if !users_ok
+        && !groups_ok
+        && let Some(f) = &filter
+    {
+        validate_filter(f, ResourceKind::User)?;
+    }
+    let start = params.int("startIndex")?.unwrap_or(1).max(1);
+    let count = params
+        .int("count")?
+        .unwrap_or(DEFAULT_PAGE_SIZE)
+        .clamp(0, MAX_PAGE_SIZE);
+    let projection = Projection::from_params(&params)?;
+    let with_members = projection.wants_members();
+    let base = state.base_url.clone();
+    let (users_page, groups_page) = state
+        .store
+        .run(move |c| -> Result<(Page, Page), crate::store::Error> {
+            let empty = || Page {
+                total: 0,
+                resources: Vec::new(),
+            };
+            let users = if users_ok {
+                list_users(c, &org.0, filter.as_ref(), start, count, &base)?
+            } else {
+                empty()
+            };
+            // The groups' window starts where the users' total ends.
+            let skip = (start - 1 - users.total).max(0);
+            let room = count - i64::try_from(users.resources.len()).unwrap_or(0);
+            let groups = if groups_ok {
+                list_teams(
+                    c,
+                    &org.0,
+                    filter.as_ref(),
+                    skip + 1,
+                    room.max(0),
+                    &base,
+                    with_members,
+                )?
+            } else {
+                empty()
+            };
+            Ok((users, groups))
+        })
+        .await?;
+    let mut resources = Vec::new();
+    for (kind, page) in [
+        (ResourceKind::User, users_page.resources),
+        (ResourceKind::Group, groups_page.resources),
+    ] {
+        for mut r in page {
+            projection.apply(kind, &mut r);
+            resources.push(r);
+        }
+    }
+    let body = json!({
+        "schemas": [LIST_RESPONSE_SCHEMA],
+        "totalResults": users_page.total + groups_page.total,
+        "startIndex": start,
+        "itemsPerPage": resources.len(),
+        "Resources": resources,
+    });
+    Ok(scim_response(StatusCode::OK, &body))
 }
 
 // Route handlers: one per method and resource type, each a thin wrapper.

@@ -88,3 +88,9 @@ impl ScimChange {
         }
     }
 }
+
+impl super::queue::Job for ScimChange {
+    fn job_id(&self) -> String {
+        self.change_id.clone()
+    }
+}

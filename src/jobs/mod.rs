@@ -1,6 +1,7 @@
 //! Jobs: the change job, queue backends, workers, retry schedule, reply wake-up.
 
 pub mod change;
+pub mod mail;
 pub mod queue;
 pub mod reply;
 pub mod retry;

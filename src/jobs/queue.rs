@@ -16,29 +16,61 @@ use apalis_sqlite::SqliteStorage;
 use futures::StreamExt;
 use futures::channel::mpsc;
 
-use super::change::ScimChange;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
 use crate::config::QueueUrl;
 
-/// Where the queue lives.
-#[derive(Clone)]
-pub enum Backend {
+/// Where a queue lives.
+pub enum Backend<T> {
     Redis {
-        storage: Box<RedisStorage<ScimChange>>,
+        storage: Box<RedisStorage<T>>,
         client: redis::Client,
         conn: redis::aio::ConnectionManager,
     },
-    Sqlite(SqliteStorage<ScimChange>),
+    Sqlite(SqliteStorage<T>),
 }
 
-/// A handle for pushing changes; cheap to clone.
-#[derive(Clone)]
-pub struct Queue {
-    pub backend: Backend,
+impl<T> Clone for Backend<T> {
+    fn clone(&self) -> Self {
+        match self {
+            Backend::Redis {
+                storage,
+                client,
+                conn,
+            } => Backend::Redis {
+                storage: storage.clone(),
+                client: client.clone(),
+                conn: conn.clone(),
+            },
+            Backend::Sqlite(storage) => Backend::Sqlite(storage.clone()),
+        }
+    }
+}
+
+/// A handle for pushing jobs of type `T`; cheap to clone.
+pub struct Queue<T> {
+    pub backend: Backend<T>,
     name: String,
     nudges: Arc<Nudges>,
 }
 
-impl std::fmt::Debug for Queue {
+impl<T> Clone for Queue<T> {
+    fn clone(&self) -> Self {
+        Queue {
+            backend: self.backend.clone(),
+            name: self.name.clone(),
+            nudges: self.nudges.clone(),
+        }
+    }
+}
+
+/// A job with an id of its own, used as its task id.
+pub trait Job: Serialize + DeserializeOwned + Clone + Send + Sync + Unpin + 'static {
+    fn job_id(&self) -> String;
+}
+
+impl<T> std::fmt::Debug for Queue<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let kind = match self.backend {
             Backend::Redis { .. } => "Redis",
@@ -71,9 +103,9 @@ impl Nudges {
     }
 }
 
-impl Queue {
+impl<T: Job> Queue<T> {
     /// Connects and prepares the queue (SQLite: creates the file and tables).
-    pub async fn connect(url: &QueueUrl, name: &str) -> anyhow::Result<Queue> {
+    pub async fn connect(url: &QueueUrl, name: &str) -> anyhow::Result<Queue<T>> {
         let backend = match url {
             QueueUrl::Redis(url) => {
                 let client = redis::Client::open(url.as_str())
@@ -136,10 +168,45 @@ impl Queue {
         format!("scimsync:pushed:{}", self.name)
     }
 
-    /// Queues a change under its own id and wakes the workers.
-    pub async fn push(&self, change: &ScimChange, max_deliveries: u32) -> anyhow::Result<()> {
-        let task = TaskBuilder::new(change.clone())
-            .task_id(TaskId::from_string(change.change_id.clone()))
+    /// A queue of another job type on the same connection.
+    pub fn sibling<U: Job>(&self, name: &str) -> Queue<U> {
+        let backend = match &self.backend {
+            Backend::Redis { client, conn, .. } => Backend::Redis {
+                storage: Box::new(
+                    RedisStorage::new(conn.clone()).with_config(
+                        apalis_redis::Config::default()
+                            .queue(name)
+                            .heartbeat_interval(Duration::from_secs(5))
+                            .missed_heartbeats(3),
+                    ),
+                ),
+                client: client.clone(),
+                conn: conn.clone(),
+            },
+            Backend::Sqlite(storage) => Backend::Sqlite(
+                SqliteStorage::new(storage.pool()).with_config(
+                    apalis_sqlite::Config::default()
+                        .queue(name)
+                        .heartbeat_interval(Duration::from_secs(5)),
+                ),
+            ),
+        };
+        Queue {
+            backend,
+            name: name.to_owned(),
+            nudges: Arc::new(Nudges::default()),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Queues a job under its own id and wakes the workers.
+    pub async fn push(&self, job: &T, max_deliveries: u32) -> anyhow::Result<()> {
+        let id = job.job_id();
+        let task = TaskBuilder::new(job.clone())
+            .task_id(TaskId::from_string(id.clone()))
             .max_attempts(max_deliveries as usize)
             .build();
         match &self.backend {
@@ -148,11 +215,11 @@ impl Queue {
                     .clone()
                     .push_task(task)
                     .await
-                    .map_err(|e| anyhow::anyhow!("cannot queue the change on Redis: {e}"))?;
+                    .map_err(|e| anyhow::anyhow!("cannot queue a job on Redis: {e}"))?;
                 let mut conn = conn.clone();
                 let published: redis::RedisResult<i64> = redis::cmd("PUBLISH")
                     .arg(self.pushed_channel())
-                    .arg(&change.change_id)
+                    .arg(&id)
                     .query_async(&mut conn)
                     .await;
                 if let Err(e) = published {
@@ -163,7 +230,7 @@ impl Queue {
                 .clone()
                 .push_task(task)
                 .await
-                .map_err(|e| anyhow::anyhow!("cannot queue the change in SQLite: {e}"))?,
+                .map_err(|e| anyhow::anyhow!("cannot queue a job in SQLite: {e}"))?,
         }
         self.nudges.nudge();
         Ok(())

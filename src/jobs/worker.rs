@@ -1,22 +1,26 @@
-//! Workers: take changes off the queue and apply each in one transaction.
+//! Workers: apply SCIM changes, each in one transaction, and send mail.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use apalis::prelude::*;
+use tracing::Instrument;
 
 use super::change::ScimChange;
+use super::mail::{self, MailState, SendMail};
 use super::queue::{Backend, Queue};
 use super::reply::Announcer;
 use crate::config::Settings;
 use crate::reconcile;
 use crate::store::Store;
 
-/// What every task of a worker process shares.
+/// What every change task of a worker process shares.
 pub struct WorkerState {
     pub store: Store,
     pub settings: Arc<Settings>,
     pub announcer: Announcer,
+    /// Where the mail a change owes is queued right after it commits.
+    pub mail: Queue<SendMail>,
 }
 
 /// Applies one delivery of a change. Transient failures are retried here
@@ -35,28 +39,41 @@ async fn apply(
         op = change.op.name(),
         delivery
     );
-    let _entered = span.enter();
-    drop(_entered);
+    apply_delivery(change, delivery, &state)
+        .instrument(span)
+        .await
+}
+
+async fn apply_delivery(
+    change: ScimChange,
+    delivery: u32,
+    state: &WorkerState,
+) -> Result<(), BoxDynError> {
     let max = state.settings.queue.max_deliveries.max(1);
-    match reconcile::apply_with_retry(&state.store, &state.settings.retry, &change, delivery).await
-    {
-        Ok(row) => {
-            tracing::debug!(parent: &span, outcome = %row.outcome, status = row.status, "change committed");
+    match reconcile::apply_with_retry(&state.store, &state.settings, &change, delivery).await {
+        Ok(committed) => {
+            tracing::debug!(outcome = %committed.log.outcome, status = committed.log.status, "change committed");
             state.announcer.applied(&change.change_id).await;
+            for id in &committed.mail {
+                // If this push is lost the reconciler queues the row again.
+                if let Err(e) = state.mail.push(&SendMail::new(id), 3).await {
+                    tracing::warn!(outbox_id = %id, error = format!("{e:#}"), "could not queue mail; the reconciler will");
+                }
+            }
             Ok(())
         }
         Err(e) if !e.is_transient() || delivery >= max => {
-            tracing::error!(parent: &span, error = %e, "change failed for good; recording it as dead");
+            tracing::error!(error = %e, "change failed for good; recording it as dead");
             match reconcile::record_dead(&state.store, &change, delivery, &e).await {
                 Ok(_) => state.announcer.applied(&change.change_id).await,
                 Err(e2) => {
-                    tracing::error!(parent: &span, error = %e2, "could not record the dead change; it was never acknowledged")
+                    tracing::error!(error = %e2, "could not record the dead change; it was never acknowledged")
                 }
             }
             Err(AbortError::new(e).into())
         }
         Err(e) => {
-            tracing::warn!(parent: &span, error = %e, "delivery failed; the queue will redeliver");
+            tracing::warn!(error = %e, "delivery failed; the queue will redeliver");
             Err(e.into())
         }
     }
@@ -64,22 +81,61 @@ async fn apply(
 
 /// A worker name unique to this process, so a restarted process never
 /// collides with the registration of the one it replaces.
-fn worker_name() -> String {
+fn worker_name(kind: &str) -> String {
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "host".to_owned());
     format!(
-        "scim-{host}-{}-{}",
+        "{kind}-{host}-{}-{}",
         std::process::id(),
         ulid::Ulid::new().to_string().to_lowercase()
     )
 }
 
-/// Runs workers until `shutdown` resolves, then lets in-flight changes finish.
-pub async fn run<S>(queue: Queue, state: Arc<WorkerState>, shutdown: S) -> anyhow::Result<()>
+/// Registers a worker for `$queue` running `$handler` with `$data`, on
+/// whichever backend the queue has. A macro because apalis's worker types
+/// differ per backend and their bounds do not fit in a generic function.
+macro_rules! register {
+    ($monitor:expr, $queue:expr, $kind:expr, $poll:expr, $concurrency:expr, $data:expr, $handler:expr) => {{
+        let queue = $queue.clone();
+        let data = $data.clone();
+        let strategy = move || Strategy::new().stream(queue.nudges()).interval($poll);
+        match $queue.backend.clone() {
+            Backend::Redis { storage, .. } => $monitor.register(move |_| {
+                WorkerBuilder::new(worker_name($kind))
+                    .backend((*storage).clone().poll_with_strategy(strategy()))
+                    .data(data.clone())
+                    .concurrency($concurrency)
+                    .parallelize(tokio::spawn)
+                    .catch_panic()
+                    .build($handler)
+            }),
+            Backend::Sqlite(storage) => $monitor.register(move |_| {
+                WorkerBuilder::new(worker_name($kind))
+                    .backend(storage.clone().poll_with_strategy(strategy()))
+                    .data(data.clone())
+                    .concurrency($concurrency)
+                    .parallelize(tokio::spawn)
+                    .catch_panic()
+                    .build($handler)
+            }),
+        }
+    }};
+}
+
+/// Runs change and mail workers until `shutdown` resolves, then lets
+/// in-flight work finish.
+pub async fn run<S>(
+    changes: Queue<ScimChange>,
+    state: Arc<WorkerState>,
+    mail_state: Arc<MailState>,
+    shutdown: S,
+) -> anyhow::Result<()>
 where
     S: std::future::Future<Output = ()> + Send + 'static,
 {
     let poll = Duration::from_millis(state.settings.queue.poll_interval_ms.max(10));
     let concurrency = state.settings.queue.concurrency.max(1);
+    let mail_concurrency = state.settings.mail.concurrency.max(1);
+    let mail_queue = state.mail.clone();
     let signal = async move {
         shutdown.await;
         Ok(())
@@ -92,41 +148,18 @@ where
             tracing::warn!(worker = ctx.name(), error = %err, "worker stopped; restarting");
             true
         });
-    // A fresh nudge stream per (re)started worker: the monitor's factory
-    // may build the worker again after a backend error.
-    let strategy = {
-        let queue = queue.clone();
-        move || Strategy::new().stream(queue.nudges()).interval(poll)
-    };
-    let result = match queue.backend.clone() {
-        Backend::Redis { storage, .. } => {
-            monitor
-                .register(move |_| {
-                    WorkerBuilder::new(worker_name())
-                        .backend((*storage).clone().poll_with_strategy(strategy()))
-                        .data(state.clone())
-                        .concurrency(concurrency)
-                        .parallelize(tokio::spawn)
-                        .catch_panic()
-                        .build(apply)
-                })
-                .run_with_signal(signal)
-                .await
-        }
-        Backend::Sqlite(storage) => {
-            monitor
-                .register(move |_| {
-                    WorkerBuilder::new(worker_name())
-                        .backend(storage.clone().poll_with_strategy(strategy()))
-                        .data(state.clone())
-                        .concurrency(concurrency)
-                        .parallelize(tokio::spawn)
-                        .catch_panic()
-                        .build(apply)
-                })
-                .run_with_signal(signal)
-                .await
-        }
-    };
-    result.map_err(|e| anyhow::anyhow!("worker monitor failed: {e}"))
+    let monitor = register!(monitor, changes, "scim", poll, concurrency, state, apply);
+    let monitor = register!(
+        monitor,
+        mail_queue,
+        "mail",
+        poll,
+        mail_concurrency,
+        mail_state,
+        mail::handle
+    );
+    monitor
+        .run_with_signal(signal)
+        .await
+        .map_err(|e| anyhow::anyhow!("worker monitor failed: {e}"))
 }

@@ -89,3 +89,23 @@ pub async fn bootstrap_default(store: &Store) -> anyhow::Result<Option<IssuedTok
     create(store, "default", Some("Default organization"), None).await?;
     Ok(Some(tokens::create(store, "default", "first token").await?))
 }
+
+/// Sets (or clears) where an organization's failure digests go.
+pub async fn set_notify(store: &Store, slug: &str, email: Option<&str>) -> anyhow::Result<()> {
+    if let Some(e) = email
+        && !e.contains('@')
+    {
+        bail!("\"{e}\" is not an email address");
+    }
+    let slug = slug.to_owned();
+    let email = email.map(str::to_owned);
+    let found = store
+        .run(move |c| {
+            orgs::set_notify_email(c, &slug, email.as_deref()).map_err(crate::store::Error::from)
+        })
+        .await?;
+    if !found {
+        bail!("no such organization; `scimsync org list` shows them");
+    }
+    Ok(())
+}

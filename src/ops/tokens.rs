@@ -9,11 +9,16 @@ use crate::store::{Store, orgs, tokens};
 /// Tokens start with this, so a leaked one is recognisable in a scan.
 const PREFIX: &str = "scimsync_";
 
-/// A new random token: 256 bits from the OS generator.
+/// A new random SCIM token: 256 bits from the OS generator.
 pub fn generate_token() -> String {
+    random_secret(PREFIX)
+}
+
+/// 256 random bits, hex, after `prefix` (tokens, invitation links).
+pub fn random_secret(prefix: &str) -> String {
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);
-    format!("{PREFIX}{}", hex::encode(bytes))
+    format!("{prefix}{}", hex::encode(bytes))
 }
 
 /// The stored form of a token: SHA-256, hex. A fast hash is enough because

@@ -12,7 +12,9 @@ use crate::scim::error::{ScimError, ScimType};
 use crate::scim::patch::{MemberChange, apply_patch, parse_patch};
 use crate::scim::render::{self, MemberRef};
 use crate::scim::resource::{group_fields, group_member_ids, require_email, user_fields};
+use crate::store::invitations::{self, InvitationRow};
 use crate::store::log::LogRow;
+use crate::store::outbox::{self, OutboxRow};
 use crate::store::teams::TeamRow;
 use crate::store::users::UserRow;
 use crate::store::{self, Conn, log, now, teams, users};
@@ -44,11 +46,30 @@ impl From<store::Error> for ApplyError {
     }
 }
 
-/// A change that applied: the answer to give, and what the log shows.
+/// A change that applied: the answer to give, what the log shows, and
+/// the outbox rows it wrote.
 struct Applied {
     status: u16,
     body: Option<Value>,
     subject: Option<String>,
+    mail: Vec<String>,
+}
+
+/// What applying needs besides the change: settings of the product.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// How long a welcome invitation stays valid.
+    pub invitation_ttl: chrono::TimeDelta,
+    /// How long a send job queued right after commit is trusted to run
+    /// before the reconciler queues the mail again.
+    pub mail_queued_for: chrono::TimeDelta,
+}
+
+/// A committed change: its log row, and the outbox rows to send now.
+#[derive(Debug, Clone)]
+pub struct Committed {
+    pub log: LogRow,
+    pub mail: Vec<String>,
 }
 
 /// Applies `change` in one transaction and returns its log row. A change
@@ -57,14 +78,21 @@ pub fn apply_once(
     conn: &mut Conn,
     change: &ScimChange,
     attempts: i32,
-) -> Result<LogRow, store::Error> {
-    conn.transaction::<LogRow, store::Error, _>(|c| {
+    policy: &Policy,
+) -> Result<Committed, store::Error> {
+    conn.transaction::<Committed, store::Error, _>(|c| {
         if let Some(done) = log::find(c, &change.change_id)? {
-            return Ok(done);
+            // A redelivery: its mail, if any, is already owed in the outbox
+            // and the reconciler sends it.
+            return Ok(Committed {
+                log: done,
+                mail: Vec::new(),
+            });
         }
         let started = Instant::now();
         // A savepoint: a rejected change leaves no trace but its log row.
-        let result = c.transaction::<Applied, ApplyError, _>(|c| apply_op(c, change));
+        let result = c.transaction::<Applied, ApplyError, _>(|c| apply_op(c, change, policy));
+        let mut mail = Vec::new();
         let mut row = LogRow {
             change_id: change.change_id.clone(),
             org_id: change.org_id.clone(),
@@ -87,6 +115,7 @@ pub fn apply_once(
                 row.status = i32::from(applied.status);
                 row.response = applied.body.map(|b| b.to_string());
                 row.subject = applied.subject;
+                mail = applied.mail;
             }
             Err(ApplyError::Rejected(e)) => {
                 row.outcome = "rejected".into();
@@ -99,7 +128,7 @@ pub fn apply_once(
         }
         row.duration_ms = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
         log::insert(c, &row)?;
-        Ok(row)
+        Ok(Committed { log: row, mail })
     })
 }
 
@@ -166,9 +195,15 @@ fn subject_of(op: &ChangeOp) -> Option<String> {
         .map(str::to_owned)
 }
 
-fn apply_op(c: &mut Conn, change: &ScimChange) -> Result<Applied, ApplyError> {
+fn apply_op(c: &mut Conn, change: &ScimChange, policy: &Policy) -> Result<Applied, ApplyError> {
     let org = change.org_id.as_str();
     let base = change.base_url.as_str();
+    let mut mail = Vec::new();
+    let invite = Invite {
+        org,
+        change_id: &change.change_id,
+        policy,
+    };
     match &change.op {
         ChangeOp::Create {
             kind: ResourceKind::User,
@@ -178,10 +213,14 @@ fn apply_op(c: &mut Conn, change: &ScimChange) -> Result<Applied, ApplyError> {
             let row = new_user_row(org, id, resource.clone())?;
             ensure_user_name_free(c, org, &row.user_name_key, &row.user_name, None)?;
             users::insert(c, &row)?;
+            if row.active {
+                mail.push(invite.issue(c, &row)?);
+            }
             Ok(Applied {
                 status: 201,
                 subject: Some(row.user_name.clone()),
                 body: Some(render_user(&row, base)?),
+                mail,
             })
         }
         ChangeOp::Create {
@@ -198,6 +237,7 @@ fn apply_op(c: &mut Conn, change: &ScimChange) -> Result<Applied, ApplyError> {
                 status: 201,
                 subject: Some(row.display_name.clone()),
                 body: Some(render_team(c, &row, base)?),
+                mail,
             })
         }
         ChangeOp::Replace {
@@ -208,17 +248,13 @@ fn apply_op(c: &mut Conn, change: &ScimChange) -> Result<Applied, ApplyError> {
         } => {
             let old = find_user(c, org, id)?;
             check_version(if_match.as_deref(), old.version)?;
-            let mut row = new_user_row(org, id, resource.clone())?;
-            ensure_user_name_free(c, org, &row.user_name_key, &row.user_name, Some(id))?;
-            row.created_at = old.created_at;
-            row.version = old.version + 1;
-            if !users::update(c, &row, old.version)? {
-                return Err(ApplyError::Store(store::Error::Contended));
-            }
+            let row = update_user(c, &old, resource.clone())?;
+            mail.extend(invite.on_transition(c, &old, &row)?);
             Ok(Applied {
                 status: 200,
                 subject: Some(row.user_name.clone()),
                 body: Some(render_user(&row, base)?),
+                mail,
             })
         }
         ChangeOp::Replace {
@@ -244,6 +280,7 @@ fn apply_op(c: &mut Conn, change: &ScimChange) -> Result<Applied, ApplyError> {
                 status: 200,
                 subject: Some(row.display_name.clone()),
                 body: Some(render_team(c, &row, base)?),
+                mail,
             })
         }
         ChangeOp::Patch {
@@ -265,19 +302,16 @@ fn apply_op(c: &mut Conn, change: &ScimChange) -> Result<Applied, ApplyError> {
                     status: 200,
                     subject: Some(old.user_name.clone()),
                     body: Some(render_user(&old, base)?),
+                    mail,
                 });
             }
-            let mut row = new_user_row(org, id, resource)?;
-            ensure_user_name_free(c, org, &row.user_name_key, &row.user_name, Some(id))?;
-            row.created_at = old.created_at;
-            row.version = old.version + 1;
-            if !users::update(c, &row, old.version)? {
-                return Err(ApplyError::Store(store::Error::Contended));
-            }
+            let row = update_user(c, &old, resource)?;
+            mail.extend(invite.on_transition(c, &old, &row)?);
             Ok(Applied {
                 status: 200,
                 subject: Some(row.user_name.clone()),
                 body: Some(render_user(&row, base)?),
+                mail,
             })
         }
         ChangeOp::Patch {
@@ -325,6 +359,7 @@ fn apply_op(c: &mut Conn, change: &ScimChange) -> Result<Applied, ApplyError> {
                 status: 204,
                 subject: Some(old.display_name.clone()),
                 body: None,
+                mail,
             })
         }
         ChangeOp::Delete {
@@ -334,11 +369,13 @@ fn apply_op(c: &mut Conn, change: &ScimChange) -> Result<Applied, ApplyError> {
         } => {
             let old = find_user(c, org, id)?;
             check_version(if_match.as_deref(), old.version)?;
+            invitations::revoke_pending(c, id)?;
             users::delete(c, org, id)?;
             Ok(Applied {
                 status: 204,
                 subject: Some(old.user_name),
                 body: None,
+                mail,
             })
         }
         ChangeOp::Delete {
@@ -353,6 +390,7 @@ fn apply_op(c: &mut Conn, change: &ScimChange) -> Result<Applied, ApplyError> {
                 status: 204,
                 subject: Some(old.display_name),
                 body: None,
+                mail,
             })
         }
     }
@@ -467,13 +505,98 @@ fn new_user_row(org: &str, id: &str, resource: Value) -> Result<UserRow, ApplyEr
         external_id: fields.external_id,
         display_name_key: fields.display_name.as_ref().map(|d| d.to_lowercase()),
         display_name: fields.display_name,
-        email: fields.email.map(|e| e.to_lowercase()),
+        email: fields.email,
         active: fields.active,
         resource: resource.to_string(),
         version: 1,
         created_at: at,
         updated_at: at,
+        joined_at: None,
     })
+}
+
+/// Writes a new version of a user from `resource`, keeping what the
+/// document does not carry (creation time, joined state).
+fn update_user(c: &mut Conn, old: &UserRow, resource: Value) -> Result<UserRow, ApplyError> {
+    let mut row = new_user_row(&old.org_id, &old.id, resource)?;
+    ensure_user_name_free(
+        c,
+        &old.org_id,
+        &row.user_name_key,
+        &row.user_name,
+        Some(&old.id),
+    )?;
+    row.created_at = old.created_at;
+    row.joined_at = old.joined_at;
+    row.version = old.version + 1;
+    if !users::update(c, &row, old.version)? {
+        return Err(ApplyError::Store(store::Error::Contended));
+    }
+    Ok(row)
+}
+
+/// Welcome invitations owed by user changes.
+struct Invite<'a> {
+    org: &'a str,
+    change_id: &'a str,
+    policy: &'a Policy,
+}
+
+impl Invite<'_> {
+    /// Writes an invitation and the outbox row that mails it; returns the row id.
+    fn issue(&self, c: &mut Conn, user: &UserRow) -> Result<String, ApplyError> {
+        let token = crate::ops::tokens::random_secret("inv_");
+        let at = now();
+        let recipient = user.email.clone().unwrap_or_default();
+        let invitation = InvitationRow {
+            id: ulid::Ulid::new().to_string(),
+            org_id: self.org.to_owned(),
+            user_id: user.id.clone(),
+            token_hash: crate::ops::tokens::hash_token(&token),
+            email: recipient.clone(),
+            created_at: at,
+            expires_at: at + self.policy.invitation_ttl,
+            used_at: None,
+            revoked_at: None,
+        };
+        invitations::insert(c, &invitation)?;
+        // The clear token lives only here, until the message is sent.
+        let payload = serde_json::json!({
+            "invitation_id": invitation.id,
+            "user_id": user.id,
+            "token": token,
+        });
+        let row = OutboxRow::new(
+            self.org,
+            "welcome",
+            Some(self.change_id),
+            &recipient,
+            payload.to_string(),
+            self.policy.mail_queued_for,
+        );
+        outbox::insert(c, &row)?;
+        Ok(row.id)
+    }
+
+    /// Deactivation revokes pending invitations; activating a user who
+    /// never joined and has none pending issues a fresh one.
+    fn on_transition(
+        &self,
+        c: &mut Conn,
+        old: &UserRow,
+        new: &UserRow,
+    ) -> Result<Option<String>, ApplyError> {
+        if !new.active {
+            if old.active {
+                invitations::revoke_pending(c, &new.id)?;
+            }
+            return Ok(None);
+        }
+        if !old.active && new.joined_at.is_none() && !invitations::has_pending(c, &new.id)? {
+            return Ok(Some(self.issue(c, new)?));
+        }
+        Ok(None)
+    }
 }
 
 fn new_team_row(org: &str, id: &str, mut resource: Value) -> Result<TeamRow, ApplyError> {
@@ -527,14 +650,8 @@ pub fn render_team_with(
 ) -> Result<Value, store::Error> {
     let resource: Value = serde_json::from_str(&row.resource)
         .map_err(|e| store::Error::Corrupt(format!("stored group {} is not JSON: {e}", row.id)))?;
-    let refs: Option<Vec<MemberRef<'_>>> = members.map(|ms| {
-        ms.iter()
-            .map(|m| MemberRef {
-                id: &m.user_id,
-                display: m.display_name.as_deref().unwrap_or(&m.user_name),
-            })
-            .collect()
-    });
+    let refs: Option<Vec<MemberRef<'_>>> =
+        members.map(|ms| ms.iter().map(|m| MemberRef { id: &m.user_id }).collect());
     let mut out = render::resource(
         resource,
         &render::Meta {

@@ -393,8 +393,9 @@ fn apply_pathless(
     within: Option<&'static SchemaDef>,
 ) -> Result<(), ScimError> {
     for (key, value) in obj {
-        if within.is_none() && key.eq_ignore_ascii_case("schemas") {
-            // The resource's schemas follow from its attributes.
+        if key.eq_ignore_ascii_case("schemas") {
+            // The resource's schemas follow from its attributes; inside an
+            // extension object the member is redundant, and POST accepts it.
             continue;
         }
         let named_schema = match within {

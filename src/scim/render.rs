@@ -21,7 +21,6 @@ pub struct Meta<'a> {
 #[derive(Debug)]
 pub struct MemberRef<'a> {
     pub id: &'a str,
-    pub display: &'a str,
 }
 
 /// The weak ETag of a version, as `meta.version` and the `ETag` header.
@@ -71,6 +70,9 @@ pub fn resource(stored: Value, meta: &Meta<'_>) -> Value {
         ResourceKind::User => "User",
         ResourceKind::Group => "Group",
     };
+    if meta.kind == ResourceKind::User {
+        add_manager_ref(&mut out, meta.base_url);
+    }
     out.insert(
         "meta".into(),
         json!({
@@ -84,7 +86,29 @@ pub fn resource(stored: Value, meta: &Meta<'_>) -> Value {
     Value::Object(out)
 }
 
-/// Sets a group's `members` list.
+/// Gives the enterprise `manager` its `$ref` (RFC 7643 §4.3), derived
+/// from the stored id rather than stored, so it follows the public URL.
+fn add_manager_ref(user: &mut Map<String, Value>, base_url: &str) {
+    let manager = user
+        .get_mut(super::schema::ENTERPRISE_USER_SCHEMA)
+        .and_then(|e| e.get_mut("manager"))
+        .and_then(Value::as_object_mut);
+    if let Some(manager) = manager
+        && let Some(id) = manager
+            .get("value")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    {
+        manager.insert(
+            "$ref".into(),
+            Value::String(format!("{base_url}/Users/{id}")),
+        );
+    }
+}
+
+/// Sets a group's `members` list. `display` is left out: it is read-only,
+/// Entra ID does not read it, and leaving it out keeps a group's answer
+/// what the client sent.
 pub fn set_members(group: &mut Value, members: &[MemberRef<'_>], base_url: &str) {
     let list: Vec<Value> = members
         .iter()
@@ -92,7 +116,6 @@ pub fn set_members(group: &mut Value, members: &[MemberRef<'_>], base_url: &str)
             json!({
                 "value": m.id,
                 "$ref": format!("{base_url}/Users/{}", m.id),
-                "display": m.display,
                 "type": "User",
             })
         })

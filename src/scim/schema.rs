@@ -333,7 +333,7 @@ static NAME_SUBS: [AttributeDef; 6] = [
 ];
 
 static EMAIL_SUBS: [AttributeDef; 4] = [
-    string("value", "The email address."),
+    string("value", "The email address.").required(),
     string("display", "A label for display purposes."),
     string("type", "The kind of address, e.g. 'work' or 'home'.").canonical(PLURAL_TYPES_EMAIL),
     attr(
@@ -483,7 +483,12 @@ static USER_ATTRIBUTES: [AttributeDef; 22] = [
         AttrType::Boolean,
         "Whether the user may use the product; false when Entra disables the user.",
     ),
-    complex("emails", "Email addresses of the user.", &EMAIL_SUBS).multi(),
+    // Published as required because scimsync invites every user by email:
+    // a user needs one (or a userName that is an address; see
+    // resource::require_email). Not enforced by the schema walk itself.
+    complex("emails", "Email addresses of the user.", &EMAIL_SUBS)
+        .multi()
+        .required(),
     complex("phoneNumbers", "Phone numbers of the user.", &PHONE_SUBS).multi(),
     complex("ims", "Instant messaging addresses of the user.", &IM_SUBS).multi(),
     complex("photos", "URLs of photos of the user.", &PHOTO_SUBS).multi(),

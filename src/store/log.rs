@@ -48,3 +48,39 @@ pub fn recent(conn: &mut Conn, org_id: &str, limit: i64) -> QueryResult<Vec<LogR
         .select(LogRow::as_select())
         .load(conn)
 }
+
+/// Changes of an organization that failed (rejected or dead) after
+/// `after` and up to `through`, oldest first, at most `limit`.
+pub fn failures_between(
+    conn: &mut Conn,
+    org_id: &str,
+    after: chrono::NaiveDateTime,
+    through: chrono::NaiveDateTime,
+    limit: i64,
+) -> QueryResult<Vec<LogRow>> {
+    provisioning_log::table
+        .filter(provisioning_log::org_id.eq(org_id))
+        .filter(provisioning_log::outcome.ne("applied"))
+        .filter(provisioning_log::applied_at.gt(after))
+        .filter(provisioning_log::applied_at.le(through))
+        .order(provisioning_log::applied_at.asc())
+        .limit(limit)
+        .select(LogRow::as_select())
+        .load(conn)
+}
+
+/// How many failures [`failures_between`] would find without a limit.
+pub fn count_failures_between(
+    conn: &mut Conn,
+    org_id: &str,
+    after: chrono::NaiveDateTime,
+    through: chrono::NaiveDateTime,
+) -> QueryResult<i64> {
+    provisioning_log::table
+        .filter(provisioning_log::org_id.eq(org_id))
+        .filter(provisioning_log::outcome.ne("applied"))
+        .filter(provisioning_log::applied_at.gt(after))
+        .filter(provisioning_log::applied_at.le(through))
+        .count()
+        .get_result(conn)
+}

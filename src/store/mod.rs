@@ -3,8 +3,10 @@
 //! Store functions are synchronous over `&mut Conn`; async code reaches them
 //! through [`Store::run`], which runs them on the blocking pool.
 
+pub mod invitations;
 pub mod log;
 pub mod orgs;
+pub mod outbox;
 pub mod schema;
 pub mod teams;
 pub mod tokens;

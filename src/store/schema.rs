@@ -8,6 +8,7 @@ diesel::table! {
         name -> Text,
         notify_email -> Nullable<Text>,
         created_at -> Timestamp,
+        digest_through -> Nullable<Timestamp>,
     }
 }
 
@@ -38,6 +39,7 @@ diesel::table! {
         version -> BigInt,
         created_at -> Timestamp,
         updated_at -> Timestamp,
+        joined_at -> Nullable<Timestamp>,
     }
 }
 
@@ -97,6 +99,21 @@ diesel::table! {
         next_attempt_at -> Timestamp,
         sent_at -> Nullable<Timestamp>,
         created_at -> Timestamp,
+        locked_until -> Nullable<Timestamp>,
+    }
+}
+
+diesel::table! {
+    invitations (id) {
+        id -> Text,
+        org_id -> Text,
+        user_id -> Text,
+        token_hash -> Text,
+        email -> Text,
+        created_at -> Timestamp,
+        expires_at -> Timestamp,
+        used_at -> Nullable<Timestamp>,
+        revoked_at -> Nullable<Timestamp>,
     }
 }
 
@@ -107,6 +124,7 @@ diesel::joinable!(team_members -> teams (team_id));
 diesel::joinable!(team_members -> users (user_id));
 diesel::joinable!(provisioning_log -> organizations (org_id));
 diesel::joinable!(outbox -> organizations (org_id));
+diesel::joinable!(invitations -> users (user_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
     organizations,
@@ -116,4 +134,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     team_members,
     provisioning_log,
     outbox,
+    invitations,
 );

@@ -21,6 +21,8 @@ pub struct UserRow {
     pub version: i64,
     pub created_at: chrono::NaiveDateTime,
     pub updated_at: chrono::NaiveDateTime,
+    /// When the person accepted their invitation.
+    pub joined_at: Option<chrono::NaiveDateTime>,
 }
 
 /// Conditions that run in SQL; anything else in a SCIM filter is evaluated
@@ -170,4 +172,22 @@ pub fn existing_ids(conn: &mut Conn, org_id: &str, ids: &[String]) -> QueryResul
         found.append(&mut part);
     }
     Ok(found)
+}
+
+/// Marks a user as having joined (accepted an invitation).
+pub fn mark_joined(
+    conn: &mut Conn,
+    org_id: &str,
+    id: &str,
+    at: chrono::NaiveDateTime,
+) -> QueryResult<()> {
+    diesel::update(
+        users::table
+            .filter(users::org_id.eq(org_id))
+            .filter(users::id.eq(id))
+            .filter(users::joined_at.is_null()),
+    )
+    .set(users::joined_at.eq(Some(at)))
+    .execute(conn)?;
+    Ok(())
 }

@@ -1,8 +1,6 @@
 //! The spine: answers only after commit, redeliveries applied once, the
 //! deadline path, and several workers sharing one queue.
 
-use std::time::Duration;
-
 use reqwest::StatusCode;
 use scimsync::jobs::{ChangeOp, ScimChange};
 use scimsync::reconcile;
@@ -12,7 +10,7 @@ use scimsync::store::{log, users};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{Backend, TestApp, spawn_with, test_env, user_body};
+use crate::helpers::{Backend, TestApp, eventually, spawn_with, test_env, user_body};
 use crate::on_both_backends;
 
 on_both_backends!(
@@ -25,7 +23,7 @@ async fn answer_is_given_only_after_commit(app: TestApp) {
     assert_eq!(reply.status, StatusCode::CREATED);
     let id = reply.body["id"].as_str().expect("id").to_owned();
     // No waiting: the row must already be there when the answer arrives.
-    let org_id = org_id(&app).await;
+    let org_id = app.org_id().await;
     let row = app
         .store
         .run(move |c| users::find(c, &org_id, &id).map_err(scimsync::store::Error::from))
@@ -34,20 +32,8 @@ async fn answer_is_given_only_after_commit(app: TestApp) {
     assert!(row.is_some(), "201 was sent before the user was committed");
 }
 
-async fn org_id(app: &TestApp) -> String {
-    let slug = app.org_slug.clone();
-    app.store
-        .run(move |c| {
-            scimsync::store::orgs::find_by_slug(c, &slug).map_err(scimsync::store::Error::from)
-        })
-        .await
-        .expect("query")
-        .expect("org exists")
-        .id
-}
-
 async fn change_delivered_twice_is_applied_once(app: TestApp) {
-    let org = org_id(&app).await;
+    let org = app.org_id().await;
     let change = ScimChange::new(
         &org,
         &app.scim,
@@ -64,13 +50,14 @@ async fn change_delivered_twice_is_applied_once(app: TestApp) {
     // Two workers receive the same change at once (a redelivery racing the
     // original), then a third delivery arrives after both committed.
     let (a, b) = tokio::join!(
-        reconcile::apply_with_retry(&app.store, &app.settings.retry, &change, 1),
-        reconcile::apply_with_retry(&app.store, &app.settings.retry, &change, 2),
+        reconcile::apply_with_retry(&app.store, &app.settings, &change, 1),
+        reconcile::apply_with_retry(&app.store, &app.settings, &change, 2),
     );
-    let (a, b) = (a.expect("first"), b.expect("second"));
-    let c = reconcile::apply_with_retry(&app.store, &app.settings.retry, &change, 3)
+    let (a, b) = (a.expect("first").log, b.expect("second").log);
+    let c = reconcile::apply_with_retry(&app.store, &app.settings, &change, 3)
         .await
-        .expect("third");
+        .expect("third")
+        .log;
     assert_eq!(a.status, 201);
     assert_eq!(
         (a.status, a.response.clone()),
@@ -93,22 +80,6 @@ async fn change_delivered_twice_is_applied_once(app: TestApp) {
         .expect("query");
     assert_eq!(users_named, 1);
     assert_eq!(log_rows, 1);
-}
-
-/// Waits until `check` holds, for at most 30 s; panics otherwise.
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while tokio::time::Instant::now() < deadline {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("timed out waiting until {what}");
 }
 
 /// Starts a worker-only process on the app's storage.

@@ -131,6 +131,10 @@ pub fn test_env(backend: Backend) -> TestEnv {
     settings.paths.data_dir = dir.path().to_path_buf();
     settings.queue.poll_interval_ms = 20;
     settings.retry.max_elapsed_ms = 5_000;
+    settings.reconciler.interval_ms = 100;
+    settings.mail.retry_initial_secs = 0;
+    settings.mail.retry_max_secs = 1;
+    settings.mail.digest_interval_secs = 3600;
     let suffix = ulid::Ulid::new().to_string().to_lowercase();
     let mut pg = None;
     let mut redis = None;
@@ -362,4 +366,97 @@ pub fn patch_body(ops: Value) -> Value {
         "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
         "Operations": ops,
     })
+}
+
+/// Waits until `check` holds, for at most 20 s; panics with `what` otherwise.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    while tokio::time::Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting until {what}");
+}
+
+impl TestApp {
+    /// Where the file transport (the default) writes messages.
+    pub fn mail_dir(&self) -> std::path::PathBuf {
+        self.settings.paths.data_dir.join("mail")
+    }
+
+    /// The messages written so far, decoded enough to search their text.
+    pub fn mails(&self) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(self.mail_dir()) else {
+            return Vec::new();
+        };
+        let mut files: Vec<_> = entries
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "eml"))
+            .collect();
+        files.sort();
+        files
+            .iter()
+            .filter_map(|p| std::fs::read_to_string(p).ok())
+            .map(|raw| decode_quoted_printable(&raw))
+            .collect()
+    }
+
+    /// The organization's id.
+    pub async fn org_id(&self) -> String {
+        let slug = self.org_slug.clone();
+        self.store
+            .run(move |c| {
+                scimsync::store::orgs::find_by_slug(c, &slug).map_err(scimsync::store::Error::from)
+            })
+            .await
+            .expect("query")
+            .expect("org exists")
+            .id
+    }
+}
+
+/// Undoes quoted-printable soft line breaks and `=XX` escapes, so links and
+/// names can be found in a message's text.
+pub fn decode_quoted_printable(raw: &str) -> String {
+    let joined = raw.replace("=\r\n", "").replace("=\n", "");
+    let bytes = joined.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'='
+            && i + 2 < bytes.len()
+            && let Ok(v) = u8::from_str_radix(&joined[i + 1..i + 3], 16)
+        {
+            out.push(v);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The invitation token in a message's link, if any.
+pub fn invitation_token(mail: &str) -> Option<String> {
+    let at = mail.find("/invitations/inv_")? + "/invitations/".len();
+    let token: String = mail[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .collect();
+    (token.len() == 4 + 64).then_some(token)
+}
+
+impl TestApp {
+    /// The service's base URL (scheme, host, port).
+    pub fn base_url(&self) -> &str {
+        self.scim.trim_end_matches("/scim/v2")
+    }
 }

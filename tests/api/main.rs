@@ -1,7 +1,10 @@
 mod auth;
+mod browser;
 mod delivery;
+mod entra;
 mod groups;
 mod helpers;
+mod mail;
 mod protocol;
 mod schema_drift;
 mod users;

@@ -11,6 +11,8 @@ on_both_backends!(
     bulk_and_me_answer_501_and_wrong_method_405,
     oversized_body_is_413_with_scim_error,
     filter_on_unknown_attribute_is_400,
+    search_with_post_pages_users_and_groups,
+    if_match_guards_writes_and_if_none_match_gives_304,
 );
 
 async fn discovery_documents_describe_users_and_groups(app: TestApp) {
@@ -77,4 +79,89 @@ async fn filter_on_unknown_attribute_is_400(app: TestApp) {
     let reply = app.get("/Users?filter=shoeSize%20eq%20%2242%22").await;
     assert_eq!(reply.status, StatusCode::BAD_REQUEST);
     assert_eq!(reply.body["scimType"], "invalidFilter");
+}
+
+async fn search_with_post_pages_users_and_groups(app: TestApp) {
+    let ada = app.create_user("ada@example.com").await;
+    app.create_user("bob@example.com").await;
+    app.create_group("Ops", &[&ada]).await;
+    let search = |filter: serde_json::Value| {
+        json!({
+            "schemas": ["urn:ietf:params:scim:api:messages:2.0:SearchRequest"],
+            "filter": filter,
+            "startIndex": 1,
+            "count": 10,
+            "attributes": ["userName", "displayName"],
+        })
+    };
+    let users = app
+        .post(
+            "/Users/.search",
+            search(json!("userName eq \"ADA@example.com\"")),
+        )
+        .await;
+    assert_eq!(users.status, StatusCode::OK, "{:?}", users.body);
+    assert_eq!(users.body["totalResults"], 1);
+    assert_eq!(users.body["Resources"][0]["id"], ada.as_str());
+    assert!(
+        users.body["Resources"][0].get("emails").is_none(),
+        "attributes= limits the answer"
+    );
+    let everything = app.post("/.search", search(serde_json::Value::Null)).await;
+    assert_eq!(everything.body["totalResults"], 3);
+    let page2 = app
+        .post(
+            "/.search",
+            json!({
+                "schemas": ["urn:ietf:params:scim:api:messages:2.0:SearchRequest"],
+                "startIndex": 3,
+                "count": 1,
+            }),
+        )
+        .await;
+    assert_eq!(
+        page2.body["Resources"][0]["displayName"], "Ops",
+        "users first, then groups"
+    );
+    let no_schema = app
+        .post("/Users/.search", json!({"filter": "userName pr"}))
+        .await;
+    assert_eq!(no_schema.status, StatusCode::BAD_REQUEST);
+}
+
+async fn if_match_guards_writes_and_if_none_match_gives_304(app: TestApp) {
+    let id = app.create_user("etag@example.com").await;
+    let got = app.get(&format!("/Users/{id}")).await;
+    let etag = got.header("etag").expect("etag").to_owned();
+    let fresh = app
+        .client
+        .get(format!("{}/Users/{id}", app.scim))
+        .bearer_auth(&app.token)
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(fresh.status(), StatusCode::NOT_MODIFIED);
+    let patch = |tag: &str| {
+        app.client
+            .patch(format!("{}/Users/{id}", app.scim))
+            .bearer_auth(&app.token)
+            .header("if-match", tag)
+            .body(
+                crate::helpers::patch_body(
+                    json!([{"op": "replace", "path": "displayName", "value": "E"}]),
+                )
+                .to_string(),
+            )
+            .send()
+    };
+    let stale = crate::helpers::read(patch("W/\"999\"").await.expect("request")).await;
+    assert_eq!(stale.status, StatusCode::PRECONDITION_FAILED);
+    let ok = crate::helpers::read(patch(&etag).await.expect("request")).await;
+    assert_eq!(ok.status, StatusCode::OK, "{:?}", ok.body);
+    assert_ne!(
+        ok.header("etag"),
+        Some(etag.as_str()),
+        "the version changes with the change"
+    );
 }

@@ -1,0 +1,368 @@
+//! The mail job: send one outbox row, exactly when it is still owed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use apalis::prelude::*;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::queue::Job;
+use crate::config::Settings;
+use crate::email::templates::{self, Digest, FailureLine, Welcome};
+use crate::email::{Email, SendError, Transport};
+use crate::store::outbox::{self, OutboxRow};
+use crate::store::{self, Store, invitations, now, orgs, users};
+
+/// Send the outbox row `outbox_id`. The row, not the job, is the record:
+/// a job for a row that is sent, being sent, or no longer owed does nothing.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SendMail {
+    pub outbox_id: String,
+    /// Unique per push, so a row can be queued again after a lost job.
+    pub job_id: String,
+}
+
+impl SendMail {
+    pub fn new(outbox_id: &str) -> Self {
+        SendMail {
+            outbox_id: outbox_id.to_owned(),
+            job_id: ulid::Ulid::new().to_string(),
+        }
+    }
+}
+
+impl Job for SendMail {
+    fn job_id(&self) -> String {
+        self.job_id.clone()
+    }
+}
+
+/// What the mail workers of a process share.
+pub struct MailState {
+    pub store: Store,
+    pub settings: Arc<Settings>,
+    pub transport: Arc<Transport>,
+    /// Base of invitation links, e.g. `https://scim.example.com`.
+    pub public_url: String,
+}
+
+/// What became of one delivery attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    Sent,
+    /// Transient failure; another attempt is scheduled.
+    Retrying,
+    Failed,
+    /// No longer owed (invitation revoked, used or expired; user deleted).
+    Cancelled,
+    /// Not ours to send now: done already, or another worker has it.
+    Skipped,
+}
+
+/// The apalis handler.
+pub async fn handle(job: SendMail, state: Data<Arc<MailState>>) -> Result<(), BoxDynError> {
+    deliver(&state, &job.outbox_id).await?;
+    Ok(())
+}
+
+/// Claims, renders, sends and records one outbox row.
+pub async fn deliver(state: &MailState, outbox_id: &str) -> Result<Delivery, store::Error> {
+    let lease = chrono::TimeDelta::seconds(secs(state.settings.reconciler.send_lease_secs));
+    let id = outbox_id.to_owned();
+    let Some(row) = state
+        .store
+        .run(move |c| outbox::claim(c, &id, lease).map_err(store::Error::from))
+        .await?
+    else {
+        return Ok(Delivery::Skipped);
+    };
+    let span =
+        tracing::info_span!("mail", outbox_id = %row.id, kind = %row.kind, attempt = row.attempts);
+    let rendered = render(state, &row).await?;
+    let (email, sent_payload) = match rendered {
+        Rendered::Send(email, payload) => (email, payload),
+        Rendered::Cancel(reason) => {
+            tracing::info!(parent: &span, %reason, "mail no longer owed");
+            finish(state, &row.id, "cancelled", &reason).await?;
+            return Ok(Delivery::Cancelled);
+        }
+    };
+    match state.transport.send(&email).await {
+        Ok(said) => {
+            tracing::info!(parent: &span, server = %said, "mail sent");
+            let id = row.id.clone();
+            state
+                .store
+                .run(move |c| outbox::mark_sent(c, &id, &sent_payload).map_err(store::Error::from))
+                .await?;
+            Ok(Delivery::Sent)
+        }
+        Err(e)
+            if e.is_transient()
+                && row.attempts
+                    < i32::try_from(state.settings.mail.max_attempts).unwrap_or(i32::MAX) =>
+        {
+            let delay = retry_delay(&state.settings, row.attempts, &e);
+            tracing::warn!(parent: &span, error = %e.reason(), ?delay, "mail failed; will retry");
+            let at =
+                now() + chrono::TimeDelta::from_std(delay).unwrap_or(chrono::TimeDelta::hours(1));
+            let id = row.id.clone();
+            let reason = e.reason().to_owned();
+            state
+                .store
+                .run(move |c| outbox::mark_retry(c, &id, at, &reason).map_err(store::Error::from))
+                .await?;
+            Ok(Delivery::Retrying)
+        }
+        Err(e) => {
+            tracing::error!(parent: &span, error = %e.reason(), "mail failed for good");
+            finish(state, &row.id, "failed", e.reason()).await?;
+            Ok(Delivery::Failed)
+        }
+    }
+}
+
+fn secs(s: u64) -> i64 {
+    i64::try_from(s).unwrap_or(i64::MAX)
+}
+
+async fn finish(state: &MailState, id: &str, st: &str, reason: &str) -> Result<(), store::Error> {
+    let (id, st, reason) = (id.to_owned(), st.to_owned(), reason.to_owned());
+    state
+        .store
+        .run(move |c| outbox::finish(c, &id, &st, &reason).map_err(store::Error::from))
+        .await
+}
+
+/// The delay before attempt `attempts + 1`: exponential with jitter from the
+/// `backoff` crate, and never sooner than the server's Retry-After.
+pub fn retry_delay(settings: &Settings, attempts: i32, error: &SendError) -> Duration {
+    use backoff::backoff::Backoff;
+    let mut schedule = backoff::ExponentialBackoffBuilder::new()
+        .with_initial_interval(Duration::from_secs(settings.mail.retry_initial_secs))
+        .with_max_interval(Duration::from_secs(settings.mail.retry_max_secs))
+        .with_max_elapsed_time(None)
+        .build();
+    let mut delay = Duration::from_secs(settings.mail.retry_initial_secs);
+    for _ in 0..attempts.max(1) {
+        delay = schedule.next_backoff().unwrap_or(delay);
+    }
+    match error {
+        SendError::Transient {
+            retry_after: Some(after),
+            ..
+        } => delay.max(*after),
+        _ => delay,
+    }
+}
+
+enum Rendered {
+    /// The message, and the payload to keep once it is sent.
+    Send(Email, String),
+    Cancel(String),
+}
+
+async fn render(state: &MailState, row: &OutboxRow) -> Result<Rendered, store::Error> {
+    let payload: Value = serde_json::from_str(&row.payload).unwrap_or(Value::Null);
+    let from = state.settings.mail.from.clone();
+    match row.kind.as_str() {
+        "welcome" => render_welcome(state, row, payload, from).await,
+        "digest" => Ok(render_digest(row, &payload, from)),
+        "test" => {
+            let subject = "scimsync test message".to_owned();
+            let text =
+                "This is a test message from scimsync. If you can read it, mail delivery works.\n"
+                    .to_owned();
+            let html = format!("<p>{}</p>", templates::html_escape(text.trim()));
+            Ok(Rendered::Send(
+                Email {
+                    id: row.id.clone(),
+                    from,
+                    to: row.recipient.clone(),
+                    subject,
+                    text,
+                    html,
+                },
+                row.payload.clone(),
+            ))
+        }
+        other => Ok(Rendered::Cancel(format!("unknown mail kind {other}"))),
+    }
+}
+
+async fn render_welcome(
+    state: &MailState,
+    row: &OutboxRow,
+    payload: Value,
+    from: String,
+) -> Result<Rendered, store::Error> {
+    let text = |k: &str| {
+        payload
+            .get(k)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let (invitation_id, token) = (text("invitation_id"), text("token"));
+    let org_id = row.org_id.clone();
+    let found = state
+        .store
+        .run(move |c| {
+            let inv = invitations::find(c, &invitation_id)?;
+            let org = orgs::find(c, &org_id)?;
+            let user = match &inv {
+                Some(i) => users::find(c, &i.org_id, &i.user_id)?,
+                None => None,
+            };
+            Ok::<_, store::Error>((inv, org, user))
+        })
+        .await?;
+    let (Some(inv), Some(org), Some(user)) = found else {
+        return Ok(Rendered::Cancel(
+            "the invitation or its user no longer exists".into(),
+        ));
+    };
+    let at = now();
+    if inv.revoked_at.is_some() {
+        return Ok(Rendered::Cancel(
+            "the invitation was revoked before it was sent".into(),
+        ));
+    }
+    if inv.used_at.is_some() {
+        return Ok(Rendered::Cancel("the invitation was already used".into()));
+    }
+    if inv.expires_at <= at {
+        return Ok(Rendered::Cancel(
+            "the invitation expired before it was sent".into(),
+        ));
+    }
+    if token.is_empty() {
+        return Ok(Rendered::Cancel(
+            "the outbox row holds no invitation token".into(),
+        ));
+    }
+    let link = format!("{}/invitations/{token}", state.public_url);
+    let expires = inv
+        .expires_at
+        .and_utc()
+        .format("%-d %B %Y, %H:%M UTC")
+        .to_string();
+    let person = person_name(&user.resource).or(user.display_name.clone());
+    let contact = Some(state.settings.mail.contact.as_str()).filter(|c| !c.is_empty());
+    let (subject, text_body, html) = templates::welcome(&Welcome {
+        org_name: &org.name,
+        person_name: person.as_deref(),
+        email: &inv.email,
+        link: &link,
+        expires: &expires,
+        contact,
+    });
+    let mut kept = payload.clone();
+    if let Some(obj) = kept.as_object_mut() {
+        obj.remove("token");
+    }
+    Ok(Rendered::Send(
+        Email {
+            id: row.id.clone(),
+            from,
+            to: inv.email.clone(),
+            subject,
+            text: text_body,
+            html,
+        },
+        kept.to_string(),
+    ))
+}
+
+/// The name to greet a person by: givenName, else formatted name.
+fn person_name(resource: &str) -> Option<String> {
+    let v: Value = serde_json::from_str(resource).ok()?;
+    let name = v.get("name")?;
+    name.get("givenName")
+        .or_else(|| name.get("formatted"))
+        .and_then(Value::as_str)
+        .filter(|s| !s.trim().is_empty())
+        .map(str::to_owned)
+}
+
+fn render_digest(row: &OutboxRow, payload: &Value, from: String) -> Rendered {
+    let s = |v: &Value, k: &str| {
+        v.get(k)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let items: Vec<Value> = payload
+        .get("failures")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let owned: Vec<[String; 7]> = items
+        .iter()
+        .map(|f| {
+            [
+                s(f, "at"),
+                s(f, "operation"),
+                s(f, "resource"),
+                s(f, "subject"),
+                s(f, "outcome"),
+                s(f, "reason"),
+                s(f, "change_id"),
+            ]
+        })
+        .collect();
+    let statuses: Vec<i32> = items
+        .iter()
+        .map(|f| {
+            f.get("status")
+                .and_then(Value::as_i64)
+                .and_then(|n| i32::try_from(n).ok())
+                .unwrap_or(0)
+        })
+        .collect();
+    let lines: Vec<FailureLine<'_>> = owned
+        .iter()
+        .zip(&statuses)
+        .map(|(f, status)| FailureLine {
+            at: &f[0],
+            operation: &f[1],
+            resource: &f[2],
+            subject: Some(f[3].as_str()).filter(|x| !x.is_empty()),
+            status: *status,
+            outcome: &f[4],
+            reason: &f[5],
+            change_id: &f[6],
+        })
+        .collect();
+    let omitted = payload
+        .get("omitted")
+        .and_then(Value::as_u64)
+        .and_then(|n| usize::try_from(n).ok())
+        .unwrap_or(0);
+    let (org_name, since) = (s(payload, "org_name"), s(payload, "since"));
+    let (subject, text, html) = templates::digest(&Digest {
+        org_name: &org_name,
+        since: &since,
+        failures: &lines,
+        omitted,
+        retry_hint: RETRY_HINT,
+    });
+    Rendered::Send(
+        Email {
+            id: row.id.clone(),
+            from,
+            to: row.recipient.clone(),
+            subject,
+            text,
+            html,
+        },
+        row.payload.clone(),
+    )
+}
+
+/// What admins can do about failed changes.
+pub const RETRY_HINT: &str = "Entra ID sends failed changes again in its next provisioning cycle \
+(about every 40 minutes). Fix the cause (for a 409, the user or group that holds the name; for a \
+400, the attribute mapping in Entra ID) and the change applies then; each change id above is in \
+the provisioning log with its full answer.";

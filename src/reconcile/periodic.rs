@@ -1,0 +1,176 @@
+//! The periodic reconciler: re-drives owed mail, takes back mail whose
+//! sender died, and writes failure digests. Every worker process runs one;
+//! each step is safe to run in several processes at once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use diesel::Connection;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Settings;
+use crate::jobs::Queue;
+use crate::jobs::mail::SendMail;
+use crate::store::outbox::{self, OutboxRow};
+use crate::store::{self, Conn, Store, log, now, orgs};
+
+/// What one pass did, for logs and tests.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Pass {
+    /// Rows taken back from a sender whose lease ran out.
+    pub released: usize,
+    /// Send jobs queued for owed rows.
+    pub queued: usize,
+    /// Digest rows written.
+    pub digests: usize,
+}
+
+/// Largest number of failures listed in one digest; the rest are counted.
+const DIGEST_LINES: i64 = 50;
+
+/// One pass over the outbox and the provisioning log.
+pub async fn pass(
+    store: &Store,
+    mail: &Queue<SendMail>,
+    settings: &Settings,
+) -> anyhow::Result<Pass> {
+    let requeue = chrono::TimeDelta::seconds(
+        i64::try_from(settings.reconciler.requeue_after_secs).unwrap_or(60),
+    );
+    let interval = chrono::TimeDelta::seconds(
+        i64::try_from(settings.mail.digest_interval_secs).unwrap_or(900),
+    );
+    let operator = Some(settings.mail.operator_email.trim().to_owned()).filter(|e| !e.is_empty());
+    let (released, digests, due) = store
+        .run(move |c| {
+            let released = outbox::release_expired(c)?;
+            let digests = write_digests(c, interval, operator.as_deref(), requeue)?;
+            let due = outbox::take_due(c, 1000, requeue)?;
+            Ok::<_, store::Error>((released, digests, due))
+        })
+        .await?;
+    let mut queued = 0;
+    for id in due.iter() {
+        mail.push(&SendMail::new(id), 3).await?;
+        queued += 1;
+    }
+    Ok(Pass {
+        released,
+        queued,
+        digests,
+    })
+}
+
+/// Runs passes until `shutdown`, logging what they did.
+pub async fn run(
+    store: Store,
+    mail: Queue<SendMail>,
+    settings: Arc<Settings>,
+    shutdown: CancellationToken,
+) {
+    let every = Duration::from_millis(settings.reconciler.interval_ms.max(50));
+    loop {
+        match pass(&store, &mail, &settings).await {
+            Ok(p) if p != Pass::default() => tracing::info!(
+                released = p.released,
+                queued = p.queued,
+                digests = p.digests,
+                "reconciler pass"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(
+                error = format!("{e:#}"),
+                "reconciler pass failed; trying again"
+            ),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
+/// Writes one digest per organization whose failures are unreported and
+/// whose last digest is older than `interval`; returns how many rows.
+fn write_digests(
+    c: &mut Conn,
+    interval: chrono::TimeDelta,
+    operator: Option<&str>,
+    queued_for: chrono::TimeDelta,
+) -> Result<usize, store::Error> {
+    let mut written = 0;
+    for org in orgs::list(c)? {
+        let mut recipients: Vec<String> = Vec::new();
+        for r in [org.notify_email.as_deref(), operator]
+            .into_iter()
+            .flatten()
+        {
+            if !recipients.iter().any(|x| x.eq_ignore_ascii_case(r)) {
+                recipients.push(r.to_owned());
+            }
+        }
+        if recipients.is_empty() {
+            continue;
+        }
+        let through = now();
+        if let Some(last) = outbox::last_created(c, &org.id, "digest")?
+            && through - last < interval
+        {
+            continue;
+        }
+        let since = org.digest_through.unwrap_or(org.created_at);
+        let total = log::count_failures_between(c, &org.id, since, through)?;
+        if total == 0 {
+            continue;
+        }
+        let listed = log::failures_between(c, &org.id, since, through, DIGEST_LINES)?;
+        let failures: Vec<_> = listed
+            .iter()
+            .map(|f| {
+                json!({
+                    "at": f.applied_at.and_utc().format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+                    "operation": f.operation,
+                    "resource": match &f.resource_id {
+                        Some(id) => format!("{} {id}", f.resource_type),
+                        None => f.resource_type.clone(),
+                    },
+                    "subject": f.subject,
+                    "status": f.status,
+                    "outcome": f.outcome,
+                    "reason": f.error.clone().unwrap_or_default(),
+                    "change_id": f.change_id,
+                })
+            })
+            .collect();
+        let payload = json!({
+            "org_name": org.name,
+            "since": since.and_utc().format("%Y-%m-%d %H:%M UTC").to_string(),
+            "total": total,
+            "omitted": total - i64::try_from(listed.len()).unwrap_or(0),
+            "failures": failures,
+        })
+        .to_string();
+        let wrote = c.transaction::<bool, store::Error, _>(|c| {
+            // The watermark moves once: a second reconciler finds it moved
+            // and writes nothing.
+            if !orgs::advance_digest(c, &org.id, org.digest_through, through)? {
+                return Ok(false);
+            }
+            for to in &recipients {
+                let row = OutboxRow::new(&org.id, "digest", None, to, payload.clone(), queued_for);
+                // Queued by the caller's take_due in this same pass.
+                let row = OutboxRow {
+                    locked_until: None,
+                    ..row
+                };
+                outbox::insert(c, &row)?;
+            }
+            Ok(true)
+        })?;
+        if wrote {
+            written += recipients.len();
+        }
+    }
+    Ok(written)
+}

@@ -1,0 +1,82 @@
+//! Welcome invitations: single-use tokens, stored hashed, with an expiry.
+
+use diesel::prelude::*;
+
+use super::schema::invitations;
+use super::{Conn, now};
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = invitations)]
+pub struct InvitationRow {
+    pub id: String,
+    pub org_id: String,
+    pub user_id: String,
+    pub token_hash: String,
+    pub email: String,
+    pub created_at: chrono::NaiveDateTime,
+    pub expires_at: chrono::NaiveDateTime,
+    pub used_at: Option<chrono::NaiveDateTime>,
+    pub revoked_at: Option<chrono::NaiveDateTime>,
+}
+
+pub fn insert(conn: &mut Conn, row: &InvitationRow) -> QueryResult<()> {
+    diesel::insert_into(invitations::table)
+        .values(row)
+        .execute(conn)?;
+    Ok(())
+}
+
+pub fn find_by_hash(conn: &mut Conn, token_hash: &str) -> QueryResult<Option<InvitationRow>> {
+    invitations::table
+        .filter(invitations::token_hash.eq(token_hash))
+        .select(InvitationRow::as_select())
+        .first(conn)
+        .optional()
+}
+
+pub fn find(conn: &mut Conn, id: &str) -> QueryResult<Option<InvitationRow>> {
+    invitations::table
+        .filter(invitations::id.eq(id))
+        .select(InvitationRow::as_select())
+        .first(conn)
+        .optional()
+}
+
+/// Whether the user has an invitation that can still be accepted.
+pub fn has_pending(conn: &mut Conn, user_id: &str) -> QueryResult<bool> {
+    let n: i64 = invitations::table
+        .filter(invitations::user_id.eq(user_id))
+        .filter(invitations::used_at.is_null())
+        .filter(invitations::revoked_at.is_null())
+        .filter(invitations::expires_at.gt(now()))
+        .count()
+        .get_result(conn)?;
+    Ok(n > 0)
+}
+
+/// Revokes the user's unused invitations; returns how many.
+pub fn revoke_pending(conn: &mut Conn, user_id: &str) -> QueryResult<usize> {
+    diesel::update(
+        invitations::table
+            .filter(invitations::user_id.eq(user_id))
+            .filter(invitations::used_at.is_null())
+            .filter(invitations::revoked_at.is_null()),
+    )
+    .set(invitations::revoked_at.eq(Some(now())))
+    .execute(conn)
+}
+
+/// Marks an invitation used if it still can be; returns whether it did.
+pub fn mark_used(conn: &mut Conn, id: &str) -> QueryResult<bool> {
+    let at = now();
+    let n = diesel::update(
+        invitations::table
+            .filter(invitations::id.eq(id))
+            .filter(invitations::used_at.is_null())
+            .filter(invitations::revoked_at.is_null())
+            .filter(invitations::expires_at.gt(at)),
+    )
+    .set(invitations::used_at.eq(Some(at)))
+    .execute(conn)?;
+    Ok(n == 1)
+}

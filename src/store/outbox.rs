@@ -1,0 +1,213 @@
+//! The mail outbox: every email owed, written in the transaction that owes
+//! it, and the source of truth for what is sent.
+//!
+//! States: `pending` (owed; `locked_until` set while a send job for it is
+//! queued), `sending` (claimed by a worker until `locked_until`), `sent`,
+//! `failed` (permanent failure or attempts spent), `cancelled` (no longer
+//! owed, e.g. the invitation was revoked before it went out).
+
+use diesel::prelude::*;
+
+use super::schema::outbox;
+use super::{Conn, now};
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = outbox)]
+pub struct OutboxRow {
+    pub id: String,
+    pub org_id: String,
+    pub kind: String,
+    pub change_id: Option<String>,
+    pub recipient: String,
+    pub payload: String,
+    pub state: String,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+    pub next_attempt_at: chrono::NaiveDateTime,
+    pub sent_at: Option<chrono::NaiveDateTime>,
+    pub created_at: chrono::NaiveDateTime,
+    pub locked_until: Option<chrono::NaiveDateTime>,
+}
+
+impl OutboxRow {
+    /// A row owed now, marked as queued for `queued_for`.
+    pub fn new(
+        org_id: &str,
+        kind: &str,
+        change_id: Option<&str>,
+        recipient: &str,
+        payload: String,
+        queued_for: chrono::TimeDelta,
+    ) -> Self {
+        let at = now();
+        OutboxRow {
+            id: ulid::Ulid::new().to_string(),
+            org_id: org_id.to_owned(),
+            kind: kind.to_owned(),
+            change_id: change_id.map(str::to_owned),
+            recipient: recipient.to_owned(),
+            payload,
+            state: "pending".into(),
+            attempts: 0,
+            last_error: None,
+            next_attempt_at: at,
+            sent_at: None,
+            created_at: at,
+            locked_until: Some(at + queued_for),
+        }
+    }
+}
+
+pub fn insert(conn: &mut Conn, row: &OutboxRow) -> QueryResult<()> {
+    diesel::insert_into(outbox::table)
+        .values(row)
+        .execute(conn)?;
+    Ok(())
+}
+
+pub fn find(conn: &mut Conn, id: &str) -> QueryResult<Option<OutboxRow>> {
+    outbox::table
+        .filter(outbox::id.eq(id))
+        .select(OutboxRow::as_select())
+        .first(conn)
+        .optional()
+}
+
+/// Takes a due pending row for sending, for `lease`; None if another
+/// worker has it, it is not due, or it is no longer owed.
+pub fn claim(
+    conn: &mut Conn,
+    id: &str,
+    lease: chrono::TimeDelta,
+) -> QueryResult<Option<OutboxRow>> {
+    let at = now();
+    let n = diesel::update(
+        outbox::table
+            .filter(outbox::id.eq(id))
+            .filter(outbox::state.eq("pending"))
+            .filter(outbox::next_attempt_at.le(at)),
+    )
+    .set((
+        outbox::state.eq("sending"),
+        outbox::locked_until.eq(Some(at + lease)),
+        outbox::attempts.eq(outbox::attempts + 1),
+    ))
+    .execute(conn)?;
+    if n == 1 { find(conn, id) } else { Ok(None) }
+}
+
+/// Records a successful send; the payload is replaced (it may hold a token).
+pub fn mark_sent(conn: &mut Conn, id: &str, payload: &str) -> QueryResult<()> {
+    diesel::update(
+        outbox::table
+            .filter(outbox::id.eq(id))
+            .filter(outbox::state.eq("sending")),
+    )
+    .set((
+        outbox::state.eq("sent"),
+        outbox::sent_at.eq(Some(now())),
+        outbox::locked_until.eq(None::<chrono::NaiveDateTime>),
+        outbox::payload.eq(payload),
+        outbox::last_error.eq(None::<String>),
+    ))
+    .execute(conn)?;
+    Ok(())
+}
+
+/// Schedules another attempt after a transient failure.
+pub fn mark_retry(
+    conn: &mut Conn,
+    id: &str,
+    at: chrono::NaiveDateTime,
+    error: &str,
+) -> QueryResult<()> {
+    diesel::update(
+        outbox::table
+            .filter(outbox::id.eq(id))
+            .filter(outbox::state.eq("sending")),
+    )
+    .set((
+        outbox::state.eq("pending"),
+        outbox::next_attempt_at.eq(at),
+        outbox::locked_until.eq(None::<chrono::NaiveDateTime>),
+        outbox::last_error.eq(Some(error)),
+    ))
+    .execute(conn)?;
+    Ok(())
+}
+
+/// Ends a row for good: `failed` (with the server's answer) or `cancelled`.
+pub fn finish(conn: &mut Conn, id: &str, state: &str, error: &str) -> QueryResult<()> {
+    diesel::update(outbox::table.filter(outbox::id.eq(id)))
+        .set((
+            outbox::state.eq(state),
+            outbox::locked_until.eq(None::<chrono::NaiveDateTime>),
+            outbox::last_error.eq(Some(error)),
+        ))
+        .execute(conn)?;
+    Ok(())
+}
+
+/// Returns rows whose sender died mid-send to `pending`; returns how many.
+pub fn release_expired(conn: &mut Conn) -> QueryResult<usize> {
+    diesel::update(
+        outbox::table
+            .filter(outbox::state.eq("sending"))
+            .filter(outbox::locked_until.lt(now())),
+    )
+    .set((
+        outbox::state.eq("pending"),
+        outbox::locked_until.eq(None::<chrono::NaiveDateTime>),
+    ))
+    .execute(conn)
+}
+
+/// Pending rows that are due and have no send job queued (or whose job was
+/// lost), marked as queued for `queued_for`; returns their ids.
+pub fn take_due(
+    conn: &mut Conn,
+    limit: i64,
+    queued_for: chrono::TimeDelta,
+) -> QueryResult<Vec<String>> {
+    let at = now();
+    let ids: Vec<String> = outbox::table
+        .filter(outbox::state.eq("pending"))
+        .filter(outbox::next_attempt_at.le(at))
+        .filter(
+            outbox::locked_until
+                .is_null()
+                .or(outbox::locked_until.lt(at)),
+        )
+        .order(outbox::next_attempt_at.asc())
+        .limit(limit)
+        .select(outbox::id)
+        .load(conn)?;
+    for chunk in ids.chunks(500) {
+        diesel::update(outbox::table.filter(outbox::id.eq_any(chunk)))
+            .set(outbox::locked_until.eq(Some(at + queued_for)))
+            .execute(conn)?;
+    }
+    Ok(ids)
+}
+
+/// When the organization's last digest was written, if ever.
+pub fn last_created(
+    conn: &mut Conn,
+    org_id: &str,
+    kind: &str,
+) -> QueryResult<Option<chrono::NaiveDateTime>> {
+    outbox::table
+        .filter(outbox::org_id.eq(org_id))
+        .filter(outbox::kind.eq(kind))
+        .select(diesel::dsl::max(outbox::created_at))
+        .first(conn)
+}
+
+/// Rows of an organization, newest first (operators and tests).
+pub fn for_org(conn: &mut Conn, org_id: &str) -> QueryResult<Vec<OutboxRow>> {
+    outbox::table
+        .filter(outbox::org_id.eq(org_id))
+        .order(outbox::created_at.desc())
+        .select(OutboxRow::as_select())
+        .load(conn)
+}

@@ -1,0 +1,141 @@
+//! Welcome invitations and failure digests, through the file transport
+//! (the embedded default). SMTP and the HTTP API are in `mail_transports`.
+
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::helpers::{TestApp, eventually, invitation_token, patch_body, user_body};
+use crate::on_both_backends;
+
+on_both_backends!(
+    active_user_gets_one_welcome_with_a_working_link,
+    inactive_user_gets_no_welcome_until_activated,
+    deactivation_revokes_the_invitation,
+    failed_changes_are_reported_in_one_digest,
+);
+
+async fn welcome_for(app: &TestApp, email: &str) -> Vec<String> {
+    app.mails()
+        .into_iter()
+        .filter(|m| m.contains(&format!("To: {email}")) || m.contains(&format!("<{email}>")))
+        .collect()
+}
+
+async fn active_user_gets_one_welcome_with_a_working_link(app: TestApp) {
+    let mut body = user_body("ada@example.com");
+    body["name"]["givenName"] = json!("Ada <script>alert(1)</script>");
+    app.post("/Users", body).await;
+    eventually("the welcome email is written", || async {
+        welcome_for(&app, "ada@example.com").await.len() == 1
+    })
+    .await;
+    let mail = welcome_for(&app, "ada@example.com").await.remove(0);
+    assert!(mail.contains("Acme"), "names the organization");
+    let html = mail
+        .split("Content-Type: text/html")
+        .nth(1)
+        .expect("an HTML part");
+    assert!(
+        !html.contains("<script>"),
+        "markup from Entra is escaped in HTML"
+    );
+    assert!(html.contains("&lt;script&gt;"));
+    let token = invitation_token(&mail).expect("a link in the email");
+    let url = format!("{}/invitations/{token}", app.base_url());
+    let page = app.client.get(&url).send().await.expect("page");
+    assert_eq!(page.status(), StatusCode::OK);
+    let html = page.text().await.expect("html");
+    assert!(html.contains("ada@example.com") && html.contains("Accept"));
+    let accepted = app.client.post(&url).send().await.expect("accept");
+    assert_eq!(accepted.status(), StatusCode::OK);
+    assert!(accepted.text().await.expect("html").contains("joined"));
+    let again = app.client.get(&url).send().await.expect("page");
+    assert_eq!(again.status(), StatusCode::GONE);
+    assert!(again.text().await.expect("html").contains("already"));
+    // More passes of the reconciler send nothing more.
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    assert_eq!(welcome_for(&app, "ada@example.com").await.len(), 1);
+    let unknown = app
+        .client
+        .get(format!("{}/invitations/inv_nope", app.base_url()))
+        .send()
+        .await
+        .expect("page");
+    assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
+}
+
+async fn inactive_user_gets_no_welcome_until_activated(app: TestApp) {
+    let mut body = user_body("later@example.com");
+    body["active"] = json!(false);
+    let created = app.post("/Users", body).await;
+    let id = created.body["id"].as_str().expect("id").to_owned();
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    assert!(welcome_for(&app, "later@example.com").await.is_empty());
+    app.patch(
+        &format!("/Users/{id}"),
+        patch_body(json!([{"op": "Replace", "path": "active", "value": "True"}])),
+    )
+    .await;
+    eventually("activation sends the welcome", || async {
+        welcome_for(&app, "later@example.com").await.len() == 1
+    })
+    .await;
+}
+
+async fn deactivation_revokes_the_invitation(app: TestApp) {
+    let id = app.create_user("leaver@example.com").await;
+    eventually("the welcome email is written", || async {
+        welcome_for(&app, "leaver@example.com").await.len() == 1
+    })
+    .await;
+    let mail = welcome_for(&app, "leaver@example.com").await.remove(0);
+    let token = invitation_token(&mail).expect("link");
+    app.patch(
+        &format!("/Users/{id}"),
+        patch_body(json!([{"op": "Replace", "path": "active", "value": "False"}])),
+    )
+    .await;
+    let url = format!("{}/invitations/{token}", app.base_url());
+    let page = app.client.get(&url).send().await.expect("page");
+    assert_eq!(page.status(), StatusCode::GONE);
+    assert!(page.text().await.expect("html").contains("withdrawn"));
+    let accept = app.client.post(&url).send().await.expect("accept");
+    assert_eq!(accept.status(), StatusCode::GONE);
+    // Reactivating someone who never joined invites them afresh.
+    app.patch(
+        &format!("/Users/{id}"),
+        patch_body(json!([{"op": "Replace", "path": "active", "value": "True"}])),
+    )
+    .await;
+    eventually("a fresh invitation is sent", || async {
+        welcome_for(&app, "leaver@example.com").await.len() == 2
+    })
+    .await;
+}
+
+async fn failed_changes_are_reported_in_one_digest(app: TestApp) {
+    scimsync::ops::orgs::set_notify(&app.store, &app.org_slug, Some("admins@example.com"))
+        .await
+        .expect("notify");
+    app.create_user("taken@example.com").await;
+    for _ in 0..3 {
+        let dup = app.post("/Users", user_body("TAKEN@example.com")).await;
+        assert_eq!(dup.status, StatusCode::CONFLICT);
+    }
+    eventually("a digest is written", || async {
+        app.mails().iter().any(|m| m.contains("admins@example.com"))
+    })
+    .await;
+    let digests: Vec<String> = app
+        .mails()
+        .into_iter()
+        .filter(|m| m.contains("admins@example.com"))
+        .collect();
+    assert_eq!(
+        digests.len(),
+        1,
+        "one digest for the burst, not one per failure"
+    );
+    assert!(digests[0].contains("TAKEN@example.com"));
+    assert!(digests[0].contains("409"));
+}
