@@ -124,12 +124,17 @@ pub fn digest(d: &Digest<'_>) -> (String, String, String) {
     let mut rows = String::new();
     for f in d.failures {
         let who = f.subject.map(one_line).unwrap_or_default();
+        // Mail failures carry no HTTP status.
+        let status = if f.status == 0 {
+            String::new()
+        } else {
+            f.status.to_string()
+        };
         text.push_str(&format!(
             "- {at}  {op} {res} {who}: {status} {outcome}: {reason} (change {id})\n",
             at = one_line(f.at),
             op = one_line(f.operation),
             res = one_line(f.resource),
-            status = f.status,
             outcome = one_line(f.outcome),
             reason = one_line(f.reason),
             id = one_line(f.change_id),
@@ -140,7 +145,6 @@ pub fn digest(d: &Digest<'_>) -> (String, String, String) {
             op = html_escape(&one_line(f.operation)),
             res = html_escape(&one_line(f.resource)),
             who = html_escape(&who),
-            status = f.status,
             outcome = html_escape(&one_line(f.outcome)),
             reason = html_escape(&one_line(f.reason)),
             id = html_escape(&one_line(f.change_id)),

@@ -120,11 +120,28 @@ fn write_digests(
             continue;
         }
         let since = org.digest_through.unwrap_or(org.created_at);
-        let total = log::count_failures_between(c, &org.id, since, through)?;
+        let mail_failures = outbox::failed_between(c, &org.id, since, through, DIGEST_LINES)?;
+        let change_total = log::count_failures_between(c, &org.id, since, through)?;
+        let total = change_total + i64::try_from(mail_failures.len()).unwrap_or(0);
         if total == 0 {
             continue;
         }
         let listed = log::failures_between(c, &org.id, since, through, DIGEST_LINES)?;
+        // Failed welcome mail is reported too; a failed digest never is,
+        // so a notification cannot trigger one about itself.
+        let mail_lines = mail_failures.iter().map(|m| {
+            json!({
+                "at": m.next_attempt_at.and_utc().format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+                "operation": format!("{} email", m.kind),
+                "resource": "mail",
+                "subject": m.recipient,
+                "status": 0,
+                "outcome": "not delivered",
+                "reason": m.last_error.clone().unwrap_or_default(),
+                "change_id": m.change_id.clone().unwrap_or_default(),
+            })
+        });
+        let listed_count = listed.len() + mail_failures.len();
         let failures: Vec<_> = listed
             .iter()
             .map(|f| {
@@ -142,12 +159,13 @@ fn write_digests(
                     "change_id": f.change_id,
                 })
             })
+            .chain(mail_lines)
             .collect();
         let payload = json!({
             "org_name": org.name,
             "since": since.and_utc().format("%Y-%m-%d %H:%M UTC").to_string(),
             "total": total,
-            "omitted": total - i64::try_from(listed.len()).unwrap_or(0),
+            "omitted": total - i64::try_from(listed_count).unwrap_or(0),
             "failures": failures,
         })
         .to_string();

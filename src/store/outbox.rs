@@ -137,10 +137,13 @@ pub fn mark_retry(
 }
 
 /// Ends a row for good: `failed` (with the server's answer) or `cancelled`.
+/// `next_attempt_at` then records when the last attempt ended, which the
+/// failure digest reads.
 pub fn finish(conn: &mut Conn, id: &str, state: &str, error: &str) -> QueryResult<()> {
     diesel::update(outbox::table.filter(outbox::id.eq(id)))
         .set((
             outbox::state.eq(state),
+            outbox::next_attempt_at.eq(now()),
             outbox::locked_until.eq(None::<chrono::NaiveDateTime>),
             outbox::last_error.eq(Some(error)),
         ))
@@ -208,6 +211,27 @@ pub fn for_org(conn: &mut Conn, org_id: &str) -> QueryResult<Vec<OutboxRow>> {
     outbox::table
         .filter(outbox::org_id.eq(org_id))
         .order(outbox::created_at.desc())
+        .select(OutboxRow::as_select())
+        .load(conn)
+}
+
+/// Mail to people (not digests) that failed for good after `after` and up
+/// to `through`: reported in the next digest.
+pub fn failed_between(
+    conn: &mut Conn,
+    org_id: &str,
+    after: chrono::NaiveDateTime,
+    through: chrono::NaiveDateTime,
+    limit: i64,
+) -> QueryResult<Vec<OutboxRow>> {
+    outbox::table
+        .filter(outbox::org_id.eq(org_id))
+        .filter(outbox::state.eq("failed"))
+        .filter(outbox::kind.ne("digest"))
+        .filter(outbox::next_attempt_at.gt(after))
+        .filter(outbox::next_attempt_at.le(through))
+        .order(outbox::next_attempt_at.asc())
+        .limit(limit)
         .select(OutboxRow::as_select())
         .load(conn)
 }

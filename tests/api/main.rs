@@ -5,6 +5,8 @@ mod entra;
 mod groups;
 mod helpers;
 mod mail;
+mod mail_transports;
 mod protocol;
 mod schema_drift;
+mod smtp_sink;
 mod users;

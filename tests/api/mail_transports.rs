@@ -1,0 +1,361 @@
+//! Mail through a real SMTP server on loopback and through a local server
+//! playing Postmark's HTTP API: once per owed message, retried when the
+//! failure is temporary, recorded and reported when it is not.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use scimsync::startup::Role;
+use scimsync::store::outbox::{self, OutboxRow};
+use serde_json::{Value, json};
+
+use crate::helpers::{Backend, TestApp, eventually, patch_body, spawn_with, test_env, user_body};
+use crate::smtp_sink::SmtpSink;
+
+async fn app_with_mail(backend: Backend, url: String) -> TestApp {
+    let mut env = test_env(backend);
+    env.settings.mail.url = url;
+    spawn_with(env, Role::All).await
+}
+
+async fn outbox_rows(app: &TestApp) -> Vec<OutboxRow> {
+    let org = app.org_id().await;
+    app.store
+        .run(move |c| outbox::for_org(c, &org).map_err(scimsync::store::Error::from))
+        .await
+        .expect("outbox")
+}
+
+async fn welcome_row(app: &TestApp, to: &str) -> Option<OutboxRow> {
+    outbox_rows(app)
+        .await
+        .into_iter()
+        .find(|r| r.kind == "welcome" && r.recipient == to)
+}
+
+/// Runs `test` on both backends as two tests.
+macro_rules! both {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name(crate::helpers::Backend::Sqlite).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres_redis() {
+                if crate::helpers::postgres_redis_enabled() {
+                    super::$name(crate::helpers::Backend::PostgresRedis).await;
+                }
+            }
+        }
+    )*};
+}
+
+both!(
+    smtp_one_welcome_per_active_user_none_for_inactive_or_deactivated,
+    smtp_transient_failure_then_success_sends_exactly_once,
+    smtp_permanent_failure_is_recorded_and_reported_in_the_next_digest,
+    postmark_api_is_called_as_documented_and_429_is_retried_after_its_delay,
+    postmark_rejection_is_permanent_and_keeps_the_answer,
+    owed_mail_whose_job_was_lost_is_sent_once_by_the_reconciler,
+);
+
+async fn smtp_one_welcome_per_active_user_none_for_inactive_or_deactivated(backend: Backend) {
+    let sink = SmtpSink::start().await;
+    let app = app_with_mail(backend, sink.url()).await;
+    for who in ["a@example.com", "b@example.com", "c@example.com"] {
+        app.create_user(who).await;
+    }
+    let mut inactive = user_body("inactive@example.com");
+    inactive["active"] = json!(false);
+    assert_eq!(
+        app.post("/Users", inactive).await.status,
+        StatusCode::CREATED
+    );
+    eventually("three welcomes arrive", || async {
+        sink.messages().len() == 3
+    })
+    .await;
+    // Let the reconciler run a few passes: nothing more is owed.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    for who in ["a@example.com", "b@example.com", "c@example.com"] {
+        let got = sink.messages_to(who);
+        assert_eq!(got.len(), 1, "{who} gets exactly one welcome");
+        assert!(got[0].data.contains("/invitations/inv_"));
+        assert_eq!(got[0].from, "no-reply@example.com");
+    }
+    assert!(sink.messages_to("inactive@example.com").is_empty());
+    assert_eq!(
+        welcome_row(&app, "a@example.com").await.map(|r| r.state),
+        Some("sent".to_owned())
+    );
+}
+
+async fn smtp_transient_failure_then_success_sends_exactly_once(backend: Backend) {
+    let sink = SmtpSink::start().await;
+    sink.fail_next("451 4.3.0 mailbox busy, try again later");
+    let app = app_with_mail(backend, sink.url()).await;
+    app.create_user("retry@example.com").await;
+    eventually("the retried welcome arrives", || async {
+        sink.messages_to("retry@example.com").len() == 1
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(sink.messages_to("retry@example.com").len(), 1);
+    assert_eq!(sink.transactions(), 2, "one refused, one accepted");
+    let row = welcome_row(&app, "retry@example.com").await.expect("row");
+    assert_eq!(row.state, "sent");
+    assert_eq!(row.attempts, 2);
+    assert!(
+        !row.payload.contains("inv_"),
+        "the token is dropped once sent"
+    );
+}
+
+async fn smtp_permanent_failure_is_recorded_and_reported_in_the_next_digest(backend: Backend) {
+    let sink = SmtpSink::start().await;
+    sink.fail_next("550 5.1.1 <bounce@example.com>: mailbox unavailable");
+    let app = app_with_mail(backend, sink.url()).await;
+    scimsync::ops::orgs::set_notify(&app.store, &app.org_slug, Some("admins@example.com"))
+        .await
+        .expect("notify");
+    app.create_user("bounce@example.com").await;
+    eventually("the failure is recorded", || async {
+        welcome_row(&app, "bounce@example.com")
+            .await
+            .is_some_and(|r| r.state == "failed")
+    })
+    .await;
+    let row = welcome_row(&app, "bounce@example.com").await.expect("row");
+    assert_eq!(row.attempts, 1, "a permanent failure is not retried");
+    assert!(
+        row.last_error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("550"),
+        "{row:?}"
+    );
+    eventually("the digest reports it", || async {
+        !sink.messages_to("admins@example.com").is_empty()
+    })
+    .await;
+    let digest =
+        crate::helpers::decode_quoted_printable(&sink.messages_to("admins@example.com")[0].data);
+    assert!(digest.contains("bounce@example.com"), "{digest}");
+    assert!(digest.contains("550"), "{digest}");
+    assert!(sink.messages_to("bounce@example.com").is_empty());
+}
+
+/// A scripted answer: status, Retry-After, body.
+type Answer = (u16, Option<&'static str>, String);
+
+/// A local server playing Postmark's `POST /email`.
+#[derive(Clone, Default)]
+struct Provider {
+    script: Arc<Mutex<VecDeque<Answer>>>,
+    seen: Arc<Mutex<Vec<(HeaderMap, Value)>>>,
+}
+
+async fn provider_email(
+    State(p): State<Provider>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
+    let n = {
+        let mut seen = p.seen.lock().expect("lock");
+        seen.push((headers, body.clone()));
+        seen.len()
+    };
+    let scripted = p.script.lock().expect("lock").pop_front();
+    match scripted {
+        Some((status, retry_after, text)) => {
+            let mut response =
+                (StatusCode::from_u16(status).expect("status"), text).into_response();
+            if let Some(after) = retry_after {
+                response
+                    .headers_mut()
+                    .insert("retry-after", after.parse().expect("header"));
+            }
+            response
+        }
+        None => Json(json!({
+            "To": body["To"],
+            "SubmittedAt": "2026-11-28T12:00:00Z",
+            "MessageID": format!("00000000-0000-0000-0000-{n:012}"),
+            "ErrorCode": 0,
+            "Message": "OK",
+        }))
+        .into_response(),
+    }
+}
+
+async fn start_provider(provider: &Provider) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let app = axum::Router::new()
+        .route("/email", axum::routing::post(provider_email))
+        .with_state(provider.clone());
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    port
+}
+
+async fn postmark_api_is_called_as_documented_and_429_is_retried_after_its_delay(backend: Backend) {
+    let provider = Provider::default();
+    provider.script.lock().expect("lock").push_back((
+        429,
+        Some("1"),
+        r#"{"ErrorCode":429,"Message":"Rate limit exceeded"}"#.into(),
+    ));
+    let port = start_provider(&provider).await;
+    let app = app_with_mail(
+        backend,
+        format!("postmark+http://server-token@127.0.0.1:{port}"),
+    )
+    .await;
+    app.create_user("api@example.com").await;
+    eventually("the message is accepted", || async {
+        welcome_row(&app, "api@example.com")
+            .await
+            .is_some_and(|r| r.state == "sent")
+    })
+    .await;
+    let seen = provider.seen.lock().expect("lock").clone();
+    assert_eq!(seen.len(), 2, "one 429, one accepted");
+    let (headers, body) = &seen[1];
+    assert_eq!(headers["x-postmark-server-token"], "server-token");
+    assert_eq!(body["To"], "api@example.com");
+    assert_eq!(body["MessageStream"], "outbound");
+    assert!(
+        body["TextBody"]
+            .as_str()
+            .expect("text")
+            .contains("/invitations/inv_")
+    );
+    assert!(body["HtmlBody"].as_str().expect("html").contains("Accept"));
+    let row = welcome_row(&app, "api@example.com").await.expect("row");
+    assert_eq!(body["Metadata"]["outbox_id"], row.id.as_str());
+    assert_eq!(row.attempts, 2);
+}
+
+async fn postmark_rejection_is_permanent_and_keeps_the_answer(backend: Backend) {
+    let provider = Provider::default();
+    {
+        let mut script = provider.script.lock().expect("lock");
+        script.push_back((
+            422,
+            None,
+            r#"{"ErrorCode":300,"Message":"Invalid 'To' address: 'x'."}"#.into(),
+        ));
+        script.push_back((500, None, "upstream exploded".into()));
+        script.push_back((200, None, "this is not JSON".into()));
+    }
+    let port = start_provider(&provider).await;
+    let app = app_with_mail(
+        backend,
+        format!("postmark+http://server-token@127.0.0.1:{port}"),
+    )
+    .await;
+    app.create_user("rejected@example.com").await;
+    eventually("the rejection is recorded", || async {
+        welcome_row(&app, "rejected@example.com")
+            .await
+            .is_some_and(|r| r.state == "failed")
+    })
+    .await;
+    let row = welcome_row(&app, "rejected@example.com")
+        .await
+        .expect("row");
+    assert_eq!(row.attempts, 1);
+    assert!(
+        row.last_error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("Invalid 'To' address"),
+        "{row:?}"
+    );
+    // A 500 is retried; a malformed 2xx may have been accepted, so it is
+    // recorded as sent rather than risk a second copy.
+    app.create_user("flaky@example.com").await;
+    eventually("the flaky message ends", || async {
+        welcome_row(&app, "flaky@example.com")
+            .await
+            .is_some_and(|r| r.state == "sent")
+    })
+    .await;
+    let row = welcome_row(&app, "flaky@example.com").await.expect("row");
+    assert_eq!(row.attempts, 2, "500 then a malformed 200");
+}
+
+async fn owed_mail_whose_job_was_lost_is_sent_once_by_the_reconciler(backend: Backend) {
+    let sink = SmtpSink::start().await;
+    let mut env = test_env(backend);
+    env.settings.mail.url = sink.url();
+    env.settings.reconciler.requeue_after_secs = 1;
+    let app = spawn_with(env, Role::All).await;
+    // Commit a change that owes a welcome, as a worker would, but lose its
+    // send job: the process died between commit and enqueue.
+    let change = scimsync::jobs::ScimChange::new(
+        &app.org_id().await,
+        &app.scim,
+        scimsync::jobs::ChangeOp::Create {
+            kind: scimsync::scim::ResourceKind::User,
+            id: uuid::Uuid::new_v4().to_string(),
+            resource: scimsync::scim::resource::validate_resource(
+                scimsync::scim::ResourceKind::User,
+                user_body("orphan@example.com"),
+            )
+            .expect("valid"),
+        },
+    );
+    let committed = scimsync::reconcile::apply_with_retry(&app.store, &app.settings, &change, 1)
+        .await
+        .expect("commit");
+    assert_eq!(committed.mail.len(), 1, "the change owes one welcome");
+    if backend == Backend::PostgresRedis {
+        // And the queue itself is flushed.
+        let client = redis::Client::open(app.settings.queue.url.as_str()).expect("redis");
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("conn");
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}*", app.settings.queue.name))
+            .query_async(&mut conn)
+            .await
+            .expect("keys");
+        if !keys.is_empty() {
+            let _: () = redis::cmd("DEL")
+                .arg(&keys)
+                .query_async(&mut conn)
+                .await
+                .expect("del");
+        }
+    }
+    eventually("the reconciler sends the owed welcome", || async {
+        sink.messages_to("orphan@example.com").len() == 1
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert_eq!(
+        sink.messages_to("orphan@example.com").len(),
+        1,
+        "exactly once"
+    );
+    // The deactivated user's mail is not owed any more: nothing new goes out.
+    let id = committed.log.resource_id.clone().expect("id");
+    app.patch(
+        &format!("/Users/{id}"),
+        patch_body(json!([{"op": "replace", "path": "active", "value": false}])),
+    )
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(sink.messages_to("orphan@example.com").len(), 1);
+}
