@@ -31,7 +31,7 @@ pub async fn service_provider_config(State(state): State<AppState>) -> Response 
         "bulk": {"supported": false, "maxOperations": 0, "maxPayloadSize": 0},
         "filter": {"supported": true, "maxResults": MAX_PAGE_SIZE},
         "changePassword": {"supported": false},
-        "sort": {"supported": false},
+        "sort": {"supported": true},
         "etag": {"supported": true},
         "authenticationSchemes": [{
             "type": "oauthbearertoken",

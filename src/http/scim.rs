@@ -30,6 +30,7 @@ use crate::scim::schema::{LIST_RESPONSE_SCHEMA, SEARCH_REQUEST_SCHEMA};
 use crate::store::log::LogRow;
 use crate::store::teams::{self, TeamQuery};
 use crate::store::users::{self, UserQuery};
+use crate::store::{Order, SortKey};
 
 /// Largest page a list returns; published in ServiceProviderConfig.
 pub const MAX_PAGE_SIZE: i64 = 200;
@@ -454,6 +455,62 @@ fn is_core_attr(path: &AttrPath, kind: ResourceKind) -> bool {
         .is_none_or(|u| u.eq_ignore_ascii_case(core))
 }
 
+/// The order `sortBy` / `sortOrder` ask for (RFC 7644 §3.4.2.3).
+fn sort_order(kind: ResourceKind, params: &Params) -> Result<Order, Error> {
+    let descending = match params.get("sortOrder").map(str::trim) {
+        None | Some("") => false,
+        Some(o) if o.eq_ignore_ascii_case("ascending") => false,
+        Some(o) if o.eq_ignore_ascii_case("descending") => true,
+        Some(o) => {
+            return Err(ScimError::bad_request(
+                ScimType::InvalidValue,
+                format!("sortOrder must be \"ascending\" or \"descending\", got \"{o}\""),
+            )
+            .into());
+        }
+    };
+    let Some(by) = params
+        .get("sortBy")
+        .map(str::trim)
+        .filter(|b| !b.is_empty())
+    else {
+        return Ok(Order {
+            key: SortKey::Created,
+            descending,
+        });
+    };
+    let path = parse_attr_path(by)?;
+    let name = match &path.sub {
+        Some(sub) => format!("{}.{sub}", path.name),
+        None => path.name.clone(),
+    }
+    .to_ascii_lowercase();
+    let key = match (kind, name.as_str()) {
+        (_, "meta.created") => SortKey::Created,
+        (_, "meta.lastmodified") => SortKey::LastModified,
+        (_, "id") => SortKey::Id,
+        (_, "externalid") => SortKey::ExternalId,
+        (ResourceKind::User, "username") => SortKey::Name,
+        (_, "displayname") => SortKey::DisplayName,
+        _ => {
+            let names = match kind {
+                ResourceKind::User => {
+                    "userName, displayName, externalId, id, meta.created, meta.lastModified"
+                }
+                ResourceKind::Group => {
+                    "displayName, externalId, id, meta.created, meta.lastModified"
+                }
+            };
+            return Err(ScimError::bad_request(
+                ScimType::InvalidValue,
+                format!("cannot sort by \"{by}\"; sortBy accepts {names}"),
+            )
+            .into());
+        }
+    };
+    Ok(Order { key, descending })
+}
+
 /// One page of resources and the total.
 struct Page {
     total: i64,
@@ -482,16 +539,20 @@ async fn list(
         .clamp(0, MAX_PAGE_SIZE);
     let projection = Projection::from_params(&params)?;
     let with_members = projection.wants_members();
+    let order = sort_order(kind, &params)?;
     let base = state.base_url.clone();
     let page = state
         .store
         .run(move |c| -> Result<Page, crate::store::Error> {
             match kind {
-                ResourceKind::User => list_users(c, &org.0, filter.as_ref(), start, count, &base),
+                ResourceKind::User => {
+                    list_users(c, &org.0, filter.as_ref(), order, start, count, &base)
+                }
                 ResourceKind::Group => list_teams(
                     c,
                     &org.0,
                     filter.as_ref(),
+                    order,
                     start,
                     count,
                     &base,
@@ -522,6 +583,7 @@ fn list_users(
     c: &mut crate::store::Conn,
     org: &str,
     filter: Option<&Filter>,
+    order: Order,
     start: i64,
     count: i64,
     base: &str,
@@ -531,7 +593,7 @@ fn list_users(
     let Some(filter) = filter.filter(|_| residual) else {
         let total = users::count(c, org, &q)?;
         let rows = if limit > 0 {
-            users::page(c, org, &q, offset, limit)?
+            users::page(c, org, &q, order, offset, limit)?
         } else {
             Vec::new()
         };
@@ -546,8 +608,16 @@ fn list_users(
     let mut total = 0;
     let mut resources = Vec::new();
     let mut after = None;
+    let mut scanned = 0;
     loop {
-        let rows = users::scan(c, org, &q, after.take(), SCAN_BATCH)?;
+        // Creation order can resume after the last row seen; any other
+        // order pages by offset.
+        let rows = if order.is_default() {
+            users::scan(c, org, &q, after.take(), SCAN_BATCH)?
+        } else {
+            users::page(c, org, &q, order, scanned, SCAN_BATCH)?
+        };
+        scanned += i64::try_from(rows.len()).unwrap_or(0);
         let Some(last) = rows.last() else { break };
         after = Some((last.created_at, last.id.clone()));
         for row in &rows {
@@ -570,6 +640,7 @@ fn list_teams(
     c: &mut crate::store::Conn,
     org: &str,
     filter: Option<&Filter>,
+    order: Order,
     start: i64,
     count: i64,
     base: &str,
@@ -587,7 +658,7 @@ fn list_teams(
     let Some(filter) = filter.filter(|_| residual) else {
         let total = teams::count(c, org, &q)?;
         let rows = if limit > 0 {
-            teams::page(c, org, &q, offset, limit)?
+            teams::page(c, org, &q, order, offset, limit)?
         } else {
             Vec::new()
         };
@@ -600,8 +671,14 @@ fn list_teams(
     let mut total = 0;
     let mut resources = Vec::new();
     let mut after = None;
+    let mut scanned = 0;
     loop {
-        let rows = teams::scan(c, org, &q, after.take(), SCAN_BATCH)?;
+        let rows = if order.is_default() {
+            teams::scan(c, org, &q, after.take(), SCAN_BATCH)?
+        } else {
+            teams::page(c, org, &q, order, scanned, SCAN_BATCH)?
+        };
+        scanned += i64::try_from(rows.len()).unwrap_or(0);
         let Some(last) = rows.last() else { break };
         after = Some((last.created_at, last.id.clone()));
         for row in &rows {
@@ -728,6 +805,8 @@ pub async fn search_all(
         .clamp(0, MAX_PAGE_SIZE);
     let projection = Projection::from_params(&params)?;
     let with_members = projection.wants_members();
+    // Across types only attributes both have can order the list.
+    let order = sort_order(ResourceKind::Group, &params)?;
     let base = state.base_url.clone();
     let (users_page, groups_page) = state
         .store
@@ -737,7 +816,7 @@ pub async fn search_all(
                 resources: Vec::new(),
             };
             let users = if users_ok {
-                list_users(c, &org.0, filter.as_ref(), start, count, &base)?
+                list_users(c, &org.0, filter.as_ref(), order, start, count, &base)?
             } else {
                 empty()
             };
@@ -749,6 +828,7 @@ pub async fn search_all(
                     c,
                     &org.0,
                     filter.as_ref(),
+                    order,
                     skip + 1,
                     room.max(0),
                     &base,

@@ -37,6 +37,34 @@ pub enum Conn {
 /// The diesel backend of [`Conn`], for boxed queries.
 pub type Db = <Conn as Connection>::Backend;
 
+/// What a list is sorted by (SCIM `sortBy`), each backed by a column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SortKey {
+    /// Creation order: the stable default.
+    #[default]
+    Created,
+    LastModified,
+    Id,
+    /// Users: userName; groups: displayName (their unique names).
+    Name,
+    DisplayName,
+    ExternalId,
+}
+
+/// A sort key and direction. Unset values sort last either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Order {
+    pub key: SortKey,
+    pub descending: bool,
+}
+
+impl Order {
+    /// Whether this is creation order, which keyset scans can follow.
+    pub fn is_default(&self) -> bool {
+        *self == Order::default()
+    }
+}
+
 /// Which database a [`Store`] talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {

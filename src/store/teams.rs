@@ -3,7 +3,7 @@
 use diesel::prelude::*;
 
 use super::schema::{team_members, teams, users};
-use super::{Conn, Db, now};
+use super::{Conn, Db, Order, SortKey, now};
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable, AsChangeset)]
 #[diesel(table_name = teams, treat_none_as_null = true)]
@@ -132,15 +132,36 @@ pub fn count(conn: &mut Conn, org_id: &str, q: &TeamQuery) -> QueryResult<i64> {
     filtered(org_id, q).count().get_result(conn)
 }
 
+/// Adds `order` to a query, with the id as the tie-breaker so pages are stable.
+fn ordered<'a>(query: teams::BoxedQuery<'a, Db>, order: Order) -> teams::BoxedQuery<'a, Db> {
+    macro_rules! by {
+        ($col:expr) => {
+            if order.descending {
+                query.order(($col.is_null().asc(), $col.desc(), teams::id.desc()))
+            } else {
+                query.order(($col.is_null().asc(), $col.asc(), teams::id.asc()))
+            }
+        };
+    }
+    match order.key {
+        SortKey::Created => by!(teams::created_at.nullable()),
+        SortKey::LastModified => by!(teams::updated_at.nullable()),
+        SortKey::Id => by!(teams::id.nullable()),
+        SortKey::Name | SortKey::DisplayName => by!(teams::display_name_key.nullable()),
+        SortKey::ExternalId => by!(teams::external_id),
+    }
+}
+
+/// One page in `order`.
 pub fn page(
     conn: &mut Conn,
     org_id: &str,
     q: &TeamQuery,
+    order: Order,
     offset: i64,
     limit: i64,
 ) -> QueryResult<Vec<TeamRow>> {
-    filtered(org_id, q)
-        .order((teams::created_at.asc(), teams::id.asc()))
+    ordered(filtered(org_id, q), order)
         .offset(offset)
         .limit(limit)
         .select(TeamRow::as_select())

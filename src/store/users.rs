@@ -3,7 +3,7 @@
 use diesel::prelude::*;
 
 use super::schema::users;
-use super::{Conn, Db};
+use super::{Conn, Db, Order, SortKey};
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable, AsChangeset)]
 #[diesel(table_name = users, treat_none_as_null = true)]
@@ -119,16 +119,37 @@ pub fn count(conn: &mut Conn, org_id: &str, q: &UserQuery) -> QueryResult<i64> {
     filtered(org_id, q).count().get_result(conn)
 }
 
-/// One page in the stable order (creation time, then id).
+/// Adds `order` to a query, with the id as the tie-breaker so pages are stable.
+fn ordered<'a>(query: users::BoxedQuery<'a, Db>, order: Order) -> users::BoxedQuery<'a, Db> {
+    macro_rules! by {
+        ($col:expr) => {
+            if order.descending {
+                query.order(($col.is_null().asc(), $col.desc(), users::id.desc()))
+            } else {
+                query.order(($col.is_null().asc(), $col.asc(), users::id.asc()))
+            }
+        };
+    }
+    match order.key {
+        SortKey::Created => by!(users::created_at.nullable()),
+        SortKey::LastModified => by!(users::updated_at.nullable()),
+        SortKey::Id => by!(users::id.nullable()),
+        SortKey::Name => by!(users::user_name_key.nullable()),
+        SortKey::DisplayName => by!(users::display_name_key),
+        SortKey::ExternalId => by!(users::external_id),
+    }
+}
+
+/// One page in `order`.
 pub fn page(
     conn: &mut Conn,
     org_id: &str,
     q: &UserQuery,
+    order: Order,
     offset: i64,
     limit: i64,
 ) -> QueryResult<Vec<UserRow>> {
-    filtered(org_id, q)
-        .order((users::created_at.asc(), users::id.asc()))
+    ordered(filtered(org_id, q), order)
         .offset(offset)
         .limit(limit)
         .select(UserRow::as_select())

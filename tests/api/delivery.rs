@@ -158,3 +158,37 @@ async fn two_workers_postgres_redis() {
         two_workers_apply_each_change_once(Backend::PostgresRedis).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn change_that_cannot_be_applied_is_recorded_dead_and_answered() {
+    use diesel::RunQueryDsl;
+    let app = crate::helpers::spawn_app(Backend::Sqlite).await;
+    // Break the store under the worker: its users table disappears, so
+    // every attempt fails the same way and retrying cannot help.
+    app.store
+        .run(|c| {
+            diesel::sql_query("ALTER TABLE users RENAME TO users_gone").execute(c)?;
+            Ok::<_, scimsync::store::Error>(())
+        })
+        .await
+        .expect("rename");
+    let reply = app.post("/Users", user_body("dead@example.com")).await;
+    assert_eq!(reply.status, StatusCode::INTERNAL_SERVER_ERROR);
+    let detail = reply.body["detail"].as_str().expect("detail");
+    assert!(detail.contains("recorded as dead"), "{detail}");
+    let org = app.org_id().await;
+    let logged = app
+        .store
+        .run(move |c| log::recent(c, &org, 5).map_err(scimsync::store::Error::from))
+        .await
+        .expect("log");
+    assert_eq!(logged.len(), 1);
+    assert_eq!(logged[0].outcome, "dead");
+    assert!(
+        logged[0]
+            .error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("users")
+    );
+}

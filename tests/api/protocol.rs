@@ -13,6 +13,7 @@ on_both_backends!(
     filter_on_unknown_attribute_is_400,
     search_with_post_pages_users_and_groups,
     if_match_guards_writes_and_if_none_match_gives_304,
+    sort_by_and_sort_order_order_lists,
 );
 
 async fn discovery_documents_describe_users_and_groups(app: TestApp) {
@@ -164,4 +165,37 @@ async fn if_match_guards_writes_and_if_none_match_gives_304(app: TestApp) {
         Some(etag.as_str()),
         "the version changes with the change"
     );
+}
+
+async fn sort_by_and_sort_order_order_lists(app: TestApp) {
+    for name in ["carol@example.com", "Alice@example.com", "bob@example.com"] {
+        app.create_user(name).await;
+    }
+    let names = |reply: &crate::helpers::Reply| -> Vec<String> {
+        reply.body["Resources"]
+            .as_array()
+            .expect("resources")
+            .iter()
+            .map(|r| r["userName"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    };
+    let asc = app.get("/Users?sortBy=userName").await;
+    assert_eq!(
+        names(&asc),
+        ["Alice@example.com", "bob@example.com", "carol@example.com"]
+    );
+    let desc = app
+        .get("/Users?sortBy=userName&sortOrder=descending&count=2")
+        .await;
+    assert_eq!(names(&desc), ["carol@example.com", "bob@example.com"]);
+    // With a filter evaluated outside SQL the order holds too.
+    let filtered = app
+        .get("/Users?filter=userName%20sw%20%22b%22%20or%20userName%20sw%20%22c%22&sortBy=userName&sortOrder=descending")
+        .await;
+    assert_eq!(names(&filtered), ["carol@example.com", "bob@example.com"]);
+    let bad = app.get("/Users?sortBy=nickName").await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert_eq!(bad.body["scimType"], "invalidValue");
+    let bad_order = app.get("/Users?sortBy=userName&sortOrder=sideways").await;
+    assert_eq!(bad_order.status, StatusCode::BAD_REQUEST);
 }
