@@ -544,20 +544,17 @@ async fn list(
     let page = state
         .store
         .run(move |c| -> Result<Page, crate::store::Error> {
+            let spec = ListSpec {
+                filter: filter.as_ref(),
+                order,
+                start,
+                count,
+                base: &base,
+                with_members,
+            };
             match kind {
-                ResourceKind::User => {
-                    list_users(c, &org.0, filter.as_ref(), order, start, count, &base)
-                }
-                ResourceKind::Group => list_teams(
-                    c,
-                    &org.0,
-                    filter.as_ref(),
-                    order,
-                    start,
-                    count,
-                    &base,
-                    with_members,
-                ),
+                ResourceKind::User => list_users(c, &org.0, &spec),
+                ResourceKind::Group => list_teams(c, &org.0, &spec),
             }
         })
         .await?;
@@ -579,17 +576,31 @@ fn window(start: i64, count: i64) -> (i64, i64) {
     (start - 1, count)
 }
 
-fn list_users(
-    c: &mut crate::store::Conn,
-    org: &str,
-    filter: Option<&Filter>,
+/// What one list asks for.
+#[derive(Clone, Copy)]
+struct ListSpec<'a> {
+    filter: Option<&'a Filter>,
     order: Order,
     start: i64,
     count: i64,
-    base: &str,
+    base: &'a str,
+    /// Whether groups are rendered with their members.
+    with_members: bool,
+}
+
+fn list_users(
+    c: &mut crate::store::Conn,
+    org: &str,
+    spec: &ListSpec<'_>,
 ) -> Result<Page, crate::store::Error> {
+    let ListSpec {
+        filter,
+        order,
+        base,
+        ..
+    } = *spec;
     let (q, residual) = user_query(filter);
-    let (offset, limit) = window(start, count);
+    let (offset, limit) = window(spec.start, spec.count);
     let Some(filter) = filter.filter(|_| residual) else {
         let total = users::count(c, org, &q)?;
         let rows = if limit > 0 {
@@ -639,15 +650,17 @@ fn list_users(
 fn list_teams(
     c: &mut crate::store::Conn,
     org: &str,
-    filter: Option<&Filter>,
-    order: Order,
-    start: i64,
-    count: i64,
-    base: &str,
-    with_members: bool,
+    spec: &ListSpec<'_>,
 ) -> Result<Page, crate::store::Error> {
+    let ListSpec {
+        filter,
+        order,
+        base,
+        with_members,
+        ..
+    } = *spec;
     let (q, residual) = team_query(filter);
-    let (offset, limit) = window(start, count);
+    let (offset, limit) = window(spec.start, spec.count);
     let render = |c: &mut crate::store::Conn, row: &teams::TeamRow, members: bool| {
         if members {
             render_team(c, row, base)
@@ -815,8 +828,16 @@ pub async fn search_all(
                 total: 0,
                 resources: Vec::new(),
             };
+            let spec = ListSpec {
+                filter: filter.as_ref(),
+                order,
+                start,
+                count,
+                base: &base,
+                with_members,
+            };
             let users = if users_ok {
-                list_users(c, &org.0, filter.as_ref(), order, start, count, &base)?
+                list_users(c, &org.0, &spec)?
             } else {
                 empty()
             };
@@ -824,16 +845,12 @@ pub async fn search_all(
             let skip = (start - 1 - users.total).max(0);
             let room = count - i64::try_from(users.resources.len()).unwrap_or(0);
             let groups = if groups_ok {
-                list_teams(
-                    c,
-                    &org.0,
-                    filter.as_ref(),
-                    order,
-                    skip + 1,
-                    room.max(0),
-                    &base,
-                    with_members,
-                )?
+                let rest = ListSpec {
+                    start: skip + 1,
+                    count: room.max(0),
+                    ..spec
+                };
+                list_teams(c, &org.0, &rest)?
             } else {
                 empty()
             };
