@@ -48,6 +48,45 @@ pub enum Command {
     /// Check mail delivery.
     #[command(subcommand)]
     Mail(MailCommand),
+    /// See what the queues hold and how changes are going.
+    #[command(subcommand)]
+    Queue(QueueCommand),
+    /// Show the provisioning log, newest first.
+    Log(LogArgs),
+    /// Check configuration, database, migrations, queue and mail transport,
+    /// and say what is wrong.
+    Doctor,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QueueCommand {
+    /// Pending, running and dead jobs per queue, live workers, outcomes of
+    /// the last 5 minutes / hour / day, and the mail outbox.
+    Stats(Output),
+}
+
+#[derive(Debug, Args)]
+pub struct LogArgs {
+    /// Only this organization (slug).
+    #[arg(long)]
+    pub org: Option<String>,
+    /// Only changes to this userName / displayName or resource id.
+    #[arg(long)]
+    pub user: Option<String>,
+    /// Only this outcome: applied, rejected or dead.
+    #[arg(long, value_parser = ["applied", "rejected", "dead"])]
+    pub outcome: Option<String>,
+    /// Only entries newer than this: 30s, 15m, 2h, 7d.
+    #[arg(long, value_name = "AGE")]
+    pub since: Option<String>,
+    /// How many entries to show.
+    #[arg(long, default_value_t = 50)]
+    pub limit: i64,
+    /// Keep printing new entries as they are logged.
+    #[arg(long, short)]
+    pub follow: bool,
+    #[command(flatten)]
+    pub output: Output,
 }
 
 #[derive(Debug, Subcommand)]
@@ -75,6 +114,12 @@ pub enum OrgCommand {
     },
     /// List organizations.
     List(Output),
+    /// Show one organization: tokens, users, teams, recent failures.
+    Show {
+        slug: String,
+        #[command(flatten)]
+        output: Output,
+    },
     /// Set or clear where an organization's failure digests go.
     Notify {
         /// The organization's slug.
@@ -230,6 +275,27 @@ pub async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()
                     }
                     Ok(())
                 }
+                OrgCommand::Show { slug, output } => {
+                    let org = ops::orgs::show(&store, &slug).await?;
+                    if output.json {
+                        println!("{}", serde_json::to_string_pretty(&org)?);
+                    } else {
+                        println!("organization  {} ({})", org.info.slug, org.info.name);
+                        println!("created       {}", org.info.created_at);
+                        println!(
+                            "notify        {}",
+                            org.info.notify_email.as_deref().unwrap_or("(none)")
+                        );
+                        println!(
+                            "users         {} ({} active, {} joined)",
+                            org.users, org.active_users, org.joined_users
+                        );
+                        println!("teams         {}", org.teams);
+                        println!("tokens        {} live of {}", org.live_tokens, org.tokens);
+                        println!("failures 24h  {}", org.failures_last_day);
+                    }
+                    Ok(())
+                }
                 OrgCommand::List(out) => {
                     let orgs = ops::orgs::list(&store).await?;
                     if out.json {
@@ -250,6 +316,21 @@ pub async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()
                 }
             }
         }
+        Command::Queue(QueueCommand::Stats(out)) => {
+            let store = open_store(&settings)?;
+            let changes: crate::jobs::Queue<crate::jobs::ScimChange> =
+                crate::jobs::Queue::connect(&settings.queue_url()?, &settings.queue.name).await?;
+            let mail = changes.sibling(&format!("{}-mail", settings.queue.name));
+            let stats = ops::queue::stats(&store, &changes, &mail).await?;
+            if out.json {
+                println!("{}", serde_json::to_string_pretty(&stats)?);
+            } else {
+                print_stats(&stats);
+            }
+            Ok(())
+        }
+        Command::Log(args) => show_log(&settings, args).await,
+        Command::Doctor => doctor(&settings).await,
         Command::Mail(MailCommand::Test { address }) => {
             let transport = crate::email::Transport::from_url(&settings.mail_url())?;
             println!("sending through {}", transport.describe());
@@ -320,5 +401,242 @@ pub async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()
                 }
             }
         }
+    }
+}
+
+fn print_stats(stats: &ops::queue::Stats) {
+    let age = |s: Option<i64>| s.map_or_else(|| "-".to_owned(), |s| format!("{s}s"));
+    println!(
+        "{:<28} {:>8} {:>8} {:>6} {:>12} WORKERS",
+        "QUEUE", "PENDING", "RUNNING", "DEAD", "OLDEST DUE"
+    );
+    for q in &stats.queues {
+        println!(
+            "{:<28} {:>8} {:>8} {:>6} {:>12} {}",
+            q.queue,
+            q.pending,
+            q.running,
+            q.dead,
+            age(q.oldest_due_secs),
+            q.workers.len()
+        );
+        for w in &q.workers {
+            println!("    worker {} (heartbeat {}s ago)", w.name, w.seen_secs_ago);
+        }
+    }
+    println!();
+    println!(
+        "{:<16} {:>9} {:>9} {:>6}",
+        "CHANGES", "APPLIED", "REJECTED", "DEAD"
+    );
+    for (label, o) in [
+        ("last 5 minutes", &stats.last_5_minutes),
+        ("last hour", &stats.last_hour),
+        ("last day", &stats.last_day),
+    ] {
+        println!(
+            "{label:<16} {:>9} {:>9} {:>6}",
+            o.applied, o.rejected, o.dead
+        );
+    }
+    println!(
+        "throughput       {:.1} changes/minute (last 5 minutes)",
+        stats.applied_per_minute
+    );
+    let m = &stats.mail;
+    println!();
+    println!(
+        "mail outbox      {} pending, {} sending, {} sent ({} in the last hour), {} failed, {} cancelled; oldest owed {}",
+        m.pending,
+        m.sending,
+        m.sent_total,
+        m.sent_last_hour,
+        m.failed_total,
+        m.cancelled_total,
+        age(m.oldest_owed_secs)
+    );
+}
+
+/// Parses 30s, 15m, 2h, 7d.
+fn parse_age(text: &str) -> anyhow::Result<chrono::TimeDelta> {
+    let text = text.trim();
+    let (digits, unit) = text.split_at(text.len().saturating_sub(1));
+    let n: i64 = digits.parse().map_err(|_| {
+        anyhow::anyhow!("--since takes an age like 30s, 15m, 2h or 7d, got \"{text}\"")
+    })?;
+    Ok(match unit {
+        "s" => chrono::TimeDelta::seconds(n),
+        "m" => chrono::TimeDelta::minutes(n),
+        "h" => chrono::TimeDelta::hours(n),
+        "d" => chrono::TimeDelta::days(n),
+        _ => anyhow::bail!("--since takes an age like 30s, 15m, 2h or 7d, got \"{text}\""),
+    })
+}
+
+async fn show_log(settings: &Settings, args: LogArgs) -> anyhow::Result<()> {
+    let store = open_store(settings)?;
+    let mut query = crate::store::log::LogQuery {
+        outcome: args.outcome.clone(),
+        subject: args.user.clone(),
+        ..Default::default()
+    };
+    if let Some(slug) = &args.org {
+        let slug = slug.clone();
+        let org = store
+            .run(move |c| {
+                crate::store::orgs::find_by_slug(c, &slug).map_err(crate::store::Error::from)
+            })
+            .await?
+            .ok_or_else(|| {
+                anyhow::anyhow!("no such organization; `scimsync org list` shows them")
+            })?;
+        query.org_id = Some(org.id);
+    }
+    if let Some(since) = &args.since {
+        query.since = Some(crate::store::now() - parse_age(since)?);
+    }
+    let mut printed_header = false;
+    loop {
+        let q = query.clone();
+        let limit = args.limit;
+        let mut rows = store
+            .run(move |c| {
+                crate::store::log::search(c, &q, limit).map_err(crate::store::Error::from)
+            })
+            .await?;
+        rows.reverse();
+        if let Some(last) = rows.last() {
+            query.since = Some(last.applied_at);
+        }
+        for row in &rows {
+            if args.output.json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "change_id": row.change_id, "at": row.applied_at.and_utc().to_rfc3339(),
+                        "org_id": row.org_id, "operation": row.operation, "resource_type": row.resource_type,
+                        "resource_id": row.resource_id, "subject": row.subject, "outcome": row.outcome,
+                        "status": row.status, "error": row.error, "attempts": row.attempts,
+                        "duration_ms": row.duration_ms,
+                    })
+                );
+            } else {
+                if !printed_header {
+                    println!(
+                        "{:<20} {:<8} {:<7} {:<32} {:<9} {:>4} {:>4} CHANGE / ERROR",
+                        "TIME (UTC)", "OP", "TYPE", "SUBJECT", "OUTCOME", "HTTP", "TRY"
+                    );
+                    printed_header = true;
+                }
+                println!(
+                    "{:<20} {:<8} {:<7} {:<32} {:<9} {:>4} {:>4} {}{}",
+                    row.applied_at.format("%Y-%m-%d %H:%M:%S"),
+                    row.operation,
+                    row.resource_type,
+                    row.subject
+                        .as_deref()
+                        .or(row.resource_id.as_deref())
+                        .unwrap_or("-"),
+                    row.outcome,
+                    row.status,
+                    row.attempts,
+                    row.change_id,
+                    row.error
+                        .as_deref()
+                        .map(|e| format!("  {e}"))
+                        .unwrap_or_default()
+                );
+            }
+        }
+        if !args.follow {
+            if rows.is_empty() && !args.output.json {
+                println!("no matching entries");
+            }
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
+/// One line of `doctor` output.
+fn check(ok: bool, what: &str, detail: &str) -> bool {
+    println!("{} {what}: {detail}", if ok { "ok  " } else { "FAIL" });
+    ok
+}
+
+async fn doctor(settings: &Settings) -> anyhow::Result<()> {
+    let mut healthy = true;
+    healthy &= check(true, "configuration", &describe_backends(settings)?);
+    let store = open_store(settings)?;
+    match store.ping().await {
+        Ok(()) => {
+            check(true, "database", "reachable");
+            match store.pending_migrations().await {
+                Ok(p) if p.is_empty() => {
+                    check(true, "migrations", "all applied");
+                }
+                Ok(p) => {
+                    healthy &= check(
+                        false,
+                        "migrations",
+                        &format!(
+                            "{} pending ({}); run `scimsync migrate`",
+                            p.len(),
+                            p.join(", ")
+                        ),
+                    );
+                }
+                Err(e) => healthy &= check(false, "migrations", &format!("{e:#}")),
+            }
+        }
+        Err(e) => {
+            healthy &= check(
+                false,
+                "database",
+                &format!("{e}; is it running, and is DATABASE_URL right?"),
+            )
+        }
+    }
+    match crate::jobs::Queue::<crate::jobs::ScimChange>::connect(
+        &settings.queue_url()?,
+        &settings.queue.name,
+    )
+    .await
+    {
+        Ok(q) => match q.ping().await {
+            Ok(()) => {
+                let workers = q.depth().await.map(|d| d.workers.len()).unwrap_or(0);
+                healthy &= check(
+                    workers > 0,
+                    "queue",
+                    &if workers > 0 {
+                        format!("reachable, {workers} worker(s) registered")
+                    } else {
+                        "reachable, but no worker is registered: start `scimsync work` (or `scimsync run`)".to_owned()
+                    },
+                );
+            }
+            Err(e) => healthy &= check(false, "queue", &format!("{e:#}")),
+        },
+        Err(e) => healthy &= check(false, "queue", &format!("{e:#}")),
+    }
+    match crate::email::Transport::from_url(&settings.mail_url()) {
+        Ok(t) => {
+            check(
+                true,
+                "mail transport",
+                &format!(
+                    "{} (send a real message with `scimsync mail test ADDRESS`)",
+                    t.describe()
+                ),
+            );
+        }
+        Err(e) => healthy &= check(false, "mail transport", &format!("{e:#}")),
+    }
+    if healthy {
+        println!("everything looks right");
+        Ok(())
+    } else {
+        anyhow::bail!("doctor found problems (marked FAIL above)")
     }
 }

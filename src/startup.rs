@@ -189,6 +189,7 @@ impl Application {
             let state = AppState {
                 store: self.store.clone(),
                 queue: self.queue.clone(),
+                mail: self.mail.clone(),
                 replies: self.replies.clone(),
                 settings: self.settings.clone(),
                 base_url: format!("{}/scim/v2", self.public_url),

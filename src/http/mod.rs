@@ -4,6 +4,7 @@ pub mod auth;
 pub mod discovery;
 pub mod error;
 pub mod invitations;
+pub mod metrics;
 pub mod scim;
 
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 
 use crate::config::Settings;
+use crate::jobs::mail::SendMail;
 use crate::jobs::reply::Replies;
 use crate::jobs::{Queue, ScimChange};
 use crate::store::Store;
@@ -28,6 +30,7 @@ use crate::store::Store;
 pub struct AppState {
     pub store: Store,
     pub queue: Queue<ScimChange>,
+    pub mail: Queue<SendMail>,
     pub replies: Arc<Replies>,
     pub settings: Arc<Settings>,
     /// `<public_url>/scim/v2`
@@ -81,7 +84,8 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             auth::require_token,
         ))
-        .layer(middleware::map_response(scim::scim_errors));
+        .layer(middleware::map_response(scim::scim_errors))
+        .route_layer(middleware::from_fn(metrics::track));
 
     let request_id = HeaderName::from_static(REQUEST_ID);
     Router::new()
@@ -92,6 +96,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics::render))
         .with_state(state)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(

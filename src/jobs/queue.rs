@@ -283,3 +283,137 @@ impl<T: Job> Queue<T> {
         }
     }
 }
+
+/// A worker as the queue knows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct WorkerSeen {
+    pub name: String,
+    /// Seconds since its last heartbeat.
+    pub seen_secs_ago: i64,
+}
+
+/// What is in a queue now, read from the queue's own keys or tables
+/// (apalis-redis 1.0's own statistics calls are broken; see shared notes).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Depth {
+    pub queue: String,
+    /// Waiting to run, including retries scheduled for later.
+    pub pending: i64,
+    pub running: i64,
+    /// Given up by the queue (the provisioning log has the outcome).
+    pub dead: i64,
+    /// Age of the oldest job that is due and not started, in seconds.
+    pub oldest_due_secs: Option<i64>,
+    pub workers: Vec<WorkerSeen>,
+}
+
+impl<T: Job> Queue<T> {
+    /// Reads the queue's current depth.
+    pub async fn depth(&self) -> anyhow::Result<Depth> {
+        let now = chrono::Utc::now().timestamp();
+        match &self.backend {
+            Backend::Redis { storage, conn, .. } => {
+                let config = storage.get_config();
+                let mut conn = conn.clone();
+                let scheduled: i64 = redis::cmd("ZCARD")
+                    .arg(config.scheduled_jobs_set())
+                    .query_async(&mut conn)
+                    .await?;
+                let active: i64 = redis::cmd("LLEN")
+                    .arg(config.active_jobs_list())
+                    .query_async(&mut conn)
+                    .await?;
+                let dead: i64 = redis::cmd("SCARD")
+                    .arg(config.dead_jobs_set())
+                    .query_async(&mut conn)
+                    .await?;
+                let oldest: Vec<(String, f64)> = redis::cmd("ZRANGE")
+                    .arg(config.scheduled_jobs_set())
+                    .arg(0)
+                    .arg(0)
+                    .arg("WITHSCORES")
+                    .query_async(&mut conn)
+                    .await?;
+                let workers: Vec<(String, f64)> = redis::cmd("ZRANGE")
+                    .arg(config.workers_set())
+                    .arg(0)
+                    .arg(-1)
+                    .arg("WITHSCORES")
+                    .query_async(&mut conn)
+                    .await?;
+                let mut running = 0;
+                let mut seen = Vec::new();
+                for (inflight, beat) in workers {
+                    let n: i64 = redis::cmd("SCARD")
+                        .arg(&inflight)
+                        .query_async(&mut conn)
+                        .await?;
+                    running += n;
+                    let prefix = format!("{}:", config.inflight_jobs_set());
+                    seen.push(WorkerSeen {
+                        name: inflight
+                            .strip_prefix(&prefix)
+                            .unwrap_or(&inflight)
+                            .to_owned(),
+                        seen_secs_ago: (now - beat as i64).max(0),
+                    });
+                }
+                let oldest_due_secs = oldest
+                    .first()
+                    .map(|(_, at)| now - *at as i64)
+                    .filter(|age| *age >= 0);
+                Ok(Depth {
+                    queue: self.name.clone(),
+                    pending: scheduled + active,
+                    running,
+                    dead,
+                    oldest_due_secs,
+                    workers: seen,
+                })
+            }
+            Backend::Sqlite(storage) => {
+                let rows: Vec<(String, i64, Option<i64>)> = sqlx::query_as(
+                    "SELECT status, COUNT(*), MIN(CASE WHEN run_at <= ?2 THEN run_at END) \
+                     FROM Jobs WHERE job_type = ?1 GROUP BY status",
+                )
+                .bind(&self.name)
+                .bind(now)
+                .fetch_all(storage.pool())
+                .await?;
+                let mut depth = Depth {
+                    queue: self.name.clone(),
+                    pending: 0,
+                    running: 0,
+                    dead: 0,
+                    oldest_due_secs: None,
+                    workers: Vec::new(),
+                };
+                for (status, count, oldest) in rows {
+                    match status.as_str() {
+                        "Pending" | "Queued" => {
+                            depth.pending += count;
+                            depth.oldest_due_secs = oldest.map(|at| (now - at).max(0));
+                        }
+                        "Running" => depth.running += count,
+                        "Killed" => depth.dead += count,
+                        _ => {}
+                    }
+                }
+                let workers: Vec<(String, i64)> = sqlx::query_as(
+                    "SELECT id, last_seen FROM Workers WHERE worker_type = ?1 ORDER BY id",
+                )
+                .bind(&self.name)
+                .fetch_all(storage.pool())
+                .await?;
+                depth.workers = workers
+                    .into_iter()
+                    .map(|(name, last)| WorkerSeen {
+                        name,
+                        seen_secs_ago: (now - last).max(0),
+                    })
+                    .collect();
+                Ok(depth)
+            }
+        }
+    }
+}

@@ -82,7 +82,12 @@ async fn apply_delivery(
 /// A worker name unique to this process, so a restarted process never
 /// collides with the registration of the one it replaces.
 fn worker_name(kind: &str) -> String {
-    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "host".to_owned());
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "host".to_owned());
     format!(
         "{kind}-{host}-{}-{}",
         std::process::id(),

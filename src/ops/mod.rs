@@ -1,4 +1,5 @@
 //! Operations shared by the CLI and (later) the admin pages; plain data in and out.
 
 pub mod orgs;
+pub mod queue;
 pub mod tokens;

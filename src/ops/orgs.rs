@@ -109,3 +109,47 @@ pub async fn set_notify(store: &Store, slug: &str, email: Option<&str>) -> anyho
     }
     Ok(())
 }
+
+/// One organization with its counts, for `org show` and the admin pages.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct OrgDetail {
+    pub info: OrgInfo,
+    pub users: i64,
+    pub active_users: i64,
+    pub joined_users: i64,
+    pub teams: i64,
+    pub tokens: usize,
+    pub live_tokens: usize,
+    pub failures_last_day: i64,
+}
+
+pub async fn show(store: &Store, slug: &str) -> anyhow::Result<OrgDetail> {
+    let slug = slug.to_owned();
+    store
+        .run(move |c| -> anyhow::Result<OrgDetail> {
+            let Some(org) = orgs::find_by_slug(c, &slug)? else {
+                bail!("no organization \"{slug}\"; `scimsync org list` shows them");
+            };
+            let counts = crate::store::users::counts(c, &org.id)?;
+            let teams = crate::store::teams::count(c, &org.id, &Default::default())?;
+            let tokens = crate::store::tokens::list_for_org(c, &org.id)?;
+            let at = crate::store::now();
+            let failures = crate::store::log::count_failures_between(
+                c,
+                &org.id,
+                at - chrono::TimeDelta::days(1),
+                at,
+            )?;
+            Ok(OrgDetail {
+                users: counts.0,
+                active_users: counts.1,
+                joined_users: counts.2,
+                teams,
+                live_tokens: tokens.iter().filter(|t| t.revoked_at.is_none()).count(),
+                tokens: tokens.len(),
+                failures_last_day: failures,
+                info: org.into(),
+            })
+        })
+        .await
+}

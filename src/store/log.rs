@@ -84,3 +84,58 @@ pub fn count_failures_between(
         .count()
         .get_result(conn)
 }
+
+/// Changes per outcome logged after `since`, across organizations.
+pub fn count_by_outcome_since(
+    conn: &mut Conn,
+    since: chrono::NaiveDateTime,
+) -> QueryResult<Vec<(String, i64)>> {
+    provisioning_log::table
+        .filter(provisioning_log::applied_at.gt(since))
+        .group_by(provisioning_log::outcome)
+        .select((provisioning_log::outcome, diesel::dsl::count_star()))
+        .load(conn)
+}
+
+/// Entries matching the operator's filters, newest first.
+pub fn search(conn: &mut Conn, q: &LogQuery, limit: i64) -> QueryResult<Vec<LogRow>> {
+    let mut query = provisioning_log::table.into_boxed();
+    if let Some(org) = &q.org_id {
+        query = query.filter(provisioning_log::org_id.eq(org));
+    }
+    if let Some(outcome) = &q.outcome {
+        query = query.filter(provisioning_log::outcome.eq(outcome));
+    }
+    if let Some(subject) = &q.subject {
+        query = query.filter(
+            provisioning_log::subject
+                .eq(subject)
+                .or(provisioning_log::resource_id.eq(subject)),
+        );
+    }
+    if let Some(since) = q.since {
+        query = query.filter(provisioning_log::applied_at.gt(since));
+    }
+    if let Some(until) = q.until {
+        query = query.filter(provisioning_log::applied_at.le(until));
+    }
+    query
+        .order((
+            provisioning_log::applied_at.desc(),
+            provisioning_log::change_id.desc(),
+        ))
+        .limit(limit)
+        .select(LogRow::as_select())
+        .load(conn)
+}
+
+/// What `scimsync log` filters by.
+#[derive(Debug, Clone, Default)]
+pub struct LogQuery {
+    pub org_id: Option<String>,
+    pub outcome: Option<String>,
+    /// A userName/displayName as logged, or a resource id.
+    pub subject: Option<String>,
+    pub since: Option<chrono::NaiveDateTime>,
+    pub until: Option<chrono::NaiveDateTime>,
+}

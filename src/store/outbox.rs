@@ -235,3 +235,28 @@ pub fn failed_between(
         .select(OutboxRow::as_select())
         .load(conn)
 }
+
+/// Rows per state, across organizations.
+pub fn count_by_state(conn: &mut Conn) -> QueryResult<Vec<(String, i64)>> {
+    outbox::table
+        .group_by(outbox::state)
+        .select((outbox::state, diesel::dsl::count_star()))
+        .load(conn)
+}
+
+/// Rows sent after `since`.
+pub fn sent_since(conn: &mut Conn, since: chrono::NaiveDateTime) -> QueryResult<i64> {
+    outbox::table
+        .filter(outbox::state.eq("sent"))
+        .filter(outbox::sent_at.gt(since))
+        .count()
+        .get_result(conn)
+}
+
+/// When the oldest owed row was written.
+pub fn oldest_pending(conn: &mut Conn) -> QueryResult<Option<chrono::NaiveDateTime>> {
+    outbox::table
+        .filter(outbox::state.eq_any(["pending", "sending"]))
+        .select(diesel::dsl::min(outbox::created_at))
+        .first(conn)
+}

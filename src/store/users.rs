@@ -212,3 +212,22 @@ pub fn mark_joined(
     .execute(conn)?;
     Ok(())
 }
+
+/// (all, active, joined) users of an organization.
+pub fn counts(conn: &mut Conn, org_id: &str) -> QueryResult<(i64, i64, i64)> {
+    let all = users::table
+        .filter(users::org_id.eq(org_id))
+        .count()
+        .get_result(conn)?;
+    let active = users::table
+        .filter(users::org_id.eq(org_id))
+        .filter(users::active.eq(true))
+        .count()
+        .get_result(conn)?;
+    let joined = users::table
+        .filter(users::org_id.eq(org_id))
+        .filter(users::joined_at.is_not_null())
+        .count()
+        .get_result(conn)?;
+    Ok((all, active, joined))
+}

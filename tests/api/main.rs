@@ -6,6 +6,7 @@ mod groups;
 mod helpers;
 mod mail;
 mod mail_transports;
+mod ops;
 mod protocol;
 mod schema_drift;
 mod smtp_sink;

@@ -1,0 +1,76 @@
+//! Operators' figures: queue depth and workers from the queues themselves,
+//! outcomes and mail from the database, and `/metrics`.
+
+use reqwest::StatusCode;
+
+use crate::helpers::{TestApp, eventually, user_body};
+use crate::on_both_backends;
+
+on_both_backends!(queue_stats_and_metrics_report_what_happened);
+
+async fn queue_stats_and_metrics_report_what_happened(app: TestApp) {
+    app.create_user("one@example.com").await;
+    app.create_user("two@example.com").await;
+    let dup = app.post("/Users", user_body("ONE@example.com")).await;
+    assert_eq!(dup.status, StatusCode::CONFLICT);
+    let changes: scimsync::jobs::Queue<scimsync::jobs::ScimChange> =
+        scimsync::jobs::Queue::connect(
+            &app.settings.queue_url().expect("url"),
+            &app.settings.queue.name,
+        )
+        .await
+        .expect("queue");
+    let mail = changes.sibling(&format!("{}-mail", app.settings.queue.name));
+    eventually("both welcomes are sent", || async {
+        scimsync::ops::queue::stats(&app.store, &changes, &mail)
+            .await
+            .is_ok_and(|s| s.mail.sent_total == 2)
+    })
+    .await;
+    let stats = scimsync::ops::queue::stats(&app.store, &changes, &mail)
+        .await
+        .expect("stats");
+    assert_eq!(stats.last_hour.applied, 2);
+    assert_eq!(stats.last_hour.rejected, 1);
+    assert_eq!(stats.last_hour.dead, 0);
+    assert_eq!(stats.queues.len(), 2);
+    for q in &stats.queues {
+        assert_eq!(q.pending, 0, "{q:?}");
+        assert!(
+            !q.workers.is_empty(),
+            "the running app's workers are registered: {q:?}"
+        );
+    }
+    let metrics = app
+        .client
+        .get(format!("{}/metrics", app.base_url()))
+        .send()
+        .await
+        .expect("metrics");
+    assert_eq!(metrics.status(), StatusCode::OK);
+    let text = metrics.text().await.expect("text");
+    assert!(
+        text.contains("scimsync_scim_requests_total{op=\"POST /scim/v2/Users\",status=\"409\"}"),
+        "{text}"
+    );
+    assert!(
+        text.contains("scimsync_scim_request_duration_seconds_bucket"),
+        "{text}"
+    );
+    assert!(text.contains("scimsync_up 1"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "scimsync_queue_pending{{queue=\"{}\"}} 0",
+            app.settings.queue.name
+        )),
+        "{text}"
+    );
+    assert!(!text.contains(&app.token), "no token in metrics");
+    let ready = app
+        .client
+        .get(format!("{}/readyz", app.base_url()))
+        .send()
+        .await
+        .expect("readyz");
+    assert_eq!(ready.status(), StatusCode::OK);
+}
