@@ -63,6 +63,48 @@ pub enum QueueCommand {
     /// Pending, running and dead jobs per queue, live workers, outcomes of
     /// the last 5 minutes / hour / day, and the mail outbox.
     Stats(Output),
+    /// List changes by outcome, newest first.
+    List {
+        /// applied, rejected or dead.
+        #[arg(long, default_value = "dead", value_parser = ["applied", "rejected", "dead"])]
+        state: String,
+        /// Only this organization (slug).
+        #[arg(long)]
+        org: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Show one change: what was asked, what happened, how often it was tried.
+    Show {
+        /// The change id (as in `queue list` or `scimsync log`).
+        id: String,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Retry a dead change, or with --dead every dead change (of --org).
+    Retry {
+        /// The change id; omit with --dead.
+        #[arg(required_unless_present = "dead", conflicts_with = "dead")]
+        id: Option<String>,
+        /// Retry every unresolved dead change.
+        #[arg(long)]
+        dead: bool,
+        /// With --dead: only this organization (slug).
+        #[arg(long, requires = "dead")]
+        org: Option<String>,
+        /// Only count what would be retried.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Mark a dead change as dealt with, without retrying it.
+    Discard {
+        id: String,
+        /// Why (kept in the provisioning log).
+        #[arg(long)]
+        reason: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -316,19 +358,7 @@ pub async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()
                 }
             }
         }
-        Command::Queue(QueueCommand::Stats(out)) => {
-            let store = open_store(&settings)?;
-            let changes: crate::jobs::Queue<crate::jobs::ScimChange> =
-                crate::jobs::Queue::connect(&settings.queue_url()?, &settings.queue.name).await?;
-            let mail = changes.sibling(&format!("{}-mail", settings.queue.name));
-            let stats = ops::queue::stats(&store, &changes, &mail).await?;
-            if out.json {
-                println!("{}", serde_json::to_string_pretty(&stats)?);
-            } else {
-                print_stats(&stats);
-            }
-            Ok(())
-        }
+        Command::Queue(cmd) => queue_command(&settings, cmd).await,
         Command::Log(args) => show_log(&settings, args).await,
         Command::Doctor => doctor(&settings).await,
         Command::Mail(MailCommand::Test { address }) => {
@@ -638,5 +668,158 @@ async fn doctor(settings: &Settings) -> anyhow::Result<()> {
         Ok(())
     } else {
         anyhow::bail!("doctor found problems (marked FAIL above)")
+    }
+}
+
+async fn org_id_of(store: &Store, slug: &str) -> anyhow::Result<String> {
+    let slug = slug.to_owned();
+    Ok(store
+        .run(move |c| crate::store::orgs::find_by_slug(c, &slug).map_err(crate::store::Error::from))
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no such organization; `scimsync org list` shows them"))?
+        .id)
+}
+
+fn print_change(row: &crate::store::log::LogRow) {
+    println!("change      {}", row.change_id);
+    println!(
+        "operation   {} {} {}",
+        row.operation,
+        row.resource_type,
+        row.resource_id.as_deref().unwrap_or("-")
+    );
+    println!("subject     {}", row.subject.as_deref().unwrap_or("-"));
+    println!("outcome     {} (HTTP {})", row.outcome, row.status);
+    println!("attempts    {}", row.attempts);
+    println!("received    {}", row.received_at.and_utc().to_rfc3339());
+    println!(
+        "finished    {} ({} ms)",
+        row.applied_at.and_utc().to_rfc3339(),
+        row.duration_ms
+    );
+    if let Some(e) = &row.error {
+        println!("error       {e}");
+    }
+    if let Some(r) = &row.resolution {
+        println!("resolution  {r}");
+    }
+    if let Some(req) = &row.request {
+        println!("request     {req}");
+    }
+    if let Some(resp) = &row.response {
+        println!("answer      {resp}");
+    }
+}
+
+async fn queue_command(settings: &Settings, cmd: QueueCommand) -> anyhow::Result<()> {
+    let store = open_store(settings)?;
+    match cmd {
+        QueueCommand::Stats(out) => {
+            let changes: crate::jobs::Queue<crate::jobs::ScimChange> =
+                crate::jobs::Queue::connect(&settings.queue_url()?, &settings.queue.name).await?;
+            let mail = changes.sibling(&format!("{}-mail", settings.queue.name));
+            let stats = ops::queue::stats(&store, &changes, &mail).await?;
+            if out.json {
+                println!("{}", serde_json::to_string_pretty(&stats)?);
+            } else {
+                print_stats(&stats);
+            }
+            Ok(())
+        }
+        QueueCommand::List {
+            state,
+            org,
+            limit,
+            output,
+        } => {
+            show_log(
+                settings,
+                LogArgs {
+                    org: org.clone(),
+                    user: None,
+                    outcome: Some(state),
+                    since: None,
+                    limit,
+                    follow: false,
+                    output,
+                },
+            )
+            .await
+        }
+        QueueCommand::Show { id, output } => {
+            let key = id.clone();
+            let row = store
+                .run(move |c| crate::store::log::find(c, &key).map_err(crate::store::Error::from))
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("no change {id} in the provisioning log"))?;
+            if output.json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "change_id": row.change_id, "operation": row.operation,
+                        "resource_type": row.resource_type, "resource_id": row.resource_id,
+                        "subject": row.subject, "outcome": row.outcome, "status": row.status,
+                        "attempts": row.attempts, "error": row.error, "resolution": row.resolution,
+                        "received_at": row.received_at.and_utc().to_rfc3339(),
+                        "finished_at": row.applied_at.and_utc().to_rfc3339(),
+                        "duration_ms": row.duration_ms,
+                        "request": row.request.as_deref().and_then(|r| serde_json::from_str::<serde_json::Value>(r).ok()),
+                        "answer": row.response.as_deref().and_then(|r| serde_json::from_str::<serde_json::Value>(r).ok()),
+                    })
+                );
+            } else {
+                print_change(&row);
+            }
+            Ok(())
+        }
+        QueueCommand::Retry {
+            id,
+            dead,
+            org,
+            dry_run,
+        } => {
+            let queue: crate::jobs::Queue<crate::jobs::ScimChange> =
+                crate::jobs::Queue::connect(&settings.queue_url()?, &settings.queue.name).await?;
+            let max = settings.queue.max_deliveries;
+            if dead {
+                let org_id = match &org {
+                    Some(slug) => Some(org_id_of(&store, slug).await?),
+                    None => None,
+                };
+                let report = ops::queue::retry_dead(&store, &queue, org_id, dry_run, max).await?;
+                if dry_run {
+                    println!("{} dead change(s) would be retried", report.dead);
+                    return Ok(());
+                }
+                for (old, new) in &report.retried {
+                    println!("retried {old} as {new}");
+                }
+                for e in &report.errors {
+                    eprintln!("not retried: {e}");
+                }
+                println!(
+                    "{} of {} dead change(s) retried",
+                    report.retried.len(),
+                    report.dead
+                );
+                if !report.errors.is_empty() {
+                    anyhow::bail!("{} change(s) could not be retried", report.errors.len());
+                }
+                return Ok(());
+            }
+            let id = id.unwrap_or_default();
+            if dry_run {
+                println!("would retry {id}");
+                return Ok(());
+            }
+            let new = ops::queue::retry(&store, &queue, &id, max).await?;
+            println!("retried {id} as {new}; follow it with `scimsync queue show {new}`");
+            Ok(())
+        }
+        QueueCommand::Discard { id, reason } => {
+            ops::queue::discard(&store, &id, &reason).await?;
+            println!("discarded {id}");
+            Ok(())
+        }
     }
 }

@@ -102,3 +102,106 @@ pub async fn stats(
         mail,
     })
 }
+
+/// Retries a dead change as a new change (a new id, so the idempotency
+/// rules apply to it like to any other); returns the new change id.
+pub async fn retry(
+    store: &Store,
+    queue: &Queue<ScimChange>,
+    change_id: &str,
+    max_deliveries: u32,
+) -> anyhow::Result<String> {
+    let id = change_id.to_owned();
+    let row = store
+        .run(move |c| log::find(c, &id).map_err(store::Error::from))
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no change {change_id} in the provisioning log"))?;
+    if row.outcome != "dead" {
+        anyhow::bail!(
+            "change {change_id} was {} (HTTP {}); only dead changes are retried",
+            row.outcome,
+            row.status
+        );
+    }
+    if let Some(done) = &row.resolution {
+        anyhow::bail!("change {change_id} was already dealt with: {done}");
+    }
+    let original: ScimChange = row
+        .request
+        .as_deref()
+        .and_then(|r| serde_json::from_str(r).ok())
+        .ok_or_else(|| anyhow::anyhow!("change {change_id} has no stored request to retry"))?;
+    let again = ScimChange::new(&original.org_id, &original.base_url, original.op.clone());
+    let (old, note) = (
+        change_id.to_owned(),
+        format!("retried as {}", again.change_id),
+    );
+    let claimed = store
+        .run(move |c| log::resolve(c, &old, &note).map_err(store::Error::from))
+        .await?;
+    if !claimed {
+        anyhow::bail!("change {change_id} was retried or discarded meanwhile");
+    }
+    queue.push(&again, max_deliveries).await?;
+    tracing::info!(change_id, retried_as = %again.change_id, "dead change retried");
+    Ok(again.change_id)
+}
+
+/// What `queue retry --dead` found or did.
+#[derive(Debug, Clone, Serialize)]
+pub struct RetryReport {
+    pub dead: usize,
+    /// (old change id, new change id) for each retried change.
+    pub retried: Vec<(String, String)>,
+    pub errors: Vec<String>,
+}
+
+/// Retries every unresolved dead change (of one organization, if given);
+/// with `dry_run`, only counts them.
+pub async fn retry_dead(
+    store: &Store,
+    queue: &Queue<ScimChange>,
+    org_id: Option<String>,
+    dry_run: bool,
+    max_deliveries: u32,
+) -> anyhow::Result<RetryReport> {
+    let rows = store
+        .run(move |c| {
+            log::unresolved_dead(c, org_id.as_deref(), 10_000).map_err(store::Error::from)
+        })
+        .await?;
+    let mut report = RetryReport {
+        dead: rows.len(),
+        retried: Vec::new(),
+        errors: Vec::new(),
+    };
+    if dry_run {
+        return Ok(report);
+    }
+    for row in rows {
+        match retry(store, queue, &row.change_id, max_deliveries).await {
+            Ok(new) => report.retried.push((row.change_id, new)),
+            Err(e) => report.errors.push(format!("{}: {e:#}", row.change_id)),
+        }
+    }
+    Ok(report)
+}
+
+/// Marks a dead change as dealt with, without retrying it.
+pub async fn discard(store: &Store, change_id: &str, reason: &str) -> anyhow::Result<()> {
+    if reason.trim().is_empty() {
+        anyhow::bail!("say why with --reason");
+    }
+    let (id, note) = (
+        change_id.to_owned(),
+        format!("discarded: {}", reason.trim()),
+    );
+    let done = store
+        .run(move |c| log::resolve(c, &id, &note).map_err(store::Error::from))
+        .await?;
+    if !done {
+        anyhow::bail!("change {change_id} is not an unresolved dead change");
+    }
+    tracing::info!(change_id, "dead change discarded");
+    Ok(())
+}

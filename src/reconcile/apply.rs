@@ -108,6 +108,8 @@ pub fn apply_once(
             received_at: change.received_at.naive_utc(),
             applied_at: now(),
             duration_ms: 0,
+            request: None,
+            resolution: None,
         };
         match result {
             Ok(applied) => {
@@ -170,6 +172,8 @@ pub fn record_dead_once(
             received_at: change.received_at.naive_utc(),
             applied_at: now(),
             duration_ms: 0,
+            request: serde_json::to_string(change).ok(),
+            resolution: None,
         };
         log::insert(c, &row)?;
         Ok(row)

@@ -22,6 +22,10 @@ pub struct LogRow {
     pub received_at: chrono::NaiveDateTime,
     pub applied_at: chrono::NaiveDateTime,
     pub duration_ms: i64,
+    /// The change itself (JSON), kept for dead changes so they can be retried.
+    pub request: Option<String>,
+    /// What an operator did about a dead change.
+    pub resolution: Option<String>,
 }
 
 pub fn insert(conn: &mut Conn, row: &LogRow) -> QueryResult<()> {
@@ -138,4 +142,38 @@ pub struct LogQuery {
     pub subject: Option<String>,
     pub since: Option<chrono::NaiveDateTime>,
     pub until: Option<chrono::NaiveDateTime>,
+}
+
+/// Records what was done about a dead change, if nothing was yet; returns
+/// whether it did (two operators cannot both retry it).
+pub fn resolve(conn: &mut Conn, change_id: &str, resolution: &str) -> QueryResult<bool> {
+    let n = diesel::update(
+        provisioning_log::table
+            .filter(provisioning_log::change_id.eq(change_id))
+            .filter(provisioning_log::outcome.eq("dead"))
+            .filter(provisioning_log::resolution.is_null()),
+    )
+    .set(provisioning_log::resolution.eq(Some(resolution)))
+    .execute(conn)?;
+    Ok(n == 1)
+}
+
+/// Dead changes nobody has dealt with, oldest first.
+pub fn unresolved_dead(
+    conn: &mut Conn,
+    org_id: Option<&str>,
+    limit: i64,
+) -> QueryResult<Vec<LogRow>> {
+    let mut query = provisioning_log::table
+        .filter(provisioning_log::outcome.eq("dead"))
+        .filter(provisioning_log::resolution.is_null())
+        .into_boxed();
+    if let Some(org) = org_id {
+        query = query.filter(provisioning_log::org_id.eq(org));
+    }
+    query
+        .order(provisioning_log::applied_at.asc())
+        .limit(limit)
+        .select(LogRow::as_select())
+        .load(conn)
 }

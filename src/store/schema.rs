@@ -82,6 +82,8 @@ diesel::table! {
         received_at -> Timestamp,
         applied_at -> Timestamp,
         duration_ms -> BigInt,
+        request -> Nullable<Text>,
+        resolution -> Nullable<Text>,
     }
 }
 
