@@ -1,6 +1,11 @@
-//! Email: the messages (templates) and how they travel (transports).
+//! Email: the messages people receive (templates), their MIME form
+//! (message), and how they travel (transport: SMTP, Resend's HTTP API, or
+//! `.eml` files).
 
+pub mod message;
+pub mod resend;
 pub mod templates;
 pub mod transport;
 
-pub use transport::{Email, SendError, Transport, hint};
+pub use message::Email;
+pub use transport::{SendError, SmtpSecurity, Transport, hint};

@@ -1,159 +1,195 @@
-//! Where mail goes: an SMTP server, Postmark's HTTP API, or `.eml` files.
+//! Where mail goes: an SMTP server, Resend's HTTP API, or `.eml` files; how a
+//! failed send is classified; and what to tell an operator about it.
 
-use std::path::PathBuf;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use anyhow::{Context, bail};
-use lettre::message::{Mailbox, MultiPart};
+use anyhow::{Context, anyhow, bail};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Tls, TlsParameters};
-use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
+use tokio::io::AsyncWriteExt;
 
-use super::templates::one_line;
+use super::message::{Email, build_message, one_line};
+use super::resend;
 
-/// One message ready to send. `id` is the outbox row id: it becomes the
-/// Message-ID and the `.eml` file name, so a resend is recognisable.
-#[derive(Debug, Clone)]
-pub struct Email {
-    pub id: String,
-    pub from: String,
-    pub to: String,
-    pub subject: String,
-    pub text: String,
-    pub html: String,
-}
-
-/// Why a send failed, sorted by what happens next.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Why a send failed, sorted by what the caller does next.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SendError {
-    /// Try again later: connection trouble, timeouts, SMTP 4xx, HTTP 429/5xx.
+    /// Try again later (connection refused/reset, timeout, DNS failure, TLS
+    /// failure, SMTP 4xx, SMTP login refused, HTTP 429/5xx). `retry_after` is
+    /// the server's own wait when it gave one (HTTP Retry-After).
+    #[error("temporary failure: {reason}")]
     Transient {
         reason: String,
         retry_after: Option<Duration>,
     },
-    /// Do not retry: SMTP 5xx, HTTP 4xx, an address that cannot be used.
+    /// Do not retry (SMTP 5xx, HTTP 4xx other than 429, an invalid address or
+    /// id). `reason` includes the server's own answer.
+    #[error("permanent failure: {reason}")]
     Permanent { reason: String },
 }
 
 impl SendError {
+    /// Whether the same message may be sent again later.
     pub fn is_transient(&self) -> bool {
         matches!(self, SendError::Transient { .. })
     }
 
+    /// What went wrong, with the server's answer; never holds a secret.
     pub fn reason(&self) -> &str {
         match self {
             SendError::Transient { reason, .. } | SendError::Permanent { reason } => reason,
         }
     }
 
-    fn transient(reason: impl Into<String>) -> Self {
+    pub(crate) fn transient(reason: impl Into<String>) -> Self {
         SendError::Transient {
             reason: reason.into(),
             retry_after: None,
         }
     }
 
-    fn permanent(reason: impl Into<String>) -> Self {
+    pub(crate) fn permanent(reason: impl Into<String>) -> Self {
         SendError::Permanent {
             reason: reason.into(),
         }
     }
 }
 
-impl std::fmt::Display for SendError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+/// How an SMTP connection is secured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmtpSecurity {
+    /// `smtp://`: plain connection upgraded with STARTTLS, which is required.
+    StartTls,
+    /// `smtps://`: TLS from the first byte.
+    ImplicitTls,
+    /// `smtp://…?tls=none`: no encryption at all, for a test server on this machine.
+    NoTls,
+}
+
+impl SmtpSecurity {
+    fn label(self) -> &'static str {
         match self {
-            SendError::Transient { reason, .. } => write!(f, "temporary failure: {reason}"),
-            SendError::Permanent { reason } => write!(f, "permanent failure: {reason}"),
+            SmtpSecurity::StartTls => "STARTTLS",
+            SmtpSecurity::ImplicitTls => "implicit TLS",
+            SmtpSecurity::NoTls => "no TLS",
         }
     }
 }
 
-impl std::error::Error for SendError {}
+/// A password or API key: kept out of `Debug`, logs and errors.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
 
-/// How SMTP is secured.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SmtpSecurity {
-    StartTls,
-    ImplicitTls,
-    /// Plain text, for a test server on this machine only.
-    None,
+impl Secret {
+    pub(crate) fn new(s: String) -> Self {
+        Secret(s)
+    }
+
+    pub(crate) fn expose(&self) -> &str {
+        &self.0
+    }
 }
 
-/// A configured transport; built once per process.
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// A configured way to send mail, built once per process from `SCIMSYNC_MAIL_URL`.
 pub enum Transport {
-    File {
-        dir: PathBuf,
-    },
+    /// One `DIR/<id>.eml` file per message: the embedded default and tests.
+    File { dir: PathBuf },
+    /// An SMTP submission server, through lettre's pooled async client.
     Smtp {
-        mailer: AsyncSmtpTransport<Tokio1Executor>,
         host: String,
         port: u16,
         security: SmtpSecurity,
+        /// Whether the URL carried a user and password.
+        login: bool,
+        mailer: AsyncSmtpTransport<Tokio1Executor>,
     },
-    /// Postmark's "send a single email" API (`POST /email`), chosen as
-    /// the HTTP provider: <https://postmarkapp.com/developer/user-guide/send-email-with-api>.
-    /// Postmark has no idempotency key; the outbox id goes in `Metadata`
-    /// so a duplicate after a crash can be traced.
-    Postmark {
+    /// Resend's HTTP API (`POST /emails`); see [`super::resend`] for why Resend.
+    Resend {
+        /// The full URL of the send endpoint; holds no secret.
+        endpoint: url::Url,
+        api_key: Secret,
         client: reqwest::Client,
-        endpoint: String,
-        token: String,
     },
 }
 
-impl std::fmt::Debug for Transport {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.describe())
+impl fmt::Debug for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Transport({})", self.describe())
     }
 }
 
-const ACCEPTED: &str = "write smtp://USER:PASS@HOST:587 (STARTTLS), smtps://USER:PASS@HOST:465 \
-(implicit TLS), postmark://SERVER_TOKEN@api.postmarkapp.com, or file://DIR";
+/// What `SCIMSYNC_MAIL_URL` may look like; every refusal repeats it.
+pub(crate) const ACCEPTED: &str = "use one of: smtp://USER:PASS@HOST:587 (STARTTLS), \
+smtps://USER:PASS@HOST:465 (implicit TLS), smtp://HOST:PORT?tls=none (a local test server only), \
+resend://API_KEY@api.resend.com (Resend's HTTP API), file://DIR (.eml files)";
+
+/// Per-command SMTP timeout: a server that says nothing for this long is gone.
+const SMTP_COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Longest a whole send may take. It must stay well under the outbox's send
+/// lease (120 s by default): past the lease another worker may claim the row
+/// and send it a second time.
+pub(crate) const SEND_DEADLINE: Duration = Duration::from_secs(60);
 
 impl Transport {
-    /// Builds the transport `SCIMSYNC_MAIL_URL` names.
+    /// From SCIMSYNC_MAIL_URL. Schemes: `file://DIR` (writes `DIR/<id>.eml`,
+    /// creating DIR), `smtp://[user:pass@]host[:port][?tls=starttls|none]`
+    /// (default port 587, STARTTLS required unless `tls=none`, which is for
+    /// local test servers), `smtps://[user:pass@]host[:port]` (implicit TLS,
+    /// default port 465), `resend://API_KEY@api.resend.com` (HTTPS) and
+    /// `resend+http://API_KEY@127.0.0.1:PORT` (plain HTTP, for tests).
+    /// User, password and key are percent-decoded. An unknown scheme is
+    /// refused with the accepted forms; no error repeats a secret.
+    ///
+    /// SMTP transports must be built inside the tokio runtime, since lettre's
+    /// connection pool starts a task there.
     pub fn from_url(url: &str) -> anyhow::Result<Transport> {
-        if let Some(dir) = url.strip_prefix("file://") {
-            if dir.is_empty() {
-                bail!("file:// needs a directory, e.g. file://data/mail");
-            }
-            return Ok(Transport::File {
-                dir: PathBuf::from(dir),
-            });
+        let url = url.trim();
+        if url.is_empty() {
+            bail!("SCIMSYNC_MAIL_URL is empty; {ACCEPTED}");
         }
-        let parsed = url::Url::parse(url)
-            .map_err(|_| anyhow::anyhow!("SCIMSYNC_MAIL_URL is not a URL; {ACCEPTED}"))?;
-        match parsed.scheme() {
-            "smtp" | "smtps" => smtp_from_url(&parsed),
-            "postmark" | "postmark+http" => {
-                let token = percent_decode(parsed.username());
-                if token.is_empty() {
-                    bail!(
-                        "postmark:// needs the server token as the user part: postmark://SERVER_TOKEN@api.postmarkapp.com"
-                    );
-                }
-                let host = parsed.host_str().unwrap_or("api.postmarkapp.com");
-                let scheme = if parsed.scheme() == "postmark" {
-                    "https"
-                } else {
-                    "http"
-                };
-                let port = parsed.port().map(|p| format!(":{p}")).unwrap_or_default();
-                Ok(Transport::Postmark {
-                    client: reqwest::Client::builder()
-                        .timeout(Duration::from_secs(30))
-                        .build()
-                        .context("cannot build the HTTP client")?,
-                    endpoint: format!("{scheme}://{host}{port}/email"),
-                    token,
-                })
-            }
-            other => bail!("unsupported mail scheme {other}://; {ACCEPTED}"),
+        let Some((scheme, rest)) = url.split_once("://") else {
+            bail!("SCIMSYNC_MAIL_URL has no scheme; {ACCEPTED}");
+        };
+        match scheme.to_ascii_lowercase().as_str() {
+            "file" => file_from_url(rest),
+            "smtp" | "smtps" => smtp_from_url(&parse_url(url)?),
+            "resend" | "resend+http" => resend::from_url(&parse_url(url)?),
+            _ => bail!(
+                "SCIMSYNC_MAIL_URL has an unsupported scheme ({}); {ACCEPTED}",
+                printable_scheme(scheme)
+            ),
         }
     }
 
-    /// A one-line description without secrets.
+    /// Sends one message; Ok holds what the server said (SMTP reply, Resend's
+    /// email id, or the file written), for logs and `scimsync mail test`.
+    #[tracing::instrument(name = "mail_send", skip_all, fields(email_id = %email.id))]
+    pub async fn send(&self, email: &Email) -> Result<String, SendError> {
+        match self {
+            Transport::File { dir } => write_file(dir, email).await,
+            Transport::Smtp {
+                host, port, mailer, ..
+            } => send_smtp(mailer, host, *port, email).await,
+            Transport::Resend {
+                endpoint,
+                api_key,
+                client,
+            } => resend::send(client, endpoint, api_key, email).await,
+        }
+    }
+
+    /// A one-line, secret-free description ("SMTP mail.example.com:587 (STARTTLS)").
     pub fn describe(&self) -> String {
         match self {
             Transport::File { dir } => format!("files in {}", dir.display()),
@@ -161,273 +197,468 @@ impl Transport {
                 host,
                 port,
                 security,
+                login,
                 ..
             } => {
-                let mode = match security {
-                    SmtpSecurity::StartTls => "STARTTLS",
-                    SmtpSecurity::ImplicitTls => "implicit TLS",
-                    SmtpSecurity::None => "no TLS",
-                };
-                format!("SMTP {host}:{port} ({mode})")
+                let login = if *login { ", with login" } else { "" };
+                format!(
+                    "SMTP {}:{port} ({}{login})",
+                    bracketed(host),
+                    security.label()
+                )
             }
-            Transport::Postmark { endpoint, .. } => format!("Postmark API {endpoint}"),
-        }
-    }
-
-    /// Sends one message; Ok holds what the server said.
-    pub async fn send(&self, email: &Email) -> Result<String, SendError> {
-        match self {
-            Transport::File { dir } => write_file(dir, email).await,
-            Transport::Smtp { mailer, .. } => {
-                let message = build_message(email)?;
-                match mailer.send(message).await {
-                    Ok(response) => Ok(format!(
-                        "{} {}",
-                        response.code(),
-                        response.message().collect::<Vec<_>>().join(" ")
-                    )),
-                    Err(e) => Err(classify_smtp(&e)),
-                }
-            }
-            Transport::Postmark {
-                client,
-                endpoint,
-                token,
-            } => send_postmark(client, endpoint, token, email).await,
+            Transport::Resend { endpoint, .. } => format!("Resend API {endpoint}"),
         }
     }
 }
 
-fn percent_decode(s: &str) -> String {
-    url::form_urlencoded::parse(format!("x={s}").as_bytes())
-        .next()
-        .map(|(_, v)| v.into_owned())
-        .unwrap_or_default()
+/// The scheme for an error message, or a stand-in when it looks like it
+/// could be something else (a pasted secret).
+fn printable_scheme(scheme: &str) -> String {
+    let plausible = !scheme.is_empty()
+        && scheme.len() <= 20
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c));
+    if plausible {
+        format!("{scheme}://")
+    } else {
+        "an unreadable scheme".to_owned()
+    }
+}
+
+fn parse_url(url: &str) -> anyhow::Result<url::Url> {
+    // url::ParseError names the problem, never the input.
+    url::Url::parse(url)
+        .map_err(|e| anyhow!("SCIMSYNC_MAIL_URL is not a valid URL ({e}); {ACCEPTED}"))
+}
+
+/// IPv6 literals in brackets, so `host:port` stays readable.
+fn bracketed(host: &str) -> String {
+    if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_owned()
+    }
+}
+
+/// Percent-decodes a URL user or password. Written out because
+/// `form_urlencoded` would also turn `+` into a space, breaking passwords.
+pub(crate) fn percent_decode(s: &str, what: &str) -> anyhow::Result<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    let hex = |b: Option<&u8>| b.and_then(|&b| char::from(b).to_digit(16));
+    while i < bytes.len() {
+        match (bytes[i], hex(bytes.get(i + 1)), hex(bytes.get(i + 2))) {
+            (b'%', Some(high), Some(low)) => {
+                // Two hex digits are at most 0xFF: the cast loses nothing.
+                out.push(((high << 4) | low) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out)
+        .map_err(|_| anyhow!("the {what} in SCIMSYNC_MAIL_URL is not UTF-8 once percent-decoded"))
+}
+
+/// Refuses query parameters other than `allowed`, so a typo such as
+/// `?tsl=none` is reported rather than silently ignored.
+pub(crate) fn check_query(url: &url::Url, allowed: &[&str]) -> anyhow::Result<()> {
+    for (key, _) in url.query_pairs() {
+        if !allowed.contains(&key.as_ref()) {
+            let known = if allowed.is_empty() {
+                "none are known".to_owned()
+            } else {
+                format!("known: {}", allowed.join(", "))
+            };
+            bail!(
+                "SCIMSYNC_MAIL_URL has an unknown parameter {:?} ({known})",
+                one_line(&key)
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a path, which these schemes do not use.
+pub(crate) fn check_no_path(url: &url::Url) -> anyhow::Result<()> {
+    if url.path().is_empty() || url.path() == "/" {
+        Ok(())
+    } else {
+        bail!("{}:// URLs take no path; {ACCEPTED}", url.scheme())
+    }
+}
+
+pub(crate) fn is_loopback(host: &str) -> bool {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    bare.eq_ignore_ascii_case("localhost")
+        || bare
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+fn file_from_url(rest: &str) -> anyhow::Result<Transport> {
+    // Taken as written, not parsed as a URL: in file://data/mail the URL
+    // parser would read "data" as a host.
+    let dir = match rest.strip_prefix("localhost") {
+        Some(path) if path.starts_with('/') => path,
+        _ => rest,
+    };
+    if dir.is_empty() {
+        bail!("file:// needs a directory, e.g. file://data/mail or file:///var/lib/scimsync/mail");
+    }
+    if dir.contains('?') || dir.contains('#') {
+        bail!("file:// takes a directory only, without ? or #");
+    }
+    Ok(Transport::File {
+        dir: PathBuf::from(dir),
+    })
 }
 
 fn smtp_from_url(url: &url::Url) -> anyhow::Result<Transport> {
-    let host = url
-        .host_str()
-        .filter(|h| !h.is_empty())
-        .context("the SMTP URL needs a host, e.g. smtp://mail.example.com:587")?
-        .to_owned();
+    let implicit = url.scheme() == "smtps";
+    let host = match url.host() {
+        // Non-special schemes keep the host as written; DNS names are case-blind.
+        Some(url::Host::Domain(d)) if !d.is_empty() => d.to_ascii_lowercase(),
+        Some(url::Host::Ipv4(ip)) => ip.to_string(),
+        Some(url::Host::Ipv6(ip)) => ip.to_string(),
+        _ => bail!("the SMTP URL needs a host, e.g. smtp://USER:PASS@mail.example.com:587"),
+    };
+    check_no_path(url)?;
     let tls_param = url
         .query_pairs()
         .find(|(k, _)| k == "tls")
-        .map(|(_, v)| v.into_owned());
-    let security = match (url.scheme(), tls_param.as_deref()) {
-        ("smtps", _) => SmtpSecurity::ImplicitTls,
-        (_, Some("none")) => SmtpSecurity::None,
-        (_, None | Some("starttls")) => SmtpSecurity::StartTls,
-        (_, Some(other)) => {
-            bail!("tls={other} is not known: use tls=starttls (default) or tls=none")
+        .map(|(_, v)| v.to_ascii_lowercase());
+    let security = match (implicit, tls_param.as_deref()) {
+        (true, None) => SmtpSecurity::ImplicitTls,
+        (true, Some(_)) => {
+            bail!(
+                "smtps:// is always implicit TLS and takes no tls= parameter; for STARTTLS use smtp://HOST:587"
+            )
+        }
+        (false, None | Some("starttls")) => SmtpSecurity::StartTls,
+        (false, Some("none")) => SmtpSecurity::NoTls,
+        (false, Some(other)) => bail!(
+            "tls={} is not known: use tls=starttls (the default) or tls=none (a local test server only); for implicit TLS use smtps://",
+            one_line(other)
+        ),
+    };
+    check_query(url, if implicit { &[] } else { &["tls"] })?;
+    let port = url.port().unwrap_or(if implicit { 465 } else { 587 });
+
+    let user = percent_decode(url.username(), "SMTP user")?;
+    let password = url
+        .password()
+        .map(|p| percent_decode(p, "SMTP password"))
+        .transpose()?;
+    let credentials = match (user.is_empty(), password) {
+        (true, None) => None,
+        (false, Some(password)) => Some(Credentials::new(user, password)),
+        (false, None) => {
+            bail!("the SMTP URL has a user but no password: write smtp://USER:PASSWORD@HOST")
+        }
+        (true, Some(_)) => {
+            bail!("the SMTP URL has a password but no user: write smtp://USER:PASSWORD@HOST")
         }
     };
-    let port = url.port().unwrap_or(match security {
-        SmtpSecurity::ImplicitTls => 465,
-        SmtpSecurity::StartTls => 587,
-        SmtpSecurity::None => 25,
-    });
+    if security == SmtpSecurity::NoTls && !is_loopback(&host) {
+        tracing::warn!(
+            host = %host,
+            "SMTP without TLS to a host that is not this machine: messages and any password travel in clear text"
+        );
+    }
+
+    // lettre's pool spawns its cleanup task on build; without a runtime that
+    // would panic, so say what is wrong instead.
+    tokio::runtime::Handle::try_current()
+        .map_err(|_| anyhow!("the SMTP transport must be built inside the tokio runtime"))?;
     let tls = match security {
-        SmtpSecurity::None => Tls::None,
-        _ => {
-            let params = TlsParameters::new(host.clone()).context("cannot set up TLS for SMTP")?;
-            if security == SmtpSecurity::ImplicitTls {
+        SmtpSecurity::NoTls => Tls::None,
+        SmtpSecurity::StartTls | SmtpSecurity::ImplicitTls => {
+            let params = TlsParameters::new(host.clone())
+                .with_context(|| format!("cannot set up TLS for {host}"))?;
+            if implicit {
                 Tls::Wrapper(params)
             } else {
                 Tls::Required(params)
             }
         }
     };
-    let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&host)
+    let login = credentials.is_some();
+    let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host.clone())
         .port(port)
         .tls(tls)
-        .timeout(Some(Duration::from_secs(30)));
-    if !url.username().is_empty() {
-        builder = builder.credentials(Credentials::new(
-            percent_decode(url.username()),
-            percent_decode(url.password().unwrap_or_default()),
-        ));
+        .timeout(Some(SMTP_COMMAND_TIMEOUT));
+    if let Some(credentials) = credentials {
+        builder = builder.credentials(credentials);
     }
     Ok(Transport::Smtp {
-        mailer: builder.build(),
         host,
         port,
         security,
+        login,
+        mailer: builder.build(),
     })
 }
 
-/// The MIME message: text and HTML alternatives, Message-ID from the id.
-/// Header values are flattened to one line first; lettre then encodes them.
-fn build_message(email: &Email) -> Result<Message, SendError> {
-    let from: Mailbox = one_line(&email.from).parse().map_err(|e| {
-        SendError::permanent(format!(
-            "the sender address {:?} is not valid: {e}",
-            email.from
-        ))
-    })?;
-    let to: Mailbox = one_line(&email.to).parse().map_err(|e| {
-        SendError::permanent(format!(
-            "the recipient address {:?} is not valid: {e}",
-            email.to
-        ))
-    })?;
-    Message::builder()
-        .from(from)
-        .to(to)
-        .subject(one_line(&email.subject))
-        .message_id(Some(format!("<{}@scimsync>", one_line(&email.id))))
-        .multipart(MultiPart::alternative_plain_html(
-            email.text.clone(),
-            email.html.clone(),
-        ))
-        .map_err(|e| SendError::permanent(format!("cannot build the message: {e}")))
+/// An error and its sources on one line, skipping a source whose text the
+/// previous one already printed (lettre prints its source, reqwest does not).
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    // lettre nests errors of one kind ("Connection error: Connection error:
+    // …"); say each part once.
+    let mut parts: Vec<&str> = Vec::new();
+    for part in out.split(": ") {
+        if parts.last() != Some(&part) {
+            parts.push(part);
+        }
+    }
+    one_line(&parts.join(": "))
 }
 
-async fn write_file(dir: &std::path::Path, email: &Email) -> Result<String, SendError> {
+async fn send_smtp(
+    mailer: &AsyncSmtpTransport<Tokio1Executor>,
+    host: &str,
+    port: u16,
+    email: &Email,
+) -> Result<String, SendError> {
     let message = build_message(email)?;
-    let safe_id: String = email
-        .id
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
-        .collect();
-    let path = dir.join(format!("{safe_id}.eml"));
-    let tmp = dir.join(format!(".{safe_id}.eml.tmp"));
-    let io =
-        |e: std::io::Error| SendError::transient(format!("cannot write to {}: {e}", dir.display()));
-    tokio::fs::create_dir_all(dir).await.map_err(io)?;
-    tokio::fs::write(&tmp, message.formatted())
+    let at = format!("{}:{port}", bracketed(host));
+    match tokio::time::timeout(SEND_DEADLINE, mailer.send(message)).await {
+        Err(_) => Err(SendError::transient(format!(
+            "the SMTP server {at} did not finish within {} s (timed out)",
+            SEND_DEADLINE.as_secs()
+        ))),
+        Ok(Ok(response)) => {
+            let text = response.message().collect::<Vec<_>>().join(" ");
+            Ok(one_line(&format!("{} {text}", u16::from(response.code()))))
+        }
+        Ok(Err(e)) => Err(classify_smtp(&e, &at)),
+    }
+}
+
+/// SMTP replies that mean "this login does not work": 530 authentication
+/// required, 534 mechanism too weak, 535 credentials invalid, 538 encryption
+/// required for the mechanism. They are 5xx, but nothing is wrong with the
+/// message: retrying lets it go out once an operator fixes the settings,
+/// where a permanent failure would drop every message sent meanwhile.
+const LOGIN_REPLIES: [u16; 4] = [530, 534, 535, 538];
+
+/// Sorts a lettre error into transient or permanent, keeping the server's words.
+pub(crate) fn classify_smtp(e: &lettre::transport::smtp::Error, at: &str) -> SendError {
+    use std::error::Error as _;
+    if let Some(code) = e.status() {
+        let code = u16::from(code);
+        // For a reply error the source is the server's text, without the code.
+        let said = e
+            .source()
+            .map(|s| one_line(&s.to_string()))
+            .unwrap_or_default();
+        let reason = format!("the SMTP server {at} answered {code} {said}");
+        return if e.is_transient() {
+            SendError::transient(reason)
+        } else if LOGIN_REPLIES.contains(&code) {
+            SendError::transient(format!(
+                "{reason} (a login problem, not the message's: it is kept and retried)"
+            ))
+        } else {
+            SendError::permanent(reason)
+        };
+    }
+    let detail = error_chain(e);
+    if e.is_timeout() {
+        return SendError::transient(format!(
+            "no answer from the SMTP server {at} (timed out): {detail}"
+        ));
+    }
+    if e.is_tls() {
+        return SendError::transient(format!("TLS with the SMTP server {at} failed: {detail}"));
+    }
+    if e.is_client() && detail.to_ascii_lowercase().contains("non-ascii") {
+        // The server lacks SMTPUTF8 or 8BITMIME: this message cannot pass
+        // there, others still can.
+        return SendError::permanent(format!(
+            "the SMTP server {at} cannot take this message: {detail}"
+        ));
+    }
+    // Connection refused or reset, DNS failure, an unreadable reply, a
+    // missing STARTTLS or AUTH offer: a problem of the path or the settings.
+    SendError::transient(format!("SMTP with {at} failed: {detail}"))
+}
+
+/// Names the temporary files; with the process id they never collide.
+static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// Writes `DIR/<id>.eml` through a temporary file and a rename, so a reader
+/// never sees half a message and the same id written twice leaves one file.
+async fn write_file(dir: &Path, email: &Email) -> Result<String, SendError> {
+    let message = build_message(email)?;
+    // build_message checked the id: it is safe as a file name.
+    let path = dir.join(format!("{}.eml", email.id));
+    let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+    // A leading dot and no .eml suffix: readers that list *.eml skip it.
+    let tmp = dir.join(format!(".{}.{}.{n}.tmp", email.id, std::process::id()));
+    // Disk full or a permission problem is fixed outside the message.
+    let io = |what: &str, p: &Path, e: std::io::Error| {
+        SendError::transient(format!("cannot {what} {}: {e}", p.display()))
+    };
+    tokio::fs::create_dir_all(dir)
         .await
-        .map_err(io)?;
-    // Rename is atomic: the same id written twice leaves one whole file.
-    tokio::fs::rename(&tmp, &path).await.map_err(io)?;
+        .map_err(|e| io("create the mail directory", dir, e))?;
+    let written = async {
+        let mut file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .await?;
+        file.write_all(&message.formatted()).await?;
+        file.sync_all().await?;
+        drop(file);
+        tokio::fs::rename(&tmp, &path).await
+    }
+    .await;
+    if let Err(e) = written {
+        let _ = tokio::fs::remove_file(&tmp).await;
+        return Err(io("write", &path, e));
+    }
     Ok(format!("written to {}", path.display()))
 }
 
-fn classify_smtp(e: &lettre::transport::smtp::Error) -> SendError {
-    let reason = e.to_string();
-    if e.is_permanent() {
-        SendError::permanent(reason)
-    } else {
-        // Transient replies (4xx), connection and TLS failures, timeouts.
-        SendError::transient(reason)
-    }
-}
-
-async fn send_postmark(
-    client: &reqwest::Client,
-    endpoint: &str,
-    token: &str,
-    email: &Email,
-) -> Result<String, SendError> {
-    let body = serde_json::json!({
-        "From": one_line(&email.from),
-        "To": one_line(&email.to),
-        "Subject": one_line(&email.subject),
-        "TextBody": email.text,
-        "HtmlBody": email.html,
-        "MessageStream": "outbound",
-        "Metadata": {"outbox_id": email.id},
-    });
-    let response = client
-        .post(endpoint)
-        .header("Accept", "application/json")
-        .header("X-Postmark-Server-Token", token)
-        .json(&body)
-        .send()
-        .await
-        .map_err(|e| SendError::transient(format!("cannot reach Postmark: {}", without_url(&e))))?;
-    let status = response.status();
-    let retry_after = response
-        .headers()
-        .get(reqwest::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(parse_retry_after);
-    let text = response.text().await.unwrap_or_default();
-    let answer: Option<serde_json::Value> = serde_json::from_str(&text).ok();
-    let message = answer
-        .as_ref()
-        .and_then(|a| a.get("Message"))
-        .and_then(serde_json::Value::as_str)
-        .map(str::to_owned)
-        .unwrap_or_else(|| text.chars().take(200).collect());
-    if status.is_success() {
-        // Postmark answers ErrorCode 0 and a MessageID. A 2xx without them
-        // may still mean the message was accepted: retrying could send it
-        // twice, so it is recorded as sent with what was said.
-        let id = answer
-            .as_ref()
-            .and_then(|a| a.get("MessageID"))
-            .and_then(serde_json::Value::as_str)
-            .map(str::to_owned);
-        return Ok(match id {
-            Some(id) => format!("Postmark MessageID {id}"),
-            None => format!("Postmark answered {status} without a MessageID: {message}"),
-        });
-    }
-    let reason = format!("Postmark answered {status}: {message}");
-    if status.as_u16() == 429 || status.is_server_error() {
-        Err(SendError::Transient {
-            reason,
-            retry_after,
-        })
-    } else {
-        Err(SendError::permanent(reason))
-    }
-}
-
-/// reqwest errors print the URL; ours holds no secret, but keep it short.
-fn without_url(e: &reqwest::Error) -> String {
-    let mut s = e.to_string();
-    if let Some(url) = e.url() {
-        s = s.replace(url.as_str(), "the API");
-    }
-    s
-}
-
-/// Retry-After as seconds or an HTTP date (RFC 9110 §10.2.3).
-fn parse_retry_after(v: &str) -> Option<Duration> {
-    if let Ok(secs) = v.trim().parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let at = chrono::DateTime::parse_from_rfc2822(v.trim()).ok()?;
-    let wait = at.with_timezone(&chrono::Utc) - chrono::Utc::now();
-    Some(wait.to_std().unwrap_or(Duration::ZERO))
-}
-
-/// A hint for an operator when a send fails.
+/// A hint for a failed send, for operators: what to check or change in
+/// `SCIMSYNC_MAIL_URL` or around it. None when there is nothing to add to
+/// the reason itself.
 pub fn hint(error: &SendError, transport: &Transport) -> Option<String> {
     let reason = error.reason().to_ascii_lowercase();
     match transport {
-        Transport::Smtp { port, security, .. } => {
-            if reason.contains("connection refused") {
-                Some(format!(
-                    "nothing accepts connections on port {port}: check the host and port (587 is usually STARTTLS with smtp://, 465 implicit TLS with smtps://)"
-                ))
-            } else if reason.contains("tls")
-                || reason.contains("handshake")
-                || reason.contains("certificate")
-            {
-                Some(match security {
-                    SmtpSecurity::ImplicitTls => "the TLS handshake failed: if the server expects STARTTLS (usually port 587), use smtp:// instead of smtps://".to_owned(),
-                    _ => "the TLS handshake failed: if the server expects implicit TLS (usually port 465), use smtps://".to_owned(),
-                })
-            } else if reason.contains("535") || reason.contains("authentication") {
-                Some("the server refused the credentials: check the user and password in the URL (percent-encode special characters)".to_owned())
-            } else if reason.contains("timed out") || reason.contains("timeout") {
-                Some("the server did not answer in time: check firewalls and the port".to_owned())
-            } else {
-                None
-            }
-        }
-        Transport::Postmark { .. } if reason.contains("401") => Some(
-            "Postmark refused the token: use a Server API token (not the Account token)".to_owned(),
-        ),
-        Transport::Postmark { .. } if reason.contains("422") => Some(
-            "Postmark refused the message: the From address must be a confirmed Sender Signature"
+        Transport::Smtp {
+            host,
+            port,
+            security,
+            ..
+        } => smtp_hint(&reason, host, *port, *security),
+        Transport::Resend { endpoint, .. } => resend::hint(&reason, endpoint),
+        Transport::File { dir } => file_hint(&reason, dir),
+    }
+}
+
+const PORTS: &str = "for port 587 use smtp:// (STARTTLS), for 465 smtps:// (implicit TLS)";
+
+fn smtp_hint(reason: &str, host: &str, port: u16, security: SmtpSecurity) -> Option<String> {
+    let hp = format!("{}:{port}", bracketed(host));
+    let answered = |code: &str| reason.contains(&format!("answered {code}"));
+    if reason.contains("connection refused") {
+        return Some(format!(
+            "nothing accepts connections on {hp}: is the server running and listening on that port? {PORTS}"
+        ));
+    }
+    if reason.contains("failed to lookup")
+        || reason.contains("name or service not known")
+        || reason.contains("could not resolve")
+        || reason.contains("no such host")
+        || reason.contains("nodename nor servname")
+    {
+        return Some(format!(
+            "the host name {host} does not resolve: check its spelling and this machine's DNS"
+        ));
+    }
+    if reason.contains("starttls is not supported") {
+        return Some(format!(
+            "{hp} offers no STARTTLS: if it expects TLS from the first byte (usually port 465), use smtps://{}:{port}; tls=none is only for a test server on this machine",
+            bracketed(host)
+        ));
+    }
+    if answered("530") && reason.contains("starttls") {
+        return Some("the server wants STARTTLS first: remove tls=none from the URL".to_owned());
+    }
+    if answered("535") || answered("534") || answered("538") {
+        return Some(
+            "the server refused the user name or password: check both in SCIMSYNC_MAIL_URL, and percent-encode @ : / ? # % in them"
                 .to_owned(),
-        ),
-        _ => None,
+        );
+    }
+    if answered("530") {
+        return Some("the server wants a login: write smtp://USER:PASSWORD@HOST:PORT".to_owned());
+    }
+    if reason.contains("no compatible authentication mechanism") {
+        return Some(
+            "the server offers no AUTH PLAIN or LOGIN on this connection; many servers offer AUTH only after STARTTLS"
+                .to_owned(),
+        );
+    }
+    if reason.contains("certificate")
+        || reason.contains("unknownissuer")
+        || reason.contains("notvalidforname")
+    {
+        return Some(format!(
+            "the server's certificate is not valid for {host}: use the host name the certificate names, or fix the server's certificate chain"
+        ));
+    }
+    if reason.contains("tls") || reason.contains("handshake") || reason.contains("corrupt message")
+    {
+        return Some(match security {
+            SmtpSecurity::ImplicitTls => format!(
+                "the TLS handshake with {hp} failed: if the server expects STARTTLS (usually port 587), use smtp://{}:587",
+                bracketed(host)
+            ),
+            SmtpSecurity::StartTls | SmtpSecurity::NoTls => format!(
+                "the TLS upgrade with {hp} failed: if the server expects implicit TLS (usually port 465), use smtps://{}:465",
+                bracketed(host)
+            ),
+        });
+    }
+    if reason.contains("timed out") || reason.contains("did not finish") {
+        if port == 465 && security != SmtpSecurity::ImplicitTls {
+            return Some(format!(
+                "port 465 usually expects TLS from the first byte, so both sides wait: use smtps://{}:465",
+                bracketed(host)
+            ));
+        }
+        return Some(format!(
+            "no answer from {hp}: a firewall may drop the connection (many hosting providers block outgoing 25, 465 and 587), or the port expects the other TLS mode ({PORTS})"
+        ));
+    }
+    if answered("55") && (reason.contains("5.7.1") || reason.contains("relay")) {
+        return Some(
+            "the server will not relay this message: log in (USER:PASSWORD@), or use a From address it accepts"
+                .to_owned(),
+        );
+    }
+    if answered("55") && reason.contains("5.1.1") {
+        return Some("the receiving server says this mailbox does not exist".to_owned());
+    }
+    if reason.contains("non-ascii") {
+        return Some(
+            "the server does not accept non-ASCII addresses or content (no SMTPUTF8/8BITMIME)"
+                .to_owned(),
+        );
+    }
+    None
+}
+
+fn file_hint(reason: &str, dir: &Path) -> Option<String> {
+    if reason.contains("permission denied") || reason.contains("read-only file system") {
+        Some(format!(
+            "make {} writable by the user the service runs as, or point file:// elsewhere",
+            dir.display()
+        ))
+    } else if reason.contains("no space left") {
+        Some(format!("the disk holding {} is full", dir.display()))
+    } else {
+        None
     }
 }
 
@@ -435,60 +666,221 @@ pub fn hint(error: &SendError, transport: &Transport) -> Option<String> {
 mod tests {
     use super::*;
 
-    // Building an SMTP transport starts its connection pool's task.
-    #[tokio::test]
-    async fn urls_pick_the_transport_and_tls_mode() {
-        assert!(matches!(
-            Transport::from_url("file://data/mail"),
-            Ok(Transport::File { .. })
-        ));
-        let t = Transport::from_url("smtp://u:p@mail.example.com").expect("smtp");
-        assert_eq!(t.describe(), "SMTP mail.example.com:587 (STARTTLS)");
-        let t = Transport::from_url("smtps://mail.example.com").expect("smtps");
-        assert_eq!(t.describe(), "SMTP mail.example.com:465 (implicit TLS)");
-        let t = Transport::from_url("smtp://127.0.0.1:2525?tls=none").expect("plain");
-        assert_eq!(t.describe(), "SMTP 127.0.0.1:2525 (no TLS)");
-        let t = Transport::from_url("postmark://tok@api.postmarkapp.com").expect("postmark");
-        assert_eq!(
-            t.describe(),
-            "Postmark API https://api.postmarkapp.com/email"
-        );
+    fn err(url: &str) -> String {
+        format!("{:#}", Transport::from_url(url).expect_err(url))
+    }
+
+    #[test]
+    fn file_urls_take_relative_and_absolute_directories() {
+        for (url, dir) in [
+            ("file://data/mail", "data/mail"),
+            ("file:///var/lib/scimsync/mail", "/var/lib/scimsync/mail"),
+            ("file://localhost/var/mail", "/var/mail"),
+        ] {
+            match Transport::from_url(url) {
+                Ok(Transport::File { dir: d }) => assert_eq!(d, PathBuf::from(dir), "{url}"),
+                other => panic!("{url}: {other:?}"),
+            }
+        }
+        assert!(err("file://").contains("needs a directory"));
     }
 
     #[tokio::test]
-    async fn unknown_schemes_are_refused_without_leaking_secrets() {
-        let err = Transport::from_url("sendgrid://s3cret@api.example.com")
-            .expect_err("refused")
-            .to_string();
-        assert!(err.contains("smtp://") && err.contains("file://"), "{err}");
-        assert!(!err.contains("s3cret"), "{err}");
-        let t = Transport::from_url("smtp://user:s3cret@mail.example.com").expect("smtp");
+    async fn smtp_urls_pick_host_port_and_tls_mode() {
+        let cases = [
+            (
+                "smtp://u:p@mail.example.com",
+                "SMTP mail.example.com:587 (STARTTLS, with login)",
+            ),
+            (
+                "smtp://mail.example.com:2525?tls=starttls",
+                "SMTP mail.example.com:2525 (STARTTLS)",
+            ),
+            (
+                "smtps://u:p@mail.example.com",
+                "SMTP mail.example.com:465 (implicit TLS, with login)",
+            ),
+            (
+                "smtps://mail.example.com:1465",
+                "SMTP mail.example.com:1465 (implicit TLS)",
+            ),
+            (
+                "smtp://127.0.0.1:2525?tls=none",
+                "SMTP 127.0.0.1:2525 (no TLS)",
+            ),
+            ("smtp://[::1]:2525?tls=none", "SMTP [::1]:2525 (no TLS)"),
+            (
+                "SMTP://Mail.Example.com",
+                "SMTP mail.example.com:587 (STARTTLS)",
+            ),
+        ];
+        for (url, described) in cases {
+            let t = Transport::from_url(url).unwrap_or_else(|e| panic!("{url}: {e:#}"));
+            assert_eq!(t.describe(), described, "{url}");
+        }
+    }
+
+    #[tokio::test]
+    async fn smtp_credentials_are_percent_decoded_without_turning_plus_into_space() {
+        let t =
+            Transport::from_url("smtp://a%40b.example:p%2Bq+r%25@mail.example.com").expect("ok");
+        assert!(matches!(t, Transport::Smtp { login: true, .. }));
+        assert_eq!(percent_decode("p%2Bq+r%25", "x").expect("ok"), "p+q+r%");
+        assert_eq!(percent_decode("100%", "x").expect("ok"), "100%");
+        assert!(percent_decode("%FF", "x").is_err());
+    }
+
+    #[tokio::test]
+    async fn smtp_urls_with_mistakes_are_refused_with_the_fix() {
+        assert!(err("smtp://").contains("needs a host"));
+        assert!(err("smtp://mail.example.com?tls=implicit").contains("tls=implicit is not known"));
+        assert!(err("smtp://mail.example.com?tsl=none").contains("unknown parameter \"tsl\""));
+        assert!(err("smtps://mail.example.com?tls=none").contains("takes no tls= parameter"));
+        assert!(err("smtp://mail.example.com/x").contains("take no path"));
+        assert!(err("smtp://user@mail.example.com").contains("no password"));
+        assert!(err("smtp://:pw@mail.example.com").contains("no user"));
+    }
+
+    #[test]
+    fn unknown_schemes_are_refused_with_the_accepted_forms_and_no_secret() {
+        for url in [
+            "sendgrid://s3cret@api.example.com",
+            "postmark://s3cret@api.postmarkapp.com",
+            "s3cret@mail.example.com",
+            "",
+        ] {
+            let e = err(url);
+            for form in ["smtp://", "smtps://", "resend://", "file://", "tls=none"] {
+                assert!(e.contains(form), "{url}: {e}");
+            }
+            assert!(!e.contains("s3cret"), "{url}: {e}");
+        }
+        assert!(err("sendgrid://x@y").contains("unsupported scheme (sendgrid://)"));
+        assert!(err("pass word@x://y").contains("unreadable scheme"));
+    }
+
+    #[tokio::test]
+    async fn secrets_stay_out_of_errors_debug_and_descriptions() {
+        let t = Transport::from_url("smtp://user:s3cret-pw@mail.example.com").expect("smtp");
         assert!(!format!("{t:?}").contains("s3cret"));
+        assert!(!t.describe().contains("s3cret") && !t.describe().contains("user"));
+        let t = Transport::from_url("resend://re_s3cret@api.resend.com").expect("resend");
+        assert!(!format!("{t:?}").contains("s3cret"), "{t:?}");
+        assert!(!t.describe().contains("s3cret"));
+        if let Transport::Resend { api_key, .. } = &t {
+            assert_eq!(format!("{api_key:?}"), "Secret(***)");
+        }
+        for url in [
+            "smtp://user:s3cret@mail.example.com?tls=bogus",
+            "smtp://user:s3cret@mail.example.com/path",
+            "smtp://user:s3cret@mail.example.com:99999",
+            "smtps://user:s3cret@mail.example.com?tls=none",
+            "resend://re_s3cret@api.resend.com/v2",
+            "resend://re_s3cret:more@api.resend.com",
+        ] {
+            let e = err(url);
+            assert!(!e.contains("s3cret"), "{url}: {e}");
+        }
     }
 
     #[test]
-    fn header_injection_in_subject_and_names_is_flattened() {
-        let m = build_message(&Email {
-            id: "01X".into(),
-            from: "scimsync <no-reply@example.com>".into(),
-            to: "ada@example.com".into(),
-            subject: "Hi\r\nBcc: evil@example.com".into(),
-            text: "t".into(),
-            html: "<p>h</p>".into(),
-        })
-        .expect("message");
-        let raw = String::from_utf8_lossy(&m.formatted()).into_owned();
-        assert!(!raw.to_ascii_lowercase().contains("\r\nbcc:"), "{raw}");
-        assert!(raw.contains("Message-ID: <01X@scimsync>"));
-    }
-
-    #[test]
-    fn retry_after_reads_seconds_and_dates() {
-        assert_eq!(parse_retry_after("7"), Some(Duration::from_secs(7)));
+    fn chains_print_each_distinct_cause_once() {
+        let inner =
+            std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "Connection refused");
+        let outer = anyhow::Error::new(inner).context("cannot connect");
+        let chain = error_chain(outer.as_ref());
+        assert_eq!(chain, "cannot connect: Connection refused");
+        let nested = anyhow::anyhow!("Connection error: Connection error: corrupt message");
         assert_eq!(
-            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
-            Some(Duration::ZERO)
+            error_chain(nested.as_ref()),
+            "Connection error: corrupt message"
         );
-        assert_eq!(parse_retry_after("soon"), None);
+    }
+
+    fn smtp_transport(port: u16, security: SmtpSecurity) -> impl Fn(&str) -> Option<String> {
+        move |reason: &str| {
+            smtp_hint(
+                &reason.to_ascii_lowercase(),
+                "mail.example.com",
+                port,
+                security,
+            )
+        }
+    }
+
+    #[test]
+    fn hints_name_the_fix_for_common_smtp_mistakes() {
+        let starttls_465 = smtp_transport(465, SmtpSecurity::StartTls);
+        let h = starttls_465("SMTP with mail.example.com:465 failed: Connection error: Connection refused (os error 111)").expect("hint");
+        assert!(h.contains("listening") && h.contains("smtps://"), "{h}");
+        let h = starttls_465(
+            "no answer from the SMTP server mail.example.com:465 (timed out): network error",
+        )
+        .expect("hint");
+        assert!(h.contains("smtps://mail.example.com:465"), "{h}");
+
+        let implicit = smtp_transport(587, SmtpSecurity::ImplicitTls);
+        let h = implicit("TLS with the SMTP server mail.example.com:587 failed: tls error: received corrupt message").expect("hint");
+        assert!(h.contains("smtp://mail.example.com:587"), "{h}");
+        let starttls = smtp_transport(587, SmtpSecurity::StartTls);
+        let h =
+            starttls("TLS with the SMTP server mail.example.com:587 failed: tls error: handshake")
+                .expect("hint");
+        assert!(h.contains("smtps://mail.example.com:465"), "{h}");
+        let h =
+            starttls("TLS with the SMTP server x failed: invalid peer certificate: UnknownIssuer")
+                .expect("hint");
+        assert!(h.contains("certificate"), "{h}");
+        let h = starttls("the SMTP server x answered 535 5.7.8 Authentication credentials invalid")
+            .expect("hint");
+        assert!(h.contains("user name or password"), "{h}");
+        let h = starttls(
+            "SMTP with x failed: internal client error: STARTTLS is not supported on this server",
+        )
+        .expect("hint");
+        assert!(h.contains("smtps://"), "{h}");
+        let h = starttls("the SMTP server x answered 550 5.7.1 Relaying denied").expect("hint");
+        assert!(h.contains("relay"), "{h}");
+        assert_eq!(
+            starttls("the SMTP server x answered 552 5.3.4 too big"),
+            None
+        );
+    }
+
+    #[test]
+    fn hints_for_files_name_the_directory() {
+        let h = file_hint(
+            "cannot write x: permission denied (os error 13)",
+            Path::new("/srv/mail"),
+        )
+        .expect("hint");
+        assert!(h.contains("/srv/mail"));
+    }
+
+    #[tokio::test]
+    async fn hint_dispatches_on_the_transport() {
+        let t = Transport::from_url("smtps://mail.example.com:465").expect("ok");
+        let e = SendError::transient(
+            "SMTP with mail.example.com:465 failed: Connection refused (os error 111)",
+        );
+        assert!(hint(&e, &t).is_some_and(|h| h.contains("587")));
+        let t = Transport::from_url("file:///srv/mail").expect("ok");
+        assert_eq!(hint(&e, &t), None);
+    }
+
+    #[test]
+    fn send_errors_say_what_happens_next() {
+        let t = SendError::Transient {
+            reason: "451 try later".into(),
+            retry_after: Some(Duration::from_secs(3)),
+        };
+        assert!(t.is_transient());
+        assert_eq!(t.reason(), "451 try later");
+        assert_eq!(t.to_string(), "temporary failure: 451 try later");
+        let p = SendError::permanent("550 no such user");
+        assert!(!p.is_transient());
+        assert_eq!(p.to_string(), "permanent failure: 550 no such user");
+        let boxed: Box<dyn std::error::Error> = Box::new(p);
+        assert!(boxed.to_string().contains("550"));
     }
 }

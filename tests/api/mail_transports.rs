@@ -1,20 +1,32 @@
 //! Mail through a real SMTP server on loopback and through a local server
-//! playing Postmark's HTTP API: once per owed message, retried when the
-//! failure is temporary, recorded and reported when it is not.
+//! playing Resend's HTTP API, end to end through the service: once per owed
+//! message, retried when the failure is temporary, recorded and reported
+//! when it is not.
 
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
-
-use axum::Json;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use reqwest::StatusCode;
 use scimsync::startup::Role;
 use scimsync::store::outbox::{self, OutboxRow};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::helpers::{Backend, TestApp, eventually, patch_body, spawn_with, test_env, user_body};
-use crate::smtp_sink::SmtpSink;
+use crate::http_stub::{HttpStub, Reply};
+use crate::smtp_sink::{SmtpSink, Stage};
+
+/// Messages the sink accepted for `address`.
+fn to(sink: &SmtpSink, address: &str) -> Vec<crate::smtp_sink::Received> {
+    sink.messages()
+        .into_iter()
+        .filter(|m| m.rcpt_to.iter().any(|r| r.eq_ignore_ascii_case(address)))
+        .collect()
+}
+
+/// Transactions that reached the end of DATA, accepted or not.
+fn transactions(sink: &SmtpSink) -> usize {
+    sink.commands()
+        .iter()
+        .filter(|c| c.eq_ignore_ascii_case("DATA"))
+        .count()
+}
 
 async fn app_with_mail(backend: Backend, url: String) -> TestApp {
     let mut env = test_env(backend);
@@ -59,13 +71,13 @@ both!(
     smtp_one_welcome_per_active_user_none_for_inactive_or_deactivated,
     smtp_transient_failure_then_success_sends_exactly_once,
     smtp_permanent_failure_is_recorded_and_reported_in_the_next_digest,
-    postmark_api_is_called_as_documented_and_429_is_retried_after_its_delay,
-    postmark_rejection_is_permanent_and_keeps_the_answer,
+    resend_api_is_called_as_documented_and_429_is_retried_after_its_delay,
+    resend_rejection_is_permanent_and_keeps_the_answer,
     owed_mail_whose_job_was_lost_is_sent_once_by_the_reconciler,
 );
 
 async fn smtp_one_welcome_per_active_user_none_for_inactive_or_deactivated(backend: Backend) {
-    let sink = SmtpSink::start().await;
+    let sink = SmtpSink::start().await.expect("sink");
     let app = app_with_mail(backend, sink.url()).await;
     for who in ["a@example.com", "b@example.com", "c@example.com"] {
         app.create_user(who).await;
@@ -83,12 +95,12 @@ async fn smtp_one_welcome_per_active_user_none_for_inactive_or_deactivated(backe
     // Let the reconciler run a few passes: nothing more is owed.
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     for who in ["a@example.com", "b@example.com", "c@example.com"] {
-        let got = sink.messages_to(who);
+        let got = to(&sink, who);
         assert_eq!(got.len(), 1, "{who} gets exactly one welcome");
         assert!(got[0].data.contains("/invitations/inv_"));
-        assert_eq!(got[0].from, "no-reply@example.com");
+        assert_eq!(got[0].mail_from, "no-reply@example.com");
     }
-    assert!(sink.messages_to("inactive@example.com").is_empty());
+    assert!(to(&sink, "inactive@example.com").is_empty());
     assert_eq!(
         welcome_row(&app, "a@example.com").await.map(|r| r.state),
         Some("sent".to_owned())
@@ -96,17 +108,21 @@ async fn smtp_one_welcome_per_active_user_none_for_inactive_or_deactivated(backe
 }
 
 async fn smtp_transient_failure_then_success_sends_exactly_once(backend: Backend) {
-    let sink = SmtpSink::start().await;
-    sink.fail_next("451 4.3.0 mailbox busy, try again later");
+    let sink = SmtpSink::start().await.expect("sink");
+    sink.script(
+        Stage::EndOfData,
+        "451 4.3.0 mailbox busy, try again later",
+        1,
+    );
     let app = app_with_mail(backend, sink.url()).await;
     app.create_user("retry@example.com").await;
     eventually("the retried welcome arrives", || async {
-        sink.messages_to("retry@example.com").len() == 1
+        to(&sink, "retry@example.com").len() == 1
     })
     .await;
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    assert_eq!(sink.messages_to("retry@example.com").len(), 1);
-    assert_eq!(sink.transactions(), 2, "one refused, one accepted");
+    assert_eq!(to(&sink, "retry@example.com").len(), 1);
+    assert_eq!(transactions(&sink), 2, "one refused, one accepted");
     let row = welcome_row(&app, "retry@example.com").await.expect("row");
     assert_eq!(row.state, "sent");
     assert_eq!(row.attempts, 2);
@@ -117,8 +133,12 @@ async fn smtp_transient_failure_then_success_sends_exactly_once(backend: Backend
 }
 
 async fn smtp_permanent_failure_is_recorded_and_reported_in_the_next_digest(backend: Backend) {
-    let sink = SmtpSink::start().await;
-    sink.fail_next("550 5.1.1 <bounce@example.com>: mailbox unavailable");
+    let sink = SmtpSink::start().await.expect("sink");
+    sink.script(
+        Stage::EndOfData,
+        "550 5.1.1 <bounce@example.com>: mailbox unavailable",
+        1,
+    );
     let app = app_with_mail(backend, sink.url()).await;
     scimsync::ops::orgs::set_notify(&app.store, &app.org_slug, Some("admins@example.com"))
         .await
@@ -140,84 +160,27 @@ async fn smtp_permanent_failure_is_recorded_and_reported_in_the_next_digest(back
         "{row:?}"
     );
     eventually("the digest reports it", || async {
-        !sink.messages_to("admins@example.com").is_empty()
+        !to(&sink, "admins@example.com").is_empty()
     })
     .await;
-    let digest =
-        crate::helpers::decode_quoted_printable(&sink.messages_to("admins@example.com")[0].data);
+    let digest = crate::helpers::decode_quoted_printable(&to(&sink, "admins@example.com")[0].data);
     assert!(digest.contains("bounce@example.com"), "{digest}");
     assert!(digest.contains("550"), "{digest}");
-    assert!(sink.messages_to("bounce@example.com").is_empty());
+    assert!(to(&sink, "bounce@example.com").is_empty());
 }
 
-/// A scripted answer: status, Retry-After, body.
-type Answer = (u16, Option<&'static str>, String);
-
-/// A local server playing Postmark's `POST /email`.
-#[derive(Clone, Default)]
-struct Provider {
-    script: Arc<Mutex<VecDeque<Answer>>>,
-    seen: Arc<Mutex<Vec<(HeaderMap, Value)>>>,
-}
-
-async fn provider_email(
-    State(p): State<Provider>,
-    headers: HeaderMap,
-    Json(body): Json<Value>,
-) -> Response {
-    let n = {
-        let mut seen = p.seen.lock().expect("lock");
-        seen.push((headers, body.clone()));
-        seen.len()
-    };
-    let scripted = p.script.lock().expect("lock").pop_front();
-    match scripted {
-        Some((status, retry_after, text)) => {
-            let mut response =
-                (StatusCode::from_u16(status).expect("status"), text).into_response();
-            if let Some(after) = retry_after {
-                response
-                    .headers_mut()
-                    .insert("retry-after", after.parse().expect("header"));
-            }
-            response
-        }
-        None => Json(json!({
-            "To": body["To"],
-            "SubmittedAt": "2026-11-28T12:00:00Z",
-            "MessageID": format!("00000000-0000-0000-0000-{n:012}"),
-            "ErrorCode": 0,
-            "Message": "OK",
-        }))
-        .into_response(),
-    }
-}
-
-async fn start_provider(provider: &Provider) -> u16 {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    let app = axum::Router::new()
-        .route("/email", axum::routing::post(provider_email))
-        .with_state(provider.clone());
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    port
-}
-
-async fn postmark_api_is_called_as_documented_and_429_is_retried_after_its_delay(backend: Backend) {
-    let provider = Provider::default();
-    provider.script.lock().expect("lock").push_back((
-        429,
-        Some("1"),
-        r#"{"ErrorCode":429,"Message":"Rate limit exceeded"}"#.into(),
-    ));
-    let port = start_provider(&provider).await;
+async fn resend_api_is_called_as_documented_and_429_is_retried_after_its_delay(backend: Backend) {
+    let provider = HttpStub::start().await.expect("stub");
+    provider.push(
+        Reply::json(
+            429,
+            r#"{"statusCode":429,"name":"rate_limit_exceeded","message":"Too many requests"}"#,
+        )
+        .with_header("Retry-After", "1"),
+    );
     let app = app_with_mail(
         backend,
-        format!("postmark+http://server-token@127.0.0.1:{port}"),
+        format!("resend+http://re_test_key@{}", provider.addr()),
     )
     .await;
     app.create_user("api@example.com").await;
@@ -227,40 +190,37 @@ async fn postmark_api_is_called_as_documented_and_429_is_retried_after_its_delay
             .is_some_and(|r| r.state == "sent")
     })
     .await;
-    let seen = provider.seen.lock().expect("lock").clone();
+    let seen = provider.requests();
     assert_eq!(seen.len(), 2, "one 429, one accepted");
-    let (headers, body) = &seen[1];
-    assert_eq!(headers["x-postmark-server-token"], "server-token");
-    assert_eq!(body["To"], "api@example.com");
-    assert_eq!(body["MessageStream"], "outbound");
+    let row = welcome_row(&app, "api@example.com").await.expect("row");
+    for request in &seen {
+        assert_eq!(request.method, "POST");
+        assert_eq!(request.path, "/emails");
+        assert_eq!(request.header("Authorization"), Some("Bearer re_test_key"));
+        // The outbox id is the idempotency key: a retry can never send twice.
+        assert_eq!(request.header("Idempotency-Key"), Some(row.id.as_str()));
+    }
+    let body = seen[1].json();
+    assert!(body["to"].to_string().contains("api@example.com"));
     assert!(
-        body["TextBody"]
+        body["text"]
             .as_str()
             .expect("text")
             .contains("/invitations/inv_")
     );
-    assert!(body["HtmlBody"].as_str().expect("html").contains("Accept"));
-    let row = welcome_row(&app, "api@example.com").await.expect("row");
-    assert_eq!(body["Metadata"]["outbox_id"], row.id.as_str());
+    assert!(body["html"].as_str().expect("html").contains("Accept"));
     assert_eq!(row.attempts, 2);
 }
 
-async fn postmark_rejection_is_permanent_and_keeps_the_answer(backend: Backend) {
-    let provider = Provider::default();
-    {
-        let mut script = provider.script.lock().expect("lock");
-        script.push_back((
-            422,
-            None,
-            r#"{"ErrorCode":300,"Message":"Invalid 'To' address: 'x'."}"#.into(),
-        ));
-        script.push_back((500, None, "upstream exploded".into()));
-        script.push_back((200, None, "this is not JSON".into()));
-    }
-    let port = start_provider(&provider).await;
+async fn resend_rejection_is_permanent_and_keeps_the_answer(backend: Backend) {
+    let provider = HttpStub::start().await.expect("stub");
+    provider.push(Reply::json(
+        422,
+        r#"{"statusCode":422,"name":"validation_error","message":"Invalid `to` field."}"#,
+    ));
     let app = app_with_mail(
         backend,
-        format!("postmark+http://server-token@127.0.0.1:{port}"),
+        format!("resend+http://re_test_key@{}", provider.addr()),
     )
     .await;
     app.create_user("rejected@example.com").await;
@@ -278,24 +238,25 @@ async fn postmark_rejection_is_permanent_and_keeps_the_answer(backend: Backend) 
         row.last_error
             .as_deref()
             .unwrap_or_default()
-            .contains("Invalid 'To' address"),
+            .contains("Invalid `to` field"),
         "{row:?}"
     );
-    // A 500 is retried; a malformed 2xx may have been accepted, so it is
-    // recorded as sent rather than risk a second copy.
+    // A 500 and a malformed 2xx are retried under the same idempotency key.
+    provider.push(Reply::text(500, "upstream exploded"));
+    provider.push(Reply::text(200, "this is not JSON"));
     app.create_user("flaky@example.com").await;
-    eventually("the flaky message ends", || async {
+    eventually("the flaky message is sent", || async {
         welcome_row(&app, "flaky@example.com")
             .await
             .is_some_and(|r| r.state == "sent")
     })
     .await;
     let row = welcome_row(&app, "flaky@example.com").await.expect("row");
-    assert_eq!(row.attempts, 2, "500 then a malformed 200");
+    assert_eq!(row.attempts, 3, "500, malformed 200, then accepted");
 }
 
 async fn owed_mail_whose_job_was_lost_is_sent_once_by_the_reconciler(backend: Backend) {
-    let sink = SmtpSink::start().await;
+    let sink = SmtpSink::start().await.expect("sink");
     let mut env = test_env(backend);
     env.settings.mail.url = sink.url();
     env.settings.reconciler.requeue_after_secs = 1;
@@ -340,15 +301,11 @@ async fn owed_mail_whose_job_was_lost_is_sent_once_by_the_reconciler(backend: Ba
         }
     }
     eventually("the reconciler sends the owed welcome", || async {
-        sink.messages_to("orphan@example.com").len() == 1
+        to(&sink, "orphan@example.com").len() == 1
     })
     .await;
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
-    assert_eq!(
-        sink.messages_to("orphan@example.com").len(),
-        1,
-        "exactly once"
-    );
+    assert_eq!(to(&sink, "orphan@example.com").len(), 1, "exactly once");
     // The deactivated user's mail is not owed any more: nothing new goes out.
     let id = committed.log.resource_id.clone().expect("id");
     app.patch(
@@ -357,5 +314,5 @@ async fn owed_mail_whose_job_was_lost_is_sent_once_by_the_reconciler(backend: Ba
     )
     .await;
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    assert_eq!(sink.messages_to("orphan@example.com").len(), 1);
+    assert_eq!(to(&sink, "orphan@example.com").len(), 1);
 }
