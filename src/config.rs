@@ -51,6 +51,8 @@ pub struct ServerSettings {
     pub public_url: String,
     pub request_deadline_secs: u64,
     pub max_body_bytes: usize,
+    pub rate_limit_per_second: u32,
+    pub rate_limit_burst: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]

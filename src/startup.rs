@@ -190,6 +190,10 @@ impl Application {
                 store: self.store.clone(),
                 queue: self.queue.clone(),
                 mail: self.mail.clone(),
+                limiter: Arc::new(crate::http::ratelimit::RateLimiter::new(
+                    self.settings.server.rate_limit_per_second,
+                    self.settings.server.rate_limit_burst,
+                )),
                 replies: self.replies.clone(),
                 settings: self.settings.clone(),
                 base_url: format!("{}/scim/v2", self.public_url),

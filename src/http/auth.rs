@@ -61,6 +61,20 @@ pub async fn require_token(
         .await;
     match found {
         Ok(Some(row)) => {
+            if let Err(wait) = state.limiter.check(&row.id) {
+                let secs = wait.as_secs().max(1);
+                tracing::warn!(token_id = %row.id, "rate limit reached");
+                let mut response = Error::Scim(ScimError::new(
+                    429,
+                    None,
+                    format!("too many requests for this token; retry after {secs} seconds"),
+                ))
+                .into_response();
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+                return response;
+            }
             req.extensions_mut().insert(OrgId(row.org_id));
             next.run(req).await
         }

@@ -5,6 +5,7 @@ pub mod discovery;
 pub mod error;
 pub mod invitations;
 pub mod metrics;
+pub mod ratelimit;
 pub mod scim;
 
 use std::sync::Arc;
@@ -35,6 +36,7 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     /// `<public_url>/scim/v2`
     pub base_url: String,
+    pub limiter: Arc<ratelimit::RateLimiter>,
 }
 
 const REQUEST_ID: &str = "x-request-id";

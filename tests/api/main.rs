@@ -5,6 +5,7 @@ mod entra;
 mod groups;
 mod helpers;
 mod http_stub;
+mod limits;
 mod mail;
 mod mail_transports;
 mod ops;
