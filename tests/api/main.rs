@@ -2,6 +2,7 @@ mod auth;
 mod browser;
 mod delivery;
 mod entra;
+mod faults;
 mod groups;
 mod helpers;
 mod http_stub;

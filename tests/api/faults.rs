@@ -1,0 +1,279 @@
+//! Faults injected for real: processes killed with SIGKILL in the middle of
+//! a stream of changes. What must hold: every change answered 2xx is in the
+//! database exactly once; the rest either apply later or were answered
+//! with an error. Each test prints its figures (RELIABILITY.md quotes them).
+
+use std::collections::HashSet;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use scimsync::startup::Role;
+use tokio::sync::Mutex;
+
+use crate::helpers::{Backend, eventually, spawn_with, test_env, user_body};
+
+/// A child process killed (SIGKILL) when dropped.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn scimsync(args: &[&str], env: &[(&str, String)], dir: &std::path::Path) -> Proc {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_scimsync"));
+    cmd.args(args)
+        .current_dir(dir)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    Proc(cmd.spawn().expect("scimsync starts"))
+}
+
+/// Outcome of one request of the stream.
+#[derive(Debug, Default)]
+struct Tally {
+    acknowledged: Vec<String>,
+    /// 409 on a retry after the connection was cut: the cut attempt had
+    /// committed, so the user exists (checked like an acknowledged one).
+    applied_before_cut: Vec<String>,
+    refused: Vec<String>,
+    unexpected: Vec<String>,
+}
+
+/// Sends `n` user creates, `concurrency` at a time, recording the outcome of each.
+async fn stream(
+    client: reqwest::Client,
+    url: String,
+    token: String,
+    prefix: &'static str,
+    n: usize,
+    tally: Arc<Mutex<Tally>>,
+) {
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..6 {
+        let (client, url, token, tally, next) = (
+            client.clone(),
+            url.clone(),
+            token.clone(),
+            tally.clone(),
+            next.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                if i >= n {
+                    return;
+                }
+                let name = format!("{prefix}{i}@example.com");
+                // Like Entra ID, send again when the connection fails.
+                let mut cut = false;
+                let mut outcome = None;
+                for _ in 0..150 {
+                    let sent = client
+                        .post(format!("{url}/Users"))
+                        .bearer_auth(&token)
+                        .timeout(Duration::from_secs(40))
+                        .body(user_body(&name).to_string())
+                        .send()
+                        .await;
+                    match sent {
+                        Ok(r) => {
+                            outcome = Some(r.status());
+                            break;
+                        }
+                        Err(_) => {
+                            cut = true;
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
+                    }
+                }
+                let mut t = tally.lock().await;
+                match outcome {
+                    Some(StatusCode::CREATED) => t.acknowledged.push(name),
+                    Some(StatusCode::CONFLICT) if cut => t.applied_before_cut.push(name),
+                    Some(StatusCode::SERVICE_UNAVAILABLE) => t.refused.push(name),
+                    other => t.unexpected.push(format!("{name}: {other:?}")),
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
+/// Which of `names` exist, and whether any exists twice.
+async fn present(app: &crate::helpers::TestApp, names: &[String]) -> (HashSet<String>, usize) {
+    let mut found = HashSet::new();
+    let mut duplicates = 0;
+    for name in names {
+        let reply = app
+            .get(&format!(
+                "/Users?filter=userName%20eq%20%22{}%22",
+                name.replace('@', "%40")
+            ))
+            .await;
+        match reply.body["totalResults"].as_i64() {
+            Some(1) => {
+                found.insert(name.clone());
+            }
+            Some(0) => {}
+            _ => duplicates += 1,
+        }
+    }
+    (found, duplicates)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_killed_mid_stream_loses_no_acknowledged_change() {
+    if !crate::helpers::postgres_redis_enabled() {
+        return;
+    }
+    let mut env = test_env(Backend::PostgresRedis);
+    env.settings.server.request_deadline_secs = 10;
+    let app = spawn_with(env, Role::Web).await;
+    let worker_env = vec![
+        ("DATABASE_URL", app.settings.database.url.clone()),
+        ("REDIS_URL", app.settings.queue.url.clone()),
+        ("SCIMSYNC_QUEUE__NAME", app.settings.queue.name.clone()),
+        ("SCIMSYNC_QUEUE__POLL_INTERVAL_MS", "50".to_owned()),
+    ];
+    let dir = tempfile::tempdir().expect("dir");
+    let first = scimsync(&["work"], &worker_env, dir.path());
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let n = 120;
+    let sender = tokio::spawn(stream(
+        app.client.clone(),
+        app.scim.clone(),
+        app.token.clone(),
+        "killed",
+        n,
+        tally.clone(),
+    ));
+    eventually("a third of the stream is acknowledged", || async {
+        tally.lock().await.acknowledged.len() >= n / 3
+    })
+    .await;
+    drop(first); // SIGKILL, mid-stream
+    let _second = scimsync(&["work"], &worker_env, dir.path());
+    sender.await.expect("stream");
+    let t = tally.lock().await;
+    assert!(t.unexpected.is_empty(), "{:?}", t.unexpected);
+    let (acked, dup) = present(&app, &t.acknowledged).await;
+    assert_eq!(dup, 0, "no change applied twice");
+    assert_eq!(
+        acked.len(),
+        t.acknowledged.len(),
+        "every acknowledged change is there"
+    );
+    // Changes the killed worker held return to the queue and apply later.
+    let refused = t.refused.clone();
+    eventually("the killed worker's changes apply", || async {
+        present(&app, &refused).await.0.len() == refused.len()
+    })
+    .await;
+    let late = refused.len();
+    println!(
+        "faults/worker SIGKILL (PostgreSQL + Redis): sent {n}, acknowledged {}, answered 503 {}, applied later {late}, lost 0, duplicated 0",
+        t.acknowledged.len(),
+        t.refused.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_run_killed_mid_stream_loses_no_acknowledged_change() {
+    let dir = tempfile::tempdir().expect("dir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let env = vec![("PORT", port.to_string())];
+    let mut first = scimsync(&["run"], &env, dir.path());
+    // The first start prints the token of the organization it creates.
+    let stdout = first.0.stdout.take().expect("stdout");
+    let token = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .find_map(|l| {
+                l.split_whitespace()
+                    .find(|w| w.starts_with("scimsync_"))
+                    .map(str::to_owned)
+            })
+    })
+    .await
+    .expect("read")
+    .expect("token printed");
+    let url = format!("http://127.0.0.1:{port}/scim/v2");
+    let client = reqwest::Client::new();
+    eventually("the service answers", || async {
+        client
+            .get(format!("http://127.0.0.1:{port}/healthz"))
+            .send()
+            .await
+            .is_ok()
+    })
+    .await;
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let n = 150;
+    let sender = tokio::spawn(stream(
+        client.clone(),
+        url.clone(),
+        token.clone(),
+        "crash",
+        n,
+        tally.clone(),
+    ));
+    eventually("a third of the stream is acknowledged", || async {
+        tally.lock().await.acknowledged.len() >= n / 3
+    })
+    .await;
+    drop(first); // SIGKILL the whole embedded service
+    let _second = scimsync(&["run"], &env, dir.path());
+    eventually("the restarted service answers", || async {
+        client
+            .get(format!("http://127.0.0.1:{port}/healthz"))
+            .send()
+            .await
+            .is_ok()
+    })
+    .await;
+    sender.await.expect("stream");
+    let t = tally.lock().await;
+    assert!(t.unexpected.is_empty(), "{:?}", t.unexpected);
+    let mut found = 0;
+    for name in t.acknowledged.iter().chain(&t.applied_before_cut) {
+        let reply = client
+            .get(format!(
+                "{url}/Users?filter=userName%20eq%20%22{}%22",
+                name.replace('@', "%40")
+            ))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .expect("query");
+        let body: serde_json::Value = reply.json().await.expect("json");
+        assert_eq!(
+            body["totalResults"], 1,
+            "{name} was acknowledged, so it must be there exactly once"
+        );
+        found += 1;
+    }
+    println!(
+        "faults/embedded SIGKILL (SQLite): sent {n}, acknowledged {}, applied before a cut connection (409 on resend) {}, answered 503 {}, present exactly once {found}, lost 0, duplicated 0",
+        t.acknowledged.len(),
+        t.applied_before_cut.len(),
+        t.refused.len()
+    );
+}
