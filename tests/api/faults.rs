@@ -277,3 +277,155 @@ async fn embedded_run_killed_mid_stream_loses_no_acknowledged_change() {
         t.refused.len()
     );
 }
+
+/// A private redis-server on its own port, so restarting it disturbs no
+/// other test.
+struct PrivateRedis {
+    port: u16,
+    dir: tempfile::TempDir,
+    proc: Option<Proc>,
+}
+
+impl PrivateRedis {
+    fn start() -> Option<PrivateRedis> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .ok()?
+            .port();
+        let mut redis = PrivateRedis {
+            port,
+            dir: tempfile::tempdir().ok()?,
+            proc: None,
+        };
+        redis.up().then_some(redis)
+    }
+
+    fn up(&mut self) -> bool {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .current_dir(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        match child {
+            Ok(c) => {
+                self.proc = Some(Proc(c));
+                for _ in 0..100 {
+                    if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                        return true;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                false
+            }
+            Err(_) => false,
+        }
+    }
+
+    fn down(&mut self) {
+        self.proc = None;
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restart_is_ridden_out_and_acknowledged_changes_stay() {
+    if !crate::helpers::postgres_redis_enabled() {
+        return;
+    }
+    let Some(mut redis) = PrivateRedis::start() else {
+        panic!("redis-server could not be started for the restart test");
+    };
+    let mut env = test_env(Backend::PostgresRedis);
+    env.settings.queue.url = redis.url();
+    env.settings.server.request_deadline_secs = 5;
+    let app = spawn_with(env, Role::All).await;
+    for i in 0..10 {
+        app.create_user(&format!("before{i}@example.com")).await;
+    }
+    redis.down();
+    // While Redis is gone, writes are refused with 503 and Retry-After,
+    // never acknowledged, never a 500.
+    let during = app.post("/Users", user_body("during@example.com")).await;
+    assert_eq!(
+        during.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{:?}",
+        during.body
+    );
+    assert!(during.header("retry-after").is_some());
+    assert!(redis.up(), "redis restarts");
+    // The workers reconnect by themselves.
+    let acknowledged = std::sync::atomic::AtomicUsize::new(0);
+    eventually("writes are acknowledged again", || async {
+        let i = acknowledged.load(std::sync::atomic::Ordering::SeqCst);
+        let name = format!("after{i}@example.com");
+        if app.post("/Users", user_body(&name)).await.status == StatusCode::CREATED {
+            acknowledged.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        acknowledged.load(std::sync::atomic::Ordering::SeqCst) >= 5
+    })
+    .await;
+    let names: Vec<String> = (0..10)
+        .map(|i| format!("before{i}@example.com"))
+        .chain((0..5).map(|i| format!("after{i}@example.com")))
+        .collect();
+    let (found, dup) = present(&app, &names).await;
+    assert_eq!((found.len(), dup), (15, 0));
+    println!(
+        "faults/Redis restart (PostgreSQL + Redis): acknowledged before 10, during the outage 0 (503), after 5; lost 0, duplicated 0"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smtp_outage_backs_off_and_delivers_once() {
+    let mut sink = crate::smtp_sink::SmtpSink::start().await.expect("sink");
+    let mut env = test_env(Backend::Sqlite);
+    env.settings.mail.url = sink.url();
+    let app = spawn_with(env, Role::All).await;
+    sink.stop().await;
+    app.create_user("patient@example.com").await;
+    let org = app.org_id().await;
+    let attempts = || {
+        let org = org.clone();
+        let store = app.store.clone();
+        async move {
+            store
+                .run(move |c| {
+                    scimsync::store::outbox::for_org(c, &org).map_err(scimsync::store::Error::from)
+                })
+                .await
+                .expect("outbox")
+                .into_iter()
+                .find(|r| r.kind == "welcome")
+                .map(|r| (r.attempts, r.state))
+        }
+    };
+    eventually("a send fails while the server is down", || async {
+        attempts().await.is_some_and(|(n, _)| n >= 1)
+    })
+    .await;
+    sink.restart().await.expect("restart");
+    eventually("the welcome is delivered", || async {
+        sink.messages().len() == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(sink.messages().len(), 1, "delivered once");
+    let (n, state) = attempts().await.expect("row");
+    assert_eq!(state, "sent");
+    assert!(n >= 2, "at least one failed attempt, then success: {n}");
+    println!("faults/SMTP outage (SQLite): attempts {n}, delivered 1, duplicated 0");
+}
