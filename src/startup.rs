@@ -185,6 +185,9 @@ impl Application {
                 relay.abort();
             });
         }
+        // Workers stop only after the web server has answered its in-flight
+        // requests, so those requests get their changes' real outcomes.
+        let web_done = CancellationToken::new();
         if let Some(listener) = self.listener.take() {
             let state = AppState {
                 store: self.store.clone(),
@@ -200,13 +203,18 @@ impl Application {
             };
             let app = http::router(state);
             let token = shutdown.clone();
+            let done = web_done.clone();
             tracing::info!(url = %self.public_url, "listening");
             tasks.spawn(async move {
-                axum::serve(listener, app)
+                let served = axum::serve(listener, app)
                     .with_graceful_shutdown(async move { token.cancelled().await })
                     .await
-                    .context("HTTP server failed")
+                    .context("HTTP server failed");
+                done.cancel();
+                served
             });
+        } else {
+            web_done.cancel();
         }
         if self.role.worker() {
             let announcer = match &self.queue.backend {
@@ -225,17 +233,16 @@ impl Application {
             });
             let queue = self.queue.clone();
             let token = shutdown.clone();
+            let web = web_done.clone();
             tracing::info!(
                 concurrency = self.settings.queue.concurrency,
                 "workers started"
             );
             tasks.spawn(async move {
-                worker::run(
-                    queue,
-                    state,
-                    mail_state,
-                    async move { token.cancelled().await },
-                )
+                worker::run(queue, state, mail_state, async move {
+                    token.cancelled().await;
+                    web.cancelled().await;
+                })
                 .await
             });
         }
