@@ -26,7 +26,7 @@ impl RateLimiter {
     pub fn new(per_second: u32, burst: u32) -> Self {
         RateLimiter {
             per_second: f64::from(per_second),
-            burst: f64::from(burst.max(per_second).max(1)),
+            burst: f64::from(burst.max(1)),
             buckets: Mutex::new(HashMap::new()),
         }
     }
