@@ -259,12 +259,18 @@ async fn serve(settings: Settings, role: Role) -> anyhow::Result<()> {
     app.run_until(token).await
 }
 
+/// Shows the first token once. Written without `println!`: a server must
+/// not die because whoever started it closed its standard output.
 fn print_first_start(public_url: &str, token: &str) {
-    println!(
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
         "\nCreated the organization \"default\" and its first SCIM token. It is shown only now:\n\n    {token}\n\n\
          In Entra ID, set the Tenant URL to {public_url}/scim/v2 and the Secret Token to the value above.\n\
          Try it:\n\n    curl -s -H 'Authorization: Bearer {token}' '{public_url}/scim/v2/Users?filter=userName%20eq%20%22x%22'\n"
     );
+    let _ = out.flush();
 }
 
 fn open_store(settings: &Settings) -> anyhow::Result<Store> {

@@ -38,6 +38,27 @@ fn scimsync(args: &[&str], env: &[(&str, String)], dir: &std::path::Path) -> Pro
     Proc(cmd.spawn().expect("scimsync starts"))
 }
 
+/// The token a first start prints; the rest of the output is drained
+/// so the service never writes into a closed pipe.
+async fn first_token(stdout: std::process::ChildStdout) -> String {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut tx = Some(tx);
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Some(token) = line.split_whitespace().find(|w| w.starts_with("scimsync_"))
+                && let Some(tx) = tx.take()
+            {
+                let _ = tx.send(token.to_owned());
+            }
+        }
+    });
+    rx.await.expect("token printed")
+}
+
 /// Outcome of one request of the stream.
 #[derive(Debug, Default)]
 struct Tally {
@@ -201,20 +222,7 @@ async fn embedded_run_killed_mid_stream_loses_no_acknowledged_change() {
     let mut first = scimsync(&["run"], &env, dir.path());
     // The first start prints the token of the organization it creates.
     let stdout = first.0.stdout.take().expect("stdout");
-    let token = tokio::task::spawn_blocking(move || {
-        use std::io::BufRead;
-        std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-            .find_map(|l| {
-                l.split_whitespace()
-                    .find(|w| w.starts_with("scimsync_"))
-                    .map(str::to_owned)
-            })
-    })
-    .await
-    .expect("read")
-    .expect("token printed");
+    let token = first_token(stdout).await;
     let url = format!("http://127.0.0.1:{port}/scim/v2");
     let client = reqwest::Client::new();
     eventually("the service answers", || async {
@@ -439,20 +447,7 @@ async fn sigterm_finishes_in_flight_work_and_exits_cleanly() {
         .port();
     let mut service = scimsync(&["run"], &[("PORT", port.to_string())], dir.path());
     let stdout = service.0.stdout.take().expect("stdout");
-    let token = tokio::task::spawn_blocking(move || {
-        use std::io::BufRead;
-        std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-            .find_map(|l| {
-                l.split_whitespace()
-                    .find(|w| w.starts_with("scimsync_"))
-                    .map(str::to_owned)
-            })
-    })
-    .await
-    .expect("read")
-    .expect("token printed");
+    let token = first_token(stdout).await;
     let client = reqwest::Client::new();
     let url = format!("http://127.0.0.1:{port}/scim/v2/Users");
     eventually("the service answers", || async {
