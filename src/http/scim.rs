@@ -393,10 +393,34 @@ fn user_query(filter: Option<&Filter>) -> (UserQuery, bool) {
                     }
                     ("id", None, CompValue::Str(s)) => set(&mut q.id, s.clone()),
                     ("active", None, CompValue::Bool(b)) => set(&mut q.active, *b),
+                    ("emails", Some(sub), CompValue::Str(s))
+                        if sub.eq_ignore_ascii_case("value") =>
+                    {
+                        set(&mut q.email_key, s.to_lowercase())
+                    }
                     _ => false,
                 }
             }
-            _ => false,
+            _ => {
+                // emails[type eq "work" and value eq "x"] (Entra's form of
+                // matching by work email): narrow by the value in SQL and
+                // leave the whole term to the evaluator.
+                if let Filter::ValuePath { path, filter } = term
+                    && path.name.eq_ignore_ascii_case("emails")
+                    && is_core_attr(path, ResourceKind::User)
+                {
+                    for inner in filter.conjuncts() {
+                        if let Some((p, CompValue::Str(s))) = inner.as_simple_eq()
+                            && p.name.eq_ignore_ascii_case("value")
+                            && p.sub.is_none()
+                            && q.email_key.is_none()
+                        {
+                            q.email_key = Some(s.to_lowercase());
+                        }
+                    }
+                }
+                false
+            }
         };
         residual |= !pushed;
     }

@@ -217,6 +217,7 @@ fn apply_op(c: &mut Conn, change: &ScimChange, policy: &Policy) -> Result<Applie
             let row = new_user_row(org, id, resource.clone())?;
             ensure_user_name_free(c, org, &row.user_name_key, &row.user_name, None)?;
             users::insert(c, &row)?;
+            users::set_emails(c, org, id, &email_values(resource))?;
             if row.active {
                 mail.push(invite.issue(c, &row)?);
             }
@@ -536,7 +537,23 @@ fn update_user(c: &mut Conn, old: &UserRow, resource: Value) -> Result<UserRow, 
     if !users::update(c, &row, old.version)? {
         return Err(ApplyError::Store(store::Error::Contended));
     }
+    let stored: Value = serde_json::from_str(&row.resource).unwrap_or(Value::Null);
+    users::set_emails(c, &old.org_id, &old.id, &email_values(&stored))?;
     Ok(row)
+}
+
+/// The `value` of each element of a user's `emails`.
+fn email_values(resource: &Value) -> Vec<String> {
+    resource
+        .get("emails")
+        .and_then(Value::as_array)
+        .map(|list| {
+            list.iter()
+                .filter_map(|e| e.get("value").and_then(Value::as_str))
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Welcome invitations owed by user changes.

@@ -119,7 +119,16 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    user_emails (user_id, value_key) {
+        user_id -> Text,
+        org_id -> Text,
+        value_key -> Text,
+    }
+}
+
 diesel::joinable!(scim_tokens -> organizations (org_id));
+diesel::joinable!(user_emails -> users (user_id));
 diesel::joinable!(users -> organizations (org_id));
 diesel::joinable!(teams -> organizations (org_id));
 diesel::joinable!(team_members -> teams (team_id));
@@ -137,4 +146,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     provisioning_log,
     outbox,
     invitations,
+    user_emails,
 );

@@ -2,7 +2,7 @@
 
 use diesel::prelude::*;
 
-use super::schema::users;
+use super::schema::{user_emails, users};
 use super::{Conn, Db, Order, SortKey};
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable, AsChangeset)]
@@ -52,7 +52,14 @@ fn filtered<'a>(org_id: &'a str, q: &'a UserQuery) -> users::BoxedQuery<'a, Db> 
         query = query.filter(users::display_name_key.eq(key));
     }
     if let Some(key) = &q.email_key {
-        query = query.filter(users::email.eq(key));
+        query = query.filter(
+            users::id.eq_any(
+                user_emails::table
+                    .filter(user_emails::org_id.eq(org_id))
+                    .filter(user_emails::value_key.eq(key))
+                    .select(user_emails::user_id),
+            ),
+        );
     }
     if let Some(active) = q.active {
         query = query.filter(users::active.eq(active));
@@ -230,4 +237,29 @@ pub fn counts(conn: &mut Conn, org_id: &str) -> QueryResult<(i64, i64, i64)> {
         .count()
         .get_result(conn)?;
     Ok((all, active, joined))
+}
+
+/// Replaces the user's indexed email values (lower-cased, each once).
+pub fn set_emails(
+    conn: &mut Conn,
+    org_id: &str,
+    user_id: &str,
+    values: &[String],
+) -> QueryResult<()> {
+    diesel::delete(user_emails::table.filter(user_emails::user_id.eq(user_id))).execute(conn)?;
+    let mut seen = std::collections::HashSet::new();
+    for value in values {
+        let key = value.to_lowercase();
+        if key.is_empty() || !seen.insert(key.clone()) {
+            continue;
+        }
+        diesel::insert_into(user_emails::table)
+            .values((
+                user_emails::user_id.eq(user_id),
+                user_emails::org_id.eq(org_id),
+                user_emails::value_key.eq(key),
+            ))
+            .execute(conn)?;
+    }
+    Ok(())
 }

@@ -71,6 +71,8 @@ async fn migrations_match_schema_rs(app: TestApp) {
                 ("team_members", declared!(team_members)),
                 ("provisioning_log", declared!(provisioning_log)),
                 ("outbox", declared!(outbox)),
+                ("invitations", declared!(invitations)),
+                ("user_emails", declared!(user_emails)),
             ] {
                 assert_eq!(db_columns(c, table), want, "columns of {table}");
             }

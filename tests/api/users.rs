@@ -19,6 +19,7 @@ on_both_backends!(
     malformed_json_is_400_invalid_syntax,
     bad_filter_is_400_invalid_filter,
     list_pages_are_stable_and_count_zero_gives_totals,
+    users_are_found_by_any_email_and_by_work_email,
 );
 
 async fn test_connection_filter_for_unknown_user_is_an_empty_list(app: TestApp) {
@@ -244,4 +245,47 @@ async fn list_pages_are_stable_and_count_zero_gives_totals(app: TestApp) {
     let totals = app.get("/Users?count=0").await;
     assert_eq!(totals.body["totalResults"], 5);
     assert_eq!(totals.body["Resources"], json!([]));
+}
+
+async fn users_are_found_by_any_email_and_by_work_email(app: TestApp) {
+    let mut body = user_body("Matched.Person@example.com");
+    body["emails"] = json!([
+        {"type": "work", "value": "Matched.Person@example.com", "primary": true},
+        {"type": "home", "value": "home.person@example.org"}
+    ]);
+    let created = app.post("/Users", body).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{:?}", created.body);
+    let id = created.body["id"].as_str().expect("id");
+    app.create_user("someone.else@example.com").await;
+    let any = app
+        .get("/Users?filter=emails.value%20eq%20%22HOME.person%40example.org%22")
+        .await;
+    assert_eq!(any.body["totalResults"], 1);
+    assert_eq!(any.body["Resources"][0]["id"], id);
+    let work = app
+        .get("/Users?filter=emails%5Btype%20eq%20%22work%22%5D.value%20eq%20%22matched.person%40example.com%22")
+        .await;
+    assert_eq!(work.status, StatusCode::OK, "{:?}", work.body);
+    assert_eq!(work.body["totalResults"], 1);
+    let wrong_type = app
+        .get("/Users?filter=emails%5Btype%20eq%20%22work%22%5D.value%20eq%20%22home.person%40example.org%22")
+        .await;
+    assert_eq!(
+        wrong_type.body["totalResults"], 0,
+        "the home address is not a work address"
+    );
+    // After a PATCH replaces the work address, the old one no longer matches.
+    app.patch(
+        &format!("/Users/{id}"),
+        patch_body(json!([{"op": "Replace", "path": "emails[type eq \"work\"].value", "value": "new.person@example.com"}])),
+    )
+    .await;
+    let old = app
+        .get("/Users?filter=emails.value%20eq%20%22matched.person%40example.com%22")
+        .await;
+    assert_eq!(old.body["totalResults"], 0);
+    let new = app
+        .get("/Users?filter=emails.value%20eq%20%22new.person%40example.com%22")
+        .await;
+    assert_eq!(new.body["totalResults"], 1);
 }
