@@ -20,6 +20,7 @@ on_both_backends!(
     bad_filter_is_400_invalid_filter,
     list_pages_are_stable_and_count_zero_gives_totals,
     users_are_found_by_any_email_and_by_work_email,
+    concurrent_patches_of_one_user_lose_no_update,
 );
 
 async fn test_connection_filter_for_unknown_user_is_an_empty_list(app: TestApp) {
@@ -288,4 +289,55 @@ async fn users_are_found_by_any_email_and_by_work_email(app: TestApp) {
         .get("/Users?filter=emails.value%20eq%20%22new.person%40example.com%22")
         .await;
     assert_eq!(new.body["totalResults"], 1);
+}
+
+async fn concurrent_patches_of_one_user_lose_no_update(app: TestApp) {
+    let id = app.create_user("raced@example.com").await;
+    let ent = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User";
+    let paths: Vec<String> = [
+        "displayName",
+        "nickName",
+        "title",
+        "userType",
+        "locale",
+        "preferredLanguage",
+    ]
+    .iter()
+    .map(|p| (*p).to_owned())
+    .chain(
+        [
+            "employeeNumber",
+            "costCenter",
+            "organization",
+            "division",
+            "department",
+        ]
+        .iter()
+        .map(|p| format!("{ent}:{p}")),
+    )
+    .collect();
+    let app = std::sync::Arc::new(app);
+    let mut tasks = Vec::new();
+    for (i, path) in paths.iter().enumerate() {
+        let (app, path, id) = (app.clone(), path.clone(), id.clone());
+        tasks.push(tokio::spawn(async move {
+            app.patch(
+                &format!("/Users/{id}"),
+                patch_body(json!([{"op": "Replace", "path": path, "value": format!("v{i}")}])),
+            )
+            .await
+            .status
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.expect("task"), StatusCode::OK);
+    }
+    let got = app.get(&format!("/Users/{id}")).await.body;
+    for (i, path) in paths.iter().enumerate() {
+        let value = match path.strip_prefix(&format!("{ent}:")) {
+            Some(attr) => &got[ent][attr],
+            None => &got[path.as_str()],
+        };
+        assert_eq!(value, &json!(format!("v{i}")), "{path} kept its update");
+    }
 }
