@@ -204,7 +204,10 @@ impl Store {
             .max_size(pool_size.max(1))
             .min_idle(Some(0))
             .connection_timeout(timeout)
-            .test_on_check_out(false)
+            // A PostgreSQL restart leaves dead connections in the pool;
+            // checking each on checkout (one round trip) replaces them
+            // instead of failing requests until every one was tried.
+            .test_on_check_out(backend == Backend::Postgres)
             .build_unchecked(ConnManager { url: url.clone() });
         Ok(Store { pool, backend })
     }
