@@ -93,6 +93,23 @@ async fn another_organization_can_neither_see_nor_change_resources(app: TestApp)
     .await;
     assert_eq!(theirs.status, StatusCode::BAD_REQUEST);
     assert_eq!(theirs.body["scimType"], "invalidValue");
+    // Nor find them through POST /.search, at the root or per type.
+    for (path, filter) in [
+        (
+            "/.search",
+            "userName eq \"private@example.com\" or displayName eq \"Secret team\"",
+        ),
+        ("/Users/.search", "userName eq \"private@example.com\""),
+        ("/Groups/.search", "displayName eq \"Secret team\""),
+    ] {
+        let search = serde_json::json!({
+            "schemas": ["urn:ietf:params:scim:api:messages:2.0:SearchRequest"],
+            "filter": filter,
+        });
+        let found = as_other(Method::POST, path.into(), Some(search)).await;
+        assert_eq!(found.status, StatusCode::OK, "{path}");
+        assert_eq!(found.body["totalResults"], 0, "{path}");
+    }
     // Same userName is fine in another organization.
     let same_name = as_other(
         Method::POST,
