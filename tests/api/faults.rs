@@ -59,6 +59,21 @@ async fn first_token(stdout: std::process::ChildStdout) -> String {
     rx.await.expect("token printed")
 }
 
+/// Sends creates `{prefix}{i}@example.com` until `n` of them are
+/// acknowledged: after an outage, the service takes writes again.
+async fn acknowledged_again(app: &crate::helpers::TestApp, prefix: &str, n: usize) {
+    let acknowledged = std::sync::atomic::AtomicUsize::new(0);
+    eventually("writes are acknowledged again", || async {
+        let i = acknowledged.load(std::sync::atomic::Ordering::SeqCst);
+        let name = format!("{prefix}{i}@example.com");
+        if app.post("/Users", user_body(&name)).await.status == StatusCode::CREATED {
+            acknowledged.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        acknowledged.load(std::sync::atomic::Ordering::SeqCst) >= n
+    })
+    .await;
+}
+
 /// Outcome of one request of the stream.
 #[derive(Debug, Default)]
 struct Tally {
@@ -376,16 +391,7 @@ async fn redis_restart_is_ridden_out_and_acknowledged_changes_stay() {
     assert!(during.header("retry-after").is_some());
     assert!(redis.up(), "redis restarts");
     // The workers reconnect by themselves.
-    let acknowledged = std::sync::atomic::AtomicUsize::new(0);
-    eventually("writes are acknowledged again", || async {
-        let i = acknowledged.load(std::sync::atomic::Ordering::SeqCst);
-        let name = format!("after{i}@example.com");
-        if app.post("/Users", user_body(&name)).await.status == StatusCode::CREATED {
-            acknowledged.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        }
-        acknowledged.load(std::sync::atomic::Ordering::SeqCst) >= 5
-    })
-    .await;
+    acknowledged_again(&app, "after", 5).await;
     let names: Vec<String> = (0..10)
         .map(|i| format!("before{i}@example.com"))
         .chain((0..5).map(|i| format!("after{i}@example.com")))
@@ -637,20 +643,7 @@ async fn postgres_outage_answers_503_and_changes_resume() {
         "answered, not hung"
     );
     assert!(pg.up(), "PostgreSQL starts again");
-    let acknowledged = std::sync::atomic::AtomicUsize::new(0);
-    eventually("writes are acknowledged again", || async {
-        let i = acknowledged.load(std::sync::atomic::Ordering::SeqCst);
-        if app
-            .post("/Users", user_body(&format!("pgafter{i}@example.com")))
-            .await
-            .status
-            == StatusCode::CREATED
-        {
-            acknowledged.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        }
-        acknowledged.load(std::sync::atomic::Ordering::SeqCst) >= 5
-    })
-    .await;
+    acknowledged_again(&app, "pgafter", 5).await;
     let names: Vec<String> = (0..5)
         .map(|i| format!("pgbefore{i}@example.com"))
         .chain((0..5).map(|i| format!("pgafter{i}@example.com")))
