@@ -56,6 +56,87 @@ pub enum Command {
     /// Check configuration, database, migrations, queue and mail transport,
     /// and say what is wrong.
     Doctor,
+    /// Replay Microsoft Entra ID's provisioning traffic against a running
+    /// service and report throughput, latency, errors and memory.
+    ///
+    /// The initial cycle comes first, in Entra's request shapes: Test
+    /// Connection; each user looked up by userName, then created; each group
+    /// looked up by displayName (without members), then created; members
+    /// added in batches. Then an incremental cycle: attribute updates,
+    /// deactivations (active "False") and member removals. Data follows from
+    /// --seed, so a run can be sent again exactly.
+    ///
+    /// Reports per operation the count, requests/s, latency p50/p95/p99/max
+    /// and errors by status; when every change had been applied (the service
+    /// answers a write only after its commit); with --mail-dir, when the last
+    /// welcome email was written; with --pid, the peak memory of those
+    /// processes. Exits non-zero when any request was not answered 2xx or
+    /// any welcome email is missing.
+    ///
+    /// Example, against `scimsync run` on this machine:
+    ///
+    ///   SCIMSYNC_LOAD_TOKEN=<token> scimsync load --users 2000 --mail-dir data/mail --pid <server pid>
+    Load(LoadArgs),
+}
+
+/// The sizes, target and measurements of `scimsync load`.
+#[derive(Debug, Args)]
+pub struct LoadArgs {
+    /// SCIM base URL of the service, as entered as Entra's Tenant URL.
+    /// Every request goes below it.
+    #[arg(
+        long,
+        value_name = "URL",
+        default_value = "http://127.0.0.1:8080/scim/v2"
+    )]
+    pub url: url::Url,
+    /// SCIM bearer token of the organization to fill (never printed).
+    #[arg(
+        long,
+        env = "SCIMSYNC_LOAD_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub token: crate::load::Secret,
+    /// Users to provision.
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    pub users: usize,
+    /// Groups to provision (each becomes a team).
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub groups: usize,
+    /// Average members per group (each group gets between half and one and
+    /// a half times this).
+    #[arg(long, value_name = "N", default_value_t = 50)]
+    pub members_per_group: usize,
+    /// Members added per PATCH, as Entra adds them in batches.
+    #[arg(long, value_name = "N", default_value_t = 50)]
+    pub member_batch: usize,
+    /// Requests in flight at once.
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    pub concurrency: usize,
+    /// Seed of the generated data (userNames user<i>-<seed>@example.com);
+    /// random when omitted, and printed so the run can be repeated.
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u64>,
+    /// Changes in the incremental cycle: about half attribute updates, a
+    /// quarter deactivations, a quarter member removals.
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub incremental: usize,
+    /// Print the report as one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// The service's mail directory (file transport, e.g. ./data/mail):
+    /// also wait until every welcome email is there, and report when.
+    #[arg(long, value_name = "DIR")]
+    pub mail_dir: Option<PathBuf>,
+    /// With --mail-dir: how long to wait for welcome emails after the last
+    /// request before reporting them missing.
+    #[arg(long, value_name = "SECS", default_value_t = 600)]
+    pub mail_timeout: u64,
+    /// A server process whose peak memory to sample every 200 ms from
+    /// /proc/PID/status (repeat for several).
+    #[arg(long = "pid", value_name = "PID")]
+    pub pids: Vec<u32>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -284,6 +365,7 @@ fn open_store(settings: &Settings) -> anyhow::Result<Store> {
 /// Runs a command to completion.
 pub async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
     match command {
+        Command::Load(args) => crate::load::command(args).await,
         Command::Run => serve(settings, Role::All).await,
         Command::Serve => serve(settings, Role::Web).await,
         Command::Work => serve(settings, Role::Worker).await,

@@ -10,6 +10,8 @@ pub mod email;
 pub mod http;
 /// Jobs: the change job, queue backends, workers, retries, reply wake-up.
 pub mod jobs;
+/// `scimsync load`: an Entra ID provisioning-cycle simulator and its report.
+pub mod load;
 /// Operations shared by the CLI and admin pages: organizations, tokens.
 pub mod ops;
 /// Applying a change to the store in one transaction.

@@ -7,6 +7,7 @@ mod groups;
 mod helpers;
 mod http_stub;
 mod limits;
+mod load;
 mod mail;
 mod mail_transports;
 mod ops;

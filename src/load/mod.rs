@@ -1,0 +1,452 @@
+//! `scimsync load`: replays Microsoft Entra ID's provisioning traffic
+//! against a SCIM endpoint and reports throughput, latency, errors, how long
+//! until everything was applied and mailed, and the server's memory.
+//!
+//! The run follows Entra's cycle (ENTRA.md §1–2): Test Connection; each user
+//! looked up by userName, then created; each group looked up by displayName
+//! (without members), then created; members added in batches; then an
+//! incremental cycle of attribute updates, deactivations and member
+//! removals. Requests run with bounded concurrency from one task: the
+//! simulator stays light next to the server it measures on the same cores.
+
+pub mod client;
+pub mod data;
+pub mod mail;
+pub mod memory;
+pub mod stats;
+
+use std::collections::HashSet;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use futures::stream::{self, StreamExt};
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use client::{Client, Found};
+use data::{Change, Plan, Spec};
+use stats::{Op, Outcome, Phase, PhaseTime, Recorder};
+
+pub use stats::Report;
+
+/// A SCIM bearer token: its Debug output never shows it, and nothing in
+/// this module prints or logs it.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    /// The value, for the Authorization header only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        if s.is_empty() {
+            return Err("the token is empty".to_owned());
+        }
+        Ok(Secret::new(s))
+    }
+}
+
+/// Whether progress lines go to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProgressLines {
+    /// Every second on a terminal, every 5 s otherwise.
+    Auto,
+    Off,
+}
+
+/// One run: where, what, how hard, and what else to watch.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The SCIM base URL; every request goes below it.
+    pub url: url::Url,
+    pub token: Secret,
+    /// The tenant to generate.
+    pub spec: Spec,
+    /// Members per add-members PATCH.
+    pub member_batch: usize,
+    /// Requests in flight at once.
+    pub concurrency: usize,
+    /// The service's file-transport mail directory: wait for every welcome
+    /// email there.
+    pub mail_dir: Option<PathBuf>,
+    /// How long to wait for the welcome emails after the last request.
+    pub mail_timeout: Duration,
+    /// Server processes whose memory to sample.
+    pub pids: Vec<u32>,
+    pub progress: ProgressLines,
+}
+
+/// How often server memory is sampled.
+const MEMORY_SAMPLE_EVERY: Duration = Duration::from_millis(200);
+
+/// How one user or group ended up.
+#[derive(Debug, Clone)]
+enum Provisioned {
+    Created(String),
+    /// The lookup found it; Entra would match it instead of creating it.
+    Existing(String),
+    Failed,
+}
+
+impl Provisioned {
+    fn id(&self) -> Option<&str> {
+        match self {
+            Provisioned::Created(id) | Provisioned::Existing(id) => Some(id),
+            Provisioned::Failed => None,
+        }
+    }
+}
+
+/// Runs the whole simulation and returns what it measured. Fails early,
+/// with the reason, when Test Connection does not pass; failures after
+/// that are counted in the report instead.
+pub async fn run(options: Options) -> anyhow::Result<Report> {
+    if options.concurrency == 0 {
+        anyhow::bail!("--concurrency must be at least 1");
+    }
+    if options.member_batch == 0 {
+        anyhow::bail!("--member-batch must be at least 1");
+    }
+    let plan = Plan::generate(options.spec);
+    let batch = options.member_batch;
+    let batches: usize = plan
+        .groups
+        .iter()
+        .map(|g| g.members.len().div_ceil(batch))
+        .sum();
+    let planned = 1 + 2 * plan.users.len() + 2 * plan.groups.len() + batches + plan.changes.len();
+    let recorder = Arc::new(Recorder::new(planned as u64));
+    let started_at = SystemTime::now();
+    let client = Client::new(&options.url, options.token.clone(), recorder.clone())?;
+    let memory = memory::Sampler::start(&options.pids, MEMORY_SAMPLE_EVERY);
+    let progress = progress_lines(recorder.clone(), options.progress);
+    let mut phases = Vec::new();
+    let mut skipped = 0usize;
+    let mut skip = |n: usize| {
+        skipped += n;
+        recorder.unplanned(n as u64);
+    };
+    let width = options.concurrency;
+
+    // Test Connection: nothing else makes sense if it fails.
+    let phase = Instant::now();
+    recorder.set_phase(Phase::TestConnection);
+    match client.test_connection().await {
+        Outcome::Ok => {}
+        Outcome::Status(s @ (401 | 403)) => anyhow::bail!(
+            "Test Connection was refused with {s}: check --token (or SCIMSYNC_LOAD_TOKEN); \
+             `scimsync token create ORG` issues one"
+        ),
+        Outcome::Status(s) => anyhow::bail!(
+            "Test Connection was answered {s} instead of 200 with an empty list: \
+             is {} the SCIM base URL (…/scim/v2)?",
+            options.url
+        ),
+        Outcome::BadBody => anyhow::bail!(
+            "Test Connection was answered 2xx but not with an empty ListResponse: \
+             is {} a SCIM endpoint?",
+            options.url
+        ),
+        Outcome::Transport(_) => anyhow::bail!(
+            "Test Connection got no answer from {}: is the service running there?",
+            options.url
+        ),
+    }
+    phases.push(PhaseTime::new(Phase::TestConnection, phase.elapsed()));
+
+    // Users: look up, then create what is missing.
+    let phase = Instant::now();
+    recorder.set_phase(Phase::Users);
+    let mut users = vec![Provisioned::Failed; plan.users.len()];
+    let mut results = stream::iter(plan.users.iter().enumerate())
+        .map(|(i, user)| {
+            let client = &client;
+            async move {
+                let got = match client.find_user(user).await {
+                    Found::Missing => client
+                        .create_user(user)
+                        .await
+                        .map_or(Provisioned::Failed, Provisioned::Created),
+                    Found::Existing(id) => Provisioned::Existing(id),
+                    Found::Failed => Provisioned::Failed,
+                };
+                (i, got)
+            }
+        })
+        .buffer_unordered(width);
+    let mut existing_users = 0;
+    while let Some((i, got)) = results.next().await {
+        // No create after a lookup that found it, or that failed.
+        match got {
+            Provisioned::Created(_) => {}
+            Provisioned::Existing(_) => {
+                existing_users += 1;
+                recorder.unplanned(1);
+            }
+            Provisioned::Failed => skip(1),
+        }
+        if let Some(slot) = users.get_mut(i) {
+            *slot = got;
+        }
+    }
+    drop(results);
+    phases.push(PhaseTime::new(Phase::Users, phase.elapsed()));
+
+    // Groups: look up without members, then create what is missing.
+    let phase = Instant::now();
+    recorder.set_phase(Phase::Groups);
+    let mut groups = vec![Provisioned::Failed; plan.groups.len()];
+    let mut results = stream::iter(plan.groups.iter().enumerate())
+        .map(|(i, group)| {
+            let client = &client;
+            async move {
+                let got = match client.find_group(group).await {
+                    Found::Missing => client
+                        .create_group(group)
+                        .await
+                        .map_or(Provisioned::Failed, Provisioned::Created),
+                    Found::Existing(id) => Provisioned::Existing(id),
+                    Found::Failed => Provisioned::Failed,
+                };
+                (i, got)
+            }
+        })
+        .buffer_unordered(width);
+    let mut existing_groups = 0;
+    while let Some((i, got)) = results.next().await {
+        match got {
+            Provisioned::Created(_) => {}
+            Provisioned::Existing(_) => {
+                existing_groups += 1;
+                recorder.unplanned(1);
+            }
+            Provisioned::Failed => skip(1),
+        }
+        if let Some(slot) = groups.get_mut(i) {
+            *slot = got;
+        }
+    }
+    drop(results);
+    phases.push(PhaseTime::new(Phase::Groups, phase.elapsed()));
+
+    // Members, in batches; round-robin over the groups, so that one
+    // group's batches are spread out in time as Entra's per-group work is.
+    let phase = Instant::now();
+    recorder.set_phase(Phase::Members);
+    let mut patches: Vec<(&str, serde_json::Value)> = Vec::with_capacity(batches);
+    let rounds = plan
+        .groups
+        .iter()
+        .map(|g| g.members.len().div_ceil(batch))
+        .max()
+        .unwrap_or(0);
+    for round in 0..rounds {
+        for (group, provisioned) in plan.groups.iter().zip(&groups) {
+            let Some(chunk) = group.members.chunks(batch).nth(round) else {
+                continue;
+            };
+            let ids: Vec<&str> = chunk
+                .iter()
+                .filter_map(|&u| users.get(u).and_then(Provisioned::id))
+                .collect();
+            match provisioned.id() {
+                Some(group_id) if !ids.is_empty() => {
+                    patches.push((group_id, data::add_members_body(ids)));
+                }
+                _ => skip(1),
+            }
+        }
+    }
+    stream::iter(&patches)
+        .map(|(group_id, body)| client.patch(Op::AddMembers, "Groups", group_id, body))
+        .buffer_unordered(width)
+        .for_each(|_| async {})
+        .await;
+    drop(patches);
+    phases.push(PhaseTime::new(Phase::Members, phase.elapsed()));
+
+    // The incremental cycle, its changes in the plan's shuffled order.
+    let phase = Instant::now();
+    recorder.set_phase(Phase::Incremental);
+    let user_id = |u: usize| users.get(u).and_then(Provisioned::id);
+    let mut changes: Vec<(Op, &str, &str, serde_json::Value)> =
+        Vec::with_capacity(plan.changes.len());
+    for change in &plan.changes {
+        let request = match change {
+            Change::UpdateUser {
+                user,
+                given_name,
+                family_name,
+                department,
+            } => user_id(*user).map(|id| {
+                (
+                    Op::PatchUser,
+                    "Users",
+                    id,
+                    data::update_user_body(given_name, family_name, department),
+                )
+            }),
+            Change::Deactivate { user } => {
+                user_id(*user).map(|id| (Op::Deactivate, "Users", id, data::deactivate_body()))
+            }
+            Change::RemoveMember { group, user } => groups
+                .get(*group)
+                .and_then(Provisioned::id)
+                .zip(user_id(*user))
+                .map(|(group_id, member)| {
+                    (
+                        Op::RemoveMembers,
+                        "Groups",
+                        group_id,
+                        data::remove_member_body(member),
+                    )
+                }),
+        };
+        match request {
+            Some(r) => changes.push(r),
+            None => skip(1),
+        }
+    }
+    stream::iter(&changes)
+        .map(|(op, collection, id, body)| client.patch(*op, collection, id, body))
+        .buffer_unordered(width)
+        .for_each(|_| async {})
+        .await;
+    drop(changes);
+    phases.push(PhaseTime::new(Phase::Incremental, phase.elapsed()));
+    let requests_done = recorder.elapsed();
+
+    // Welcome emails: owed to every user created active and not
+    // deactivated since (a deactivation may cancel one not yet sent).
+    let mail = match &options.mail_dir {
+        Some(dir) => {
+            let phase = Instant::now();
+            recorder.set_phase(Phase::Mail);
+            let deactivated = plan.deactivated();
+            let expected: HashSet<String> = plan
+                .users
+                .iter()
+                .zip(&users)
+                .enumerate()
+                .filter(|(i, (_, p))| {
+                    matches!(p, Provisioned::Created(_)) && !deactivated.contains(i)
+                })
+                .map(|(_, (u, _))| u.user_name.to_ascii_lowercase())
+                .collect();
+            let report =
+                mail::wait_for_welcomes(dir.clone(), expected, started_at, options.mail_timeout)
+                    .await;
+            phases.push(PhaseTime::new(Phase::Mail, phase.elapsed()));
+            Some(report)
+        }
+        None => None,
+    };
+
+    drop(progress);
+    let memory = memory.stop().await;
+    let spec = plan.spec;
+    Ok(Report::new(
+        stats::Setup {
+            url: options.url.to_string(),
+            seed: spec.seed,
+            users: plan.users.len(),
+            groups: plan.groups.len(),
+            memberships: plan.memberships(),
+            member_batch: batch,
+            incremental: plan.changes.len(),
+            concurrency: width,
+        },
+        recorder.finish(),
+        (existing_users, existing_groups),
+        skipped,
+        phases,
+        requests_done,
+        recorder.elapsed(),
+        mail,
+        memory,
+    ))
+}
+
+/// Prints a progress line to stderr at an interval until the guard drops.
+fn progress_lines(recorder: Arc<Recorder>, mode: ProgressLines) -> Option<DropGuard> {
+    let every = match mode {
+        ProgressLines::Off => return None,
+        ProgressLines::Auto if std::io::stderr().is_terminal() => Duration::from_secs(1),
+        ProgressLines::Auto => Duration::from_secs(5),
+    };
+    let stop = CancellationToken::new();
+    let stopped = stop.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut last = None;
+        loop {
+            tokio::select! {
+                () = stopped.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            let now = recorder.progress();
+            eprintln!("{}", stats::progress_line(&now, last.as_ref()));
+            last = Some(now);
+        }
+    });
+    Some(stop.drop_guard())
+}
+
+/// `scimsync load`: runs, prints the report (a table, or JSON with
+/// `--json`), and fails when any request failed or any welcome email is
+/// missing.
+pub async fn command(args: crate::cli::LoadArgs) -> anyhow::Result<()> {
+    let seed = args
+        .seed
+        .unwrap_or_else(|| rand::random_range(1..1_000_000u64));
+    let options = Options {
+        url: args.url,
+        token: args.token,
+        spec: Spec {
+            users: args.users,
+            groups: args.groups,
+            members_per_group: args.members_per_group,
+            incremental: args.incremental,
+            seed,
+        },
+        member_batch: args.member_batch,
+        concurrency: args.concurrency,
+        mail_dir: args.mail_dir,
+        mail_timeout: Duration::from_secs(args.mail_timeout),
+        pids: args.pids,
+        progress: ProgressLines::Auto,
+    };
+    if args.seed.is_none() {
+        eprintln!("load: seed {seed} (pass --seed {seed} to send the same data again)");
+    }
+    let report = run(options).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.render());
+    }
+    let problems = report.problems();
+    if !problems.is_empty() {
+        anyhow::bail!("{}", problems.join("; "));
+    }
+    Ok(())
+}
