@@ -21,6 +21,31 @@ pub struct Settings {
     pub reconciler: ReconcilerSettings,
     pub log: LogSettings,
     pub paths: PathSettings,
+    pub admin: AdminSettings,
+}
+
+/// The admin web pages: off unless a password is configured.
+#[derive(Clone, Deserialize)]
+pub struct AdminSettings {
+    /// Empty: the admin pages are off (404).
+    pub password: String,
+    pub session_hours: u64,
+}
+
+impl AdminSettings {
+    pub fn enabled(&self) -> bool {
+        !self.password.is_empty()
+    }
+}
+
+// By hand, so that printing the settings never prints the password.
+impl std::fmt::Debug for AdminSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminSettings")
+            .field("password", &if self.enabled() { "***" } else { "" })
+            .field("session_hours", &self.session_hours)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -137,12 +162,18 @@ impl Settings {
             "CONFIG_DIR",
             "MAIL_URL",
             "PUBLIC_URL",
+            // Read as is below: figment would parse a password such as
+            // `123` or `[x]` as a number or an array.
+            "ADMIN.PASSWORD",
         ]));
         let mut settings: Settings = figment
             .extract()
             .context("invalid configuration (see config/default.toml for every key)")?;
         if let Ok(url) = std::env::var("SCIMSYNC_PUBLIC_URL") {
             settings.server.public_url = url;
+        }
+        if let Ok(password) = std::env::var("SCIMSYNC_ADMIN__PASSWORD") {
+            settings.admin.password = password;
         }
         if let Ok(url) = std::env::var("SCIMSYNC_MAIL_URL") {
             settings.mail.url = url;

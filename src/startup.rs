@@ -200,6 +200,7 @@ impl Application {
                 replies: self.replies.clone(),
                 settings: self.settings.clone(),
                 base_url: format!("{}/scim/v2", self.public_url),
+                admin: crate::http::admin::AdminState::from_settings(&self.settings),
             };
             let app = http::router(state);
             let token = shutdown.clone();

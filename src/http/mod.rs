@@ -1,5 +1,6 @@
 //! HTTP: the SCIM API, discovery documents, health.
 
+pub mod admin;
 pub mod auth;
 pub mod discovery;
 pub mod error;
@@ -37,6 +38,8 @@ pub struct AppState {
     /// `<public_url>/scim/v2`
     pub base_url: String,
     pub limiter: Arc<ratelimit::RateLimiter>,
+    /// The admin pages' sessions; `None` when they are off.
+    pub admin: Option<Arc<admin::AdminState>>,
 }
 
 const REQUEST_ID: &str = "x-request-id";
@@ -92,6 +95,7 @@ pub fn router(state: AppState) -> Router {
     let request_id = HeaderName::from_static(REQUEST_ID);
     Router::new()
         .nest("/scim/v2", scim_api)
+        .nest("/admin", admin::router(&state))
         .route(
             "/invitations/{token}",
             get(invitations::show).post(invitations::accept),

@@ -3,6 +3,7 @@
 //! Store functions are synchronous over `&mut Conn`; async code reaches them
 //! through [`Store::run`], which runs them on the blocking pool.
 
+pub mod admin;
 pub mod invitations;
 pub mod log;
 pub mod orgs;

@@ -10,12 +10,12 @@ use serde_json::{Value, json};
 use crate::helpers::{Backend, eventually, invitation_token, spawn_app};
 
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
-const CHROMIUM: &str = "/usr/bin/chromium";
+pub(crate) const CHROMIUM: &str = "/usr/bin/chromium";
 /// WebDriver's key for an element reference (W3C WebDriver §12.1).
-const ELEMENT_KEY: &str = "element-6066-11e4-a52e-4f735466cecf";
+pub(crate) const ELEMENT_KEY: &str = "element-6066-11e4-a52e-4f735466cecf";
 
-/// A chromedriver process, killed when dropped.
-struct Driver {
+/// A chromedriver process, killed when dropped (also used by `admin.rs`).
+pub(crate) struct Driver {
     child: Child,
     url: String,
     http: reqwest::Client,
@@ -29,7 +29,7 @@ impl Drop for Driver {
 }
 
 impl Driver {
-    async fn start() -> Option<Driver> {
+    pub(crate) async fn start() -> Option<Driver> {
         if !std::path::Path::new(CHROMEDRIVER).exists() || !std::path::Path::new(CHROMIUM).exists()
         {
             assert!(
@@ -66,7 +66,12 @@ impl Driver {
         Some(driver)
     }
 
-    async fn call(&self, method: reqwest::Method, path: String, body: Option<Value>) -> Value {
+    pub(crate) async fn call(
+        &self,
+        method: reqwest::Method,
+        path: String,
+        body: Option<Value>,
+    ) -> Value {
         let mut req = self.http.request(method, format!("{}{path}", self.url));
         if let Some(body) = body {
             req = req.json(&body);
