@@ -751,6 +751,26 @@ async fn doctor(settings: &Settings) -> anyhow::Result<()> {
         }
         Err(e) => healthy &= check(false, "mail transport", &format!("{e:#}")),
     }
+    let admin = &settings.admin;
+    if !admin.enabled() {
+        check(
+            true,
+            "admin pages",
+            "off (set [admin] password or SCIMSYNC_ADMIN__PASSWORD to turn them on)",
+        );
+    } else if admin.password.chars().count() < 12 {
+        healthy &= check(
+            false,
+            "admin pages",
+            "the admin password is shorter than 12 characters; choose a longer one",
+        );
+    } else {
+        check(
+            true,
+            "admin pages",
+            &format!("on at {}/admin", settings.public_url()),
+        );
+    }
     if healthy {
         println!("everything looks right");
         Ok(())

@@ -96,6 +96,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .nest("/scim/v2", scim_api)
         .nest("/admin", admin::router(&state))
+        .route("/admin/", get(admin::trailing_slash))
         .route(
             "/invitations/{token}",
             get(invitations::show).post(invitations::accept),
@@ -109,15 +110,22 @@ pub fn router(state: AppState) -> Router {
             TraceLayer::new_for_http()
                 .on_response(DefaultOnResponse::new().level(tracing::Level::INFO))
                 .make_span_with(|req: &Request<_>| {
-                let id = req
-                    .headers()
-                    .get(REQUEST_ID)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("-");
-                // The path only: query strings can carry filter values, and
-                // headers (Authorization) are never recorded.
-                tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path())
-            }),
+                    let id = req
+                        .headers()
+                        .get(REQUEST_ID)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("-");
+                    // The path only: query strings can carry filter values, and
+                    // headers (Authorization) are never recorded.
+                    // change_id is filled in once a write has been queued.
+                    tracing::info_span!(
+                        "request",
+                        request_id = %id,
+                        method = %req.method(),
+                        path = %req.uri().path(),
+                        change_id = tracing::field::Empty
+                    )
+                }),
         )
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))

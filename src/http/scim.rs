@@ -83,6 +83,8 @@ fn validated(kind: ResourceKind, body: &Bytes) -> Result<Value, Error> {
 /// Queues a change and waits for its committed outcome until the deadline.
 async fn submit(state: &AppState, change: ScimChange) -> Result<Response, Error> {
     let change_id = change.change_id.clone();
+    // Every later line of this request names the change it waits for.
+    tracing::Span::current().record("change_id", change_id.as_str());
     let waiter = state.replies.register(&change_id);
     let queued = Instant::now();
     state

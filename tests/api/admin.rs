@@ -187,6 +187,10 @@ async fn every_admin_page_needs_a_login(app: TestApp) {
     let reply = site.post("/admin/retry-dead", None, &[("csrf", "x")]).await;
     assert_eq!(reply.status(), StatusCode::SEE_OTHER);
     assert_eq!(location(&reply), "/admin/login");
+    // A typed trailing slash leads to the overview, not to a 404.
+    let reply = site.get("/admin/", None).await;
+    assert_eq!(reply.status(), StatusCode::PERMANENT_REDIRECT);
+    assert_eq!(location(&reply), "/admin");
 
     let reply = site
         .post(

@@ -14,10 +14,10 @@ mod page;
 mod users;
 
 use axum::Router;
-use axum::extract::Extension;
+use axum::extract::{Extension, State};
 use axum::http::StatusCode;
 use axum::middleware;
-use axum::response::{IntoResponse, Response};
+use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{any, get, post};
 
 pub use auth::AdminState;
@@ -51,6 +51,14 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .merge(pages)
         .layer(Extension(admin))
         .layer(middleware::map_response(page::protect))
+}
+
+/// `/admin/` is where people type the overview's address by hand.
+pub async fn trailing_slash(State(state): State<AppState>) -> Response {
+    match state.admin {
+        Some(_) => Redirect::permanent("/admin").into_response(),
+        None => off().await,
+    }
 }
 
 async fn off() -> Response {
