@@ -197,6 +197,7 @@ impl Application {
                     self.settings.server.rate_limit_per_second,
                     self.settings.server.rate_limit_burst,
                 )),
+                token_use: Arc::default(),
                 replies: self.replies.clone(),
                 settings: self.settings.clone(),
                 base_url: format!("{}/scim/v2", self.public_url),

@@ -1,5 +1,9 @@
 //! Bearer-token authentication: a token maps to exactly one organization.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, header};
 use axum::middleware::Next;
@@ -10,6 +14,33 @@ use super::error::Error;
 use crate::ops::tokens::hash_token;
 use crate::scim::error::ScimError;
 use crate::store::tokens;
+
+/// When this process last recorded the use of each token. `last_used_at`
+/// only needs minute precision, so the write (and its round trip) happens
+/// about once a minute per token and process instead of on every request.
+#[derive(Debug, Default)]
+pub struct TokenUse {
+    recorded: Mutex<HashMap<String, Instant>>,
+}
+
+impl TokenUse {
+    const EVERY: Duration = Duration::from_secs(60);
+
+    /// True when the use of `token_id` should be written now; from then on
+    /// false for a minute.
+    pub fn due(&self, token_id: &str, now: Instant) -> bool {
+        let Ok(mut recorded) = self.recorded.lock() else {
+            return true;
+        };
+        match recorded.get(token_id) {
+            Some(at) if now.saturating_duration_since(*at) < Self::EVERY => false,
+            _ => {
+                recorded.insert(token_id.to_owned(), now);
+                true
+            }
+        }
+    }
+}
 
 /// The organization the request's token belongs to; every query is scoped by it.
 #[derive(Debug, Clone)]
@@ -49,11 +80,14 @@ pub async fn require_token(
         _ => return unauthorized("the Authorization header must be Bearer <token>"),
     };
     let hash = hash_token(token);
+    let token_use = state.token_use.clone();
     let found = state
         .store
         .run(move |c| {
             let row = tokens::find_live_by_hash(c, &hash)?;
-            if let Some(row) = &row {
+            if let Some(row) = &row
+                && token_use.due(&row.id, Instant::now())
+            {
                 tokens::touch(c, &row.id)?;
             }
             Ok::<_, crate::store::Error>(row)
@@ -80,5 +114,24 @@ pub async fn require_token(
         }
         Ok(None) => unauthorized("the bearer token is not valid or has been revoked"),
         Err(e) => Error::from(e).into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_is_recorded_once_a_minute() {
+        let uses = TokenUse::default();
+        let start = Instant::now();
+        assert!(uses.due("a", start));
+        assert!(!uses.due("a", start + Duration::from_secs(59)));
+        assert!(
+            uses.due("b", start + Duration::from_secs(1)),
+            "each token on its own"
+        );
+        assert!(uses.due("a", start + Duration::from_secs(60)));
+        assert!(!uses.due("a", start + Duration::from_secs(61)));
     }
 }

@@ -1,5 +1,5 @@
-//! Applying one change: idempotency check, the change, its log row, in one
-//! transaction.
+//! Applying one change: the change and its log row in one transaction,
+//! the log row's primary key doubling as the idempotency check.
 
 use std::time::Instant;
 
@@ -72,66 +72,139 @@ pub struct Committed {
     pub mail: Vec<String>,
 }
 
+/// Why the optimistic transaction of [`apply_once`] rolled back.
+enum RolledBack {
+    /// The change is rejected; its log row is written on its own.
+    Rejected(ScimError),
+    /// The change already has a log row: this is a redelivery.
+    AlreadyLogged,
+    Store(store::Error),
+}
+
+impl From<diesel::result::Error> for RolledBack {
+    fn from(e: diesel::result::Error) -> Self {
+        RolledBack::Store(store::Error::Query(e))
+    }
+}
+
 /// Applies `change` in one transaction and returns its log row. A change
 /// already in the log is not applied again: its stored outcome is returned.
+///
+/// The common case costs one transaction and no extra round trip: the
+/// change and its log row are written together, and the log's primary key
+/// (the change id) is the idempotency check. A redelivered change fails
+/// that insert, the whole transaction rolls back, and the stored outcome is
+/// read instead. A rejected change rolls back too, and only its log row is
+/// then written, so a rejection leaves no other trace.
 pub fn apply_once(
     conn: &mut Conn,
     change: &ScimChange,
     attempts: i32,
     policy: &Policy,
 ) -> Result<Committed, store::Error> {
-    conn.transaction::<Committed, store::Error, _>(|c| {
-        if let Some(done) = log::find(c, &change.change_id)? {
-            // A redelivery: its mail, if any, is already owed in the outbox
-            // and the reconciler sends it.
-            return Ok(Committed {
-                log: done,
-                mail: Vec::new(),
-            });
-        }
-        let started = Instant::now();
-        // A savepoint: a rejected change leaves no trace but its log row.
-        let result = c.transaction::<Applied, ApplyError, _>(|c| apply_op(c, change, policy));
-        let mut mail = Vec::new();
-        let mut row = LogRow {
-            change_id: change.change_id.clone(),
-            org_id: change.org_id.clone(),
-            operation: change.op.name().to_owned(),
-            resource_type: kind_name(change.op.kind()).to_owned(),
-            resource_id: Some(change.op.id().to_owned()),
-            subject: None,
-            outcome: String::new(),
-            status: 0,
-            response: None,
-            error: None,
-            attempts,
-            received_at: change.received_at.naive_utc(),
-            applied_at: now(),
-            duration_ms: 0,
-            request: None,
-            resolution: None,
+    let started = Instant::now();
+    let attempt = conn.transaction::<Committed, RolledBack, _>(|c| {
+        let applied = match apply_op(c, change, policy) {
+            Ok(applied) => applied,
+            Err(ApplyError::Rejected(e)) => return Err(RolledBack::Rejected(e)),
+            Err(ApplyError::Store(e)) => return Err(RolledBack::Store(e)),
         };
-        match result {
-            Ok(applied) => {
-                row.outcome = "applied".into();
-                row.status = i32::from(applied.status);
-                row.response = applied.body.map(|b| b.to_string());
-                row.subject = applied.subject;
-                mail = applied.mail;
+        let mut row = log_row(change, attempts, "applied");
+        row.status = i32::from(applied.status);
+        row.response = applied.body.map(|b| b.to_string());
+        row.subject = applied.subject;
+        row.duration_ms = elapsed_ms(started);
+        insert_log(c, &row)?;
+        Ok(Committed {
+            log: row,
+            mail: applied.mail,
+        })
+    });
+    match attempt {
+        Ok(committed) => Ok(committed),
+        Err(RolledBack::Rejected(e)) => {
+            let mut row = log_row(change, attempts, "rejected");
+            row.status = i32::from(e.status);
+            row.response = Some(e.to_json().to_string());
+            row.error = Some(e.detail.clone());
+            row.subject = subject_of(&change.op);
+            row.duration_ms = elapsed_ms(started);
+            let written = conn.transaction::<Committed, RolledBack, _>(|c| {
+                insert_log(c, &row)?;
+                Ok(Committed {
+                    log: row,
+                    mail: Vec::new(),
+                })
+            });
+            match written {
+                Ok(committed) => Ok(committed),
+                Err(RolledBack::Store(e)) => Err(e),
+                Err(_) => stored_outcome(conn, change),
             }
-            Err(ApplyError::Rejected(e)) => {
-                row.outcome = "rejected".into();
-                row.status = i32::from(e.status);
-                row.response = Some(e.to_json().to_string());
-                row.error = Some(e.detail.clone());
-                row.subject = subject_of(&change.op);
-            }
-            Err(ApplyError::Store(e)) => return Err(e),
         }
-        row.duration_ms = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
-        log::insert(c, &row)?;
-        Ok(Committed { log: row, mail })
-    })
+        Err(RolledBack::AlreadyLogged) => stored_outcome(conn, change),
+        // A failure may also be how a redelivery shows (its insert collided
+        // with what the first delivery wrote): its stored outcome wins.
+        Err(RolledBack::Store(e)) => match log::find(conn, &change.change_id) {
+            Ok(Some(done)) => Ok(redelivered(done)),
+            _ => Err(e),
+        },
+    }
+}
+
+/// A log row for `change` with the given outcome, to fill in.
+fn log_row(change: &ScimChange, attempts: i32, outcome: &str) -> LogRow {
+    LogRow {
+        change_id: change.change_id.clone(),
+        org_id: change.org_id.clone(),
+        operation: change.op.name().to_owned(),
+        resource_type: kind_name(change.op.kind()).to_owned(),
+        resource_id: Some(change.op.id().to_owned()),
+        subject: None,
+        outcome: outcome.to_owned(),
+        status: 0,
+        response: None,
+        error: None,
+        attempts,
+        received_at: change.received_at.naive_utc(),
+        applied_at: now(),
+        duration_ms: 0,
+        request: None,
+        resolution: None,
+    }
+}
+
+fn elapsed_ms(since: Instant) -> i64 {
+    i64::try_from(since.elapsed().as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Inserts the log row; a row already there means a redelivery.
+fn insert_log(c: &mut Conn, row: &LogRow) -> Result<(), RolledBack> {
+    match log::insert(c, row) {
+        Ok(()) => Ok(()),
+        Err(diesel::result::Error::DatabaseError(
+            diesel::result::DatabaseErrorKind::UniqueViolation,
+            _,
+        )) => Err(RolledBack::AlreadyLogged),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The outcome an earlier delivery committed.
+fn stored_outcome(conn: &mut Conn, change: &ScimChange) -> Result<Committed, store::Error> {
+    match log::find(conn, &change.change_id)? {
+        Some(done) => Ok(redelivered(done)),
+        None => Err(store::Error::Contended),
+    }
+}
+
+/// A redelivery's result: its mail, if any, is already owed in the outbox
+/// and the reconciler sends it.
+fn redelivered(log: LogRow) -> Committed {
+    Committed {
+        log,
+        mail: Vec::new(),
+    }
 }
 
 /// Records a change that could not be applied at all, unless an outcome
@@ -217,7 +290,7 @@ fn apply_op(c: &mut Conn, change: &ScimChange, policy: &Policy) -> Result<Applie
             let row = new_user_row(org, id, resource.clone())?;
             ensure_user_name_free(c, org, &row.user_name_key, &row.user_name, None)?;
             users::insert(c, &row)?;
-            users::set_emails(c, org, id, &email_values(resource))?;
+            users::add_emails(c, org, id, &email_values(resource))?;
             if row.active {
                 mail.push(invite.issue(c, &row)?);
             }

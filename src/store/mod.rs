@@ -13,9 +13,11 @@ pub mod teams;
 pub mod tokens;
 pub mod users;
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
-use diesel::connection::SimpleConnection;
+use diesel::connection::{InstrumentationEvent, SimpleConnection};
 use diesel::pg::PgConnection;
 use diesel::r2d2::{self, ManageConnection};
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
@@ -130,6 +132,40 @@ fn is_transient_diesel(e: &DieselError) -> bool {
     }
 }
 
+/// A connection in the pool, and what the pool knows of its health.
+pub struct Pooled {
+    conn: Conn,
+    /// Set when a query failed because the connection itself is gone
+    /// (PostgreSQL restarted, the network dropped): the pool discards it.
+    lost: Arc<AtomicBool>,
+    /// When a call through [`Store::run`] last finished with it.
+    used: Option<Instant>,
+}
+
+/// A connection used this recently is taken as alive without a test query.
+const RECENTLY_USED: Duration = Duration::from_secs(1);
+
+/// Whether a query's error means the connection is gone.
+fn connection_lost(e: &DieselError) -> bool {
+    match e {
+        DieselError::DatabaseError(DatabaseErrorKind::ClosedConnection, _) => true,
+        DieselError::DatabaseError(_, info) => {
+            let msg = info.message().to_ascii_lowercase();
+            [
+                "server closed the connection",
+                "terminating connection",
+                "no connection to the server",
+                "could not receive data",
+                "could not send data",
+                "connection to server",
+            ]
+            .iter()
+            .any(|m| msg.contains(m))
+        }
+        _ => false,
+    }
+}
+
 /// Opens connections for the pool, with each backend's session settings.
 #[derive(Debug, Clone)]
 pub struct ConnManager {
@@ -137,14 +173,25 @@ pub struct ConnManager {
 }
 
 impl ManageConnection for ConnManager {
-    type Connection = Conn;
+    type Connection = Pooled;
     type Error = r2d2::Error;
 
-    fn connect(&self) -> Result<Conn, r2d2::Error> {
-        match &self.url {
-            DatabaseUrl::Postgres(url) => PgConnection::establish(url)
-                .map(Conn::Pg)
-                .map_err(r2d2::Error::ConnectionError),
+    fn connect(&self) -> Result<Pooled, r2d2::Error> {
+        let lost = Arc::new(AtomicBool::new(false));
+        let conn = match &self.url {
+            DatabaseUrl::Postgres(url) => {
+                let mut conn =
+                    PgConnection::establish(url).map_err(r2d2::Error::ConnectionError)?;
+                let flag = lost.clone();
+                conn.set_instrumentation(move |event: InstrumentationEvent<'_>| {
+                    if let InstrumentationEvent::FinishQuery { error: Some(e), .. } = event
+                        && connection_lost(e)
+                    {
+                        flag.store(true, Ordering::Relaxed);
+                    }
+                });
+                Conn::Pg(conn)
+            }
             DatabaseUrl::Sqlite(path) => {
                 let mut conn = SqliteConnection::establish(&path.to_string_lossy())
                     .map_err(r2d2::Error::ConnectionError)?;
@@ -155,20 +202,36 @@ impl ManageConnection for ConnManager {
                      PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;",
                 )
                 .map_err(r2d2::Error::QueryError)?;
-                Ok(Conn::Sqlite(conn))
+                Conn::Sqlite(conn)
             }
-        }
+        };
+        Ok(Pooled {
+            conn,
+            lost,
+            used: None,
+        })
     }
 
-    fn is_valid(&self, conn: &mut Conn) -> Result<(), r2d2::Error> {
+    /// A connection that failed as a connection is invalid; one used in the
+    /// last second is valid; any other (idle since before a database
+    /// restart, say) must answer a round trip first.
+    fn is_valid(&self, pooled: &mut Pooled) -> Result<(), r2d2::Error> {
+        if pooled.lost.load(Ordering::Relaxed) {
+            return Err(r2d2::Error::QueryError(
+                DieselError::BrokenTransactionManager,
+            ));
+        }
+        if pooled.used.is_some_and(|at| at.elapsed() < RECENTLY_USED) {
+            return Ok(());
+        }
         diesel::sql_query("SELECT 1")
-            .execute(conn)
+            .execute(&mut pooled.conn)
             .map(|_| ())
             .map_err(r2d2::Error::QueryError)
     }
 
-    fn has_broken(&self, _conn: &mut Conn) -> bool {
-        false
+    fn has_broken(&self, pooled: &mut Pooled) -> bool {
+        pooled.lost.load(Ordering::Relaxed) || std::thread::panicking()
     }
 }
 
@@ -205,9 +268,10 @@ impl Store {
             .max_size(pool_size.max(1))
             .min_idle(Some(0))
             .connection_timeout(timeout)
-            // A PostgreSQL restart leaves dead connections in the pool;
-            // checking each on checkout (one round trip) replaces them
-            // instead of failing requests until every one was tried.
+            // A PostgreSQL restart leaves dead connections in the pool:
+            // a connection is checked on checkout (see `is_valid`; no round
+            // trip while it is in steady use) and dropped once it failed as
+            // a connection, instead of failing requests until each was tried.
             .test_on_check_out(backend == Backend::Postgres)
             .build_unchecked(ConnManager { url: url.clone() });
         Ok(Store { pool, backend })
@@ -227,10 +291,12 @@ impl Store {
     {
         let pool = self.pool.clone();
         let joined = tokio::task::spawn_blocking(move || {
-            let mut conn = pool
+            let mut pooled = pool
                 .get()
                 .map_err(|e| E::from(Error::Unavailable(e.to_string())))?;
-            f(&mut conn)
+            let result = f(&mut pooled.conn);
+            pooled.used = Some(Instant::now());
+            result
         })
         .await;
         match joined {

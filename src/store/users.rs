@@ -247,6 +247,16 @@ pub fn set_emails(
     values: &[String],
 ) -> QueryResult<()> {
     diesel::delete(user_emails::table.filter(user_emails::user_id.eq(user_id))).execute(conn)?;
+    add_emails(conn, org_id, user_id, values)
+}
+
+/// Indexes the emails of a user who has none indexed yet (a new user).
+pub fn add_emails(
+    conn: &mut Conn,
+    org_id: &str,
+    user_id: &str,
+    values: &[String],
+) -> QueryResult<()> {
     let mut seen = std::collections::HashSet::new();
     for value in values {
         let key = value.to_lowercase();
