@@ -598,6 +598,14 @@ async fn list(
     Ok(scim_response(StatusCode::OK, &body))
 }
 
+/// The total number of matches when the first page already holds them all
+/// (it came back short), which spares Entra ID's lookups by userName or
+/// displayName a second, counting query.
+fn page_total(offset: i64, limit: i64, returned: usize) -> Option<i64> {
+    let returned = i64::try_from(returned).ok()?;
+    (offset == 0 && limit > 0 && returned < limit).then_some(returned)
+}
+
 fn window(start: i64, count: i64) -> (i64, i64) {
     (start - 1, count)
 }
@@ -628,11 +636,14 @@ fn list_users(
     let (q, residual) = user_query(filter);
     let (offset, limit) = window(spec.start, spec.count);
     let Some(filter) = filter.filter(|_| residual) else {
-        let total = users::count(c, org, &q)?;
         let rows = if limit > 0 {
             users::page(c, org, &q, order, offset, limit)?
         } else {
             Vec::new()
+        };
+        let total = match page_total(offset, limit, rows.len()) {
+            Some(total) => total,
+            None => users::count(c, org, &q)?,
         };
         let resources = rows
             .iter()
@@ -695,11 +706,14 @@ fn list_teams(
         }
     };
     let Some(filter) = filter.filter(|_| residual) else {
-        let total = teams::count(c, org, &q)?;
         let rows = if limit > 0 {
             teams::page(c, org, &q, order, offset, limit)?
         } else {
             Vec::new()
+        };
+        let total = match page_total(offset, limit, rows.len()) {
+            Some(total) => total,
+            None => teams::count(c, org, &q)?,
         };
         let mut resources = Vec::with_capacity(rows.len());
         for row in &rows {
@@ -1067,4 +1081,20 @@ pub async fn method_not_allowed() -> Response {
         "this method is not allowed on this endpoint",
     ))
     .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::page_total;
+
+    #[test]
+    fn only_a_short_first_page_gives_the_total() {
+        assert_eq!(page_total(0, 100, 1), Some(1));
+        assert_eq!(page_total(0, 100, 0), Some(0));
+        // A full page may have more behind it; a later page or count=0
+        // says nothing about what came before or after.
+        assert_eq!(page_total(0, 100, 100), None);
+        assert_eq!(page_total(100, 100, 3), None);
+        assert_eq!(page_total(0, 0, 0), None);
+    }
 }

@@ -81,7 +81,7 @@ pub fn claim(
     lease: chrono::TimeDelta,
 ) -> QueryResult<Option<OutboxRow>> {
     let at = now();
-    let n = diesel::update(
+    let claim = diesel::update(
         outbox::table
             .filter(outbox::id.eq(id))
             .filter(outbox::state.eq("pending"))
@@ -91,9 +91,18 @@ pub fn claim(
         outbox::state.eq("sending"),
         outbox::locked_until.eq(Some(at + lease)),
         outbox::attempts.eq(outbox::attempts + 1),
-    ))
-    .execute(conn)?;
-    if n == 1 { find(conn, id) } else { Ok(None) }
+    ));
+    // One round trip with RETURNING, which diesel offers per backend only.
+    match conn {
+        Conn::Pg(c) => claim
+            .returning(OutboxRow::as_returning())
+            .get_result(c)
+            .optional(),
+        Conn::Sqlite(c) => claim
+            .returning(OutboxRow::as_returning())
+            .get_result(c)
+            .optional(),
+    }
 }
 
 /// Records a successful send; the payload is replaced (it may hold a token).

@@ -27,6 +27,15 @@ async fn queue_stats_and_metrics_report_what_happened(app: TestApp) {
             .is_ok_and(|s| s.mail.sent_total == 2)
     })
     .await;
+    // A job's effects commit before the queue records it done (acks are
+    // flushed after the handler returns), so the depth reaches 0 a moment
+    // after the last email.
+    eventually("both queues are drained", || async {
+        scimsync::ops::queue::stats(&app.store, &changes, &mail)
+            .await
+            .is_ok_and(|s| s.queues.iter().all(|q| q.pending == 0 && q.running == 0))
+    })
+    .await;
     let stats = scimsync::ops::queue::stats(&app.store, &changes, &mail)
         .await
         .expect("stats");
