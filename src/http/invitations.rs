@@ -40,7 +40,7 @@ async fn standing(state: &AppState, token: String, accept: bool) -> Result<Stand
     let hash = hash_token(&token);
     state
         .store
-        .run(move |c| {
+        .run_write(move |c| {
             use diesel::Connection;
             c.transaction::<Standing, store::Error, _>(|c| {
                 let Some(inv) = invitations::find_by_hash(c, &hash)? else {

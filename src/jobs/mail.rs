@@ -72,7 +72,7 @@ pub async fn deliver(state: &MailState, outbox_id: &str) -> Result<Delivery, sto
     let id = outbox_id.to_owned();
     let Some(row) = state
         .store
-        .run(move |c| outbox::claim(c, &id, lease).map_err(store::Error::from))
+        .run_write(move |c| outbox::claim(c, &id, lease).map_err(store::Error::from))
         .await?
     else {
         return Ok(Delivery::Skipped);
@@ -94,7 +94,9 @@ pub async fn deliver(state: &MailState, outbox_id: &str) -> Result<Delivery, sto
             let id = row.id.clone();
             state
                 .store
-                .run(move |c| outbox::mark_sent(c, &id, &sent_payload).map_err(store::Error::from))
+                .run_write(move |c| {
+                    outbox::mark_sent(c, &id, &sent_payload).map_err(store::Error::from)
+                })
                 .await?;
             Ok(Delivery::Sent)
         }
@@ -111,7 +113,9 @@ pub async fn deliver(state: &MailState, outbox_id: &str) -> Result<Delivery, sto
             let reason = e.reason().to_owned();
             state
                 .store
-                .run(move |c| outbox::mark_retry(c, &id, at, &reason).map_err(store::Error::from))
+                .run_write(move |c| {
+                    outbox::mark_retry(c, &id, at, &reason).map_err(store::Error::from)
+                })
                 .await?;
             Ok(Delivery::Retrying)
         }
@@ -131,7 +135,7 @@ async fn finish(state: &MailState, id: &str, st: &str, reason: &str) -> Result<(
     let (id, st, reason) = (id.to_owned(), st.to_owned(), reason.to_owned());
     state
         .store
-        .run(move |c| outbox::finish(c, &id, &st, &reason).map_err(store::Error::from))
+        .run_write(move |c| outbox::finish(c, &id, &st, &reason).map_err(store::Error::from))
         .await
 }
 

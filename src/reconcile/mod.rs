@@ -41,7 +41,7 @@ pub async fn apply_with_retry(
         let attempts = tries.saturating_add(i32::try_from(delivery.saturating_sub(1)).unwrap_or(0));
         let (c, p) = (change.clone(), policy.clone());
         match store
-            .run(move |conn| apply::apply_once(conn, &c, attempts, &p))
+            .run_write(move |conn| apply::apply_once(conn, &c, attempts, &p))
             .await
         {
             Ok(committed) => return Ok(committed),
@@ -69,6 +69,8 @@ pub async fn record_dead(
     let transient = error.is_transient();
     let message = error.to_string();
     store
-        .run(move |conn| apply::record_dead_once(conn, &change, attempts, transient, &message))
+        .run_write(move |conn| {
+            apply::record_dead_once(conn, &change, attempts, transient, &message)
+        })
         .await
 }

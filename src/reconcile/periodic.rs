@@ -43,7 +43,7 @@ pub async fn pass(
     );
     let operator = Some(settings.mail.operator_email.trim().to_owned()).filter(|e| !e.is_empty());
     let (released, digests, due) = store
-        .run(move |c| {
+        .run_write(move |c| {
             let released = outbox::release_expired(c)?;
             let digests = write_digests(c, interval, operator.as_deref(), requeue)?;
             let due = outbox::take_due(c, 1000, requeue)?;

@@ -240,6 +240,8 @@ impl ManageConnection for ConnManager {
 pub struct Store {
     pool: r2d2::Pool<ConnManager>,
     backend: Backend,
+    /// Turns of this process's SQLite writers (see [`Store::run_write`]).
+    writers: Arc<std::sync::Mutex<()>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -274,7 +276,11 @@ impl Store {
             // a connection, instead of failing requests until each was tried.
             .test_on_check_out(backend == Backend::Postgres)
             .build_unchecked(ConnManager { url: url.clone() });
-        Ok(Store { pool, backend })
+        Ok(Store {
+            pool,
+            backend,
+            writers: Arc::default(),
+        })
     }
 
     pub fn backend(&self) -> Backend {
@@ -289,8 +295,33 @@ impl Store {
         T: Send + 'static,
         E: From<Error> + Send + 'static,
     {
+        self.run_with(false, f).await
+    }
+
+    /// Like [`Store::run`], for the hot writes (applying a change, claiming
+    /// and settling mail). SQLite lets one writer in at a time and makes
+    /// the others sleep in its busy handler, in steps of up to 100 ms;
+    /// taking turns on a lock in this process instead hands the database
+    /// from one writer to the next at once. PostgreSQL needs no such turn.
+    pub async fn run_write<F, T, E>(&self, f: F) -> Result<T, E>
+    where
+        F: FnOnce(&mut Conn) -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: From<Error> + Send + 'static,
+    {
+        self.run_with(self.backend == Backend::Sqlite, f).await
+    }
+
+    async fn run_with<F, T, E>(&self, take_turn: bool, f: F) -> Result<T, E>
+    where
+        F: FnOnce(&mut Conn) -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: From<Error> + Send + 'static,
+    {
         let pool = self.pool.clone();
+        let writers = self.writers.clone();
         let joined = tokio::task::spawn_blocking(move || {
+            let _turn = take_turn.then(|| writers.lock().unwrap_or_else(|e| e.into_inner()));
             let mut pooled = pool
                 .get()
                 .map_err(|e| E::from(Error::Unavailable(e.to_string())))?;
