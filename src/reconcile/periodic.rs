@@ -1,5 +1,6 @@
 //! The periodic reconciler: re-drives owed mail, takes back mail whose
-//! sender died, and writes failure digests. Every worker process runs one;
+//! sender died, writes failure digests, and sweeps finished jobs from the
+//! queues. Every worker process runs one;
 //! each step is safe to run in several processes at once.
 
 use std::sync::Arc;
@@ -10,8 +11,8 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
-use crate::jobs::Queue;
 use crate::jobs::mail::SendMail;
+use crate::jobs::{Queue, ScimChange};
 use crate::store::outbox::{self, OutboxRow};
 use crate::store::{self, Conn, Store, log, now, orgs};
 
@@ -25,6 +26,10 @@ pub struct Pass {
     /// Digest rows written.
     pub digests: usize,
 }
+
+/// Finished jobs forgotten per queue and pass: well above what a worker
+/// finishes between passes, small enough to keep each sweep brief.
+const SWEEP_PER_PASS: u32 = 10_000;
 
 /// Largest number of failures listed in one digest; the rest are counted.
 const DIGEST_LINES: i64 = 50;
@@ -54,6 +59,20 @@ pub async fn pass(
     for id in due.iter() {
         mail.push(&SendMail::new(id), 3).await?;
         queued += 1;
+    }
+    let changes = mail.sibling::<ScimChange>(&settings.queue.name);
+    for swept in [
+        changes.sweep_done(SWEEP_PER_PASS).await,
+        mail.sweep_done(SWEEP_PER_PASS).await,
+    ] {
+        match swept {
+            Ok(n) if n > 0 => tracing::debug!(jobs = n, "finished jobs swept from the queue"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(
+                error = format!("{e:#}"),
+                "cannot sweep finished jobs; trying again next pass"
+            ),
+        }
     }
     Ok(Pass {
         released,

@@ -8,6 +8,32 @@ use crate::on_both_backends;
 
 on_both_backends!(queue_stats_and_metrics_report_what_happened);
 
+mod finished_jobs_are_swept_from_the_queue {
+    use scimsync::startup::Role;
+
+    use crate::helpers::{Backend, postgres_redis_enabled, spawn_with, test_env};
+
+    /// The app's own reconciler sweeps too: a long interval keeps it to
+    /// its first pass, before any job exists.
+    async fn app(backend: Backend) -> crate::helpers::TestApp {
+        let mut env = test_env(backend);
+        env.settings.reconciler.interval_ms = 3_600_000;
+        spawn_with(env, Role::All).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite() {
+        super::finished_jobs_are_swept_from_the_queue(app(Backend::Sqlite).await).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres_redis() {
+        if postgres_redis_enabled() {
+            super::finished_jobs_are_swept_from_the_queue(app(Backend::PostgresRedis).await).await;
+        }
+    }
+}
+
 async fn queue_stats_and_metrics_report_what_happened(app: TestApp) {
     app.create_user("one@example.com").await;
     app.create_user("two@example.com").await;
@@ -82,4 +108,40 @@ async fn queue_stats_and_metrics_report_what_happened(app: TestApp) {
         .await
         .expect("readyz");
     assert_eq!(ready.status(), StatusCode::OK);
+}
+
+async fn finished_jobs_are_swept_from_the_queue(app: TestApp) {
+    let changes: scimsync::jobs::Queue<scimsync::jobs::ScimChange> =
+        scimsync::jobs::Queue::connect(
+            &app.settings.queue_url().expect("url"),
+            &app.settings.queue.name,
+        )
+        .await
+        .expect("queue");
+    let mail = changes
+        .sibling::<scimsync::jobs::mail::SendMail>(&format!("{}-mail", app.settings.queue.name));
+    for n in 0..3 {
+        app.create_user(&format!("swept{n}@example.com")).await;
+    }
+    // Three changes and three welcomes finish; each is forgotten once.
+    let swept = std::sync::atomic::AtomicU64::new(0);
+    eventually("every finished job is swept", || async {
+        let n = changes.sweep_done(2).await.expect("sweep changes")
+            + mail.sweep_done(2).await.expect("sweep mail");
+        swept.fetch_add(n, std::sync::atomic::Ordering::Relaxed) + n >= 6
+    })
+    .await;
+    let swept = swept.into_inner();
+    assert_eq!(swept, 6, "no job is swept twice");
+    assert_eq!(changes.sweep_done(100).await.expect("sweep"), 0);
+    assert_eq!(mail.sweep_done(100).await.expect("sweep"), 0);
+    // What operators read is untouched: the users and their log rows.
+    for n in 0..3 {
+        let found = app
+            .get(&format!(
+                "/Users?filter=userName%20eq%20%22swept{n}@example.com%22"
+            ))
+            .await;
+        assert_eq!(found.body["totalResults"], 1);
+    }
 }
