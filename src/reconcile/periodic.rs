@@ -47,11 +47,20 @@ pub async fn pass(
         i64::try_from(settings.mail.digest_interval_secs).unwrap_or(900),
     );
     let operator = Some(settings.mail.operator_email.trim().to_owned()).filter(|e| !e.is_empty());
+    // Mail still waiting in the queue is most likely the owed mail itself:
+    // sending it again would only lengthen the wait (a first cycle's
+    // welcomes can take minutes to drain). A queue that lost its jobs reads
+    // empty, and the owed rows are queued again then.
+    let backlog = mail.depth().await.map(|d| d.pending).unwrap_or(0);
     let (released, digests, due) = store
         .run_write(move |c| {
             let released = outbox::release_expired(c)?;
             let digests = write_digests(c, interval, operator.as_deref(), requeue)?;
-            let due = outbox::take_due(c, 1000, requeue)?;
+            let due = if backlog == 0 {
+                outbox::take_due(c, 1000, requeue)?
+            } else {
+                Vec::new()
+            };
             Ok::<_, store::Error>((released, digests, due))
         })
         .await?;

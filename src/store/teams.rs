@@ -29,6 +29,14 @@ pub struct TeamQuery {
     pub member_id: Option<String>,
 }
 
+impl TeamQuery {
+    /// Whether the conditions name a unique key (id, or the displayName that is
+    /// unique per organization), so at most one row can match.
+    pub fn pins_one(&self) -> bool {
+        self.id.is_some() || self.display_name_key.is_some()
+    }
+}
+
 /// A member as a group lists it.
 #[derive(Debug, Clone, Queryable)]
 pub struct Member {
@@ -161,7 +169,17 @@ pub fn page(
     offset: i64,
     limit: i64,
 ) -> QueryResult<Vec<TeamRow>> {
-    ordered(filtered(org_id, q), order)
+    let query = filtered(org_id, q);
+    // At most one row: no order to keep, and no ORDER BY to tempt the
+    // planner into walking the creation-order index of the whole tenant
+    // (it did, before the table had statistics: every lookup read every
+    // row of the organization).
+    let query = if q.pins_one() {
+        query
+    } else {
+        ordered(query, order)
+    };
+    query
         .offset(offset)
         .limit(limit)
         .select(TeamRow::as_select())
@@ -183,11 +201,10 @@ pub fn scan(
                 .or(teams::created_at.eq(created_at).and(teams::id.gt(id))),
         );
     }
-    query
-        .order((teams::created_at.asc(), teams::id.asc()))
-        .limit(limit)
-        .select(TeamRow::as_select())
-        .load(conn)
+    if !q.pins_one() {
+        query = query.order((teams::created_at.asc(), teams::id.asc()));
+    }
+    query.limit(limit).select(TeamRow::as_select()).load(conn)
 }
 
 /// Members of a team in a stable order.

@@ -37,6 +37,14 @@ pub struct UserQuery {
     pub active: Option<bool>,
 }
 
+impl UserQuery {
+    /// Whether the conditions name a unique key (id, or the userName that is
+    /// unique per organization), so at most one row can match.
+    pub fn pins_one(&self) -> bool {
+        self.id.is_some() || self.user_name_key.is_some()
+    }
+}
+
 fn filtered<'a>(org_id: &'a str, q: &'a UserQuery) -> users::BoxedQuery<'a, Db> {
     let mut query = users::table.filter(users::org_id.eq(org_id)).into_boxed();
     if let Some(id) = &q.id {
@@ -156,7 +164,17 @@ pub fn page(
     offset: i64,
     limit: i64,
 ) -> QueryResult<Vec<UserRow>> {
-    ordered(filtered(org_id, q), order)
+    let query = filtered(org_id, q);
+    // At most one row: no order to keep, and no ORDER BY to tempt the
+    // planner into walking the creation-order index of the whole tenant
+    // (it did, before the table had statistics: every lookup read every
+    // row of the organization).
+    let query = if q.pins_one() {
+        query
+    } else {
+        ordered(query, order)
+    };
+    query
         .offset(offset)
         .limit(limit)
         .select(UserRow::as_select())
@@ -180,11 +198,10 @@ pub fn scan(
                 .or(users::created_at.eq(created_at).and(users::id.gt(id))),
         );
     }
-    query
-        .order((users::created_at.asc(), users::id.asc()))
-        .limit(limit)
-        .select(UserRow::as_select())
-        .load(conn)
+    if !q.pins_one() {
+        query = query.order((users::created_at.asc(), users::id.asc()));
+    }
+    query.limit(limit).select(UserRow::as_select()).load(conn)
 }
 
 /// Which of `ids` are users of this organization.
