@@ -689,6 +689,14 @@ async fn doctor(settings: &Settings) -> anyhow::Result<()> {
     match store.ping().await {
         Ok(()) => {
             check(true, "database", "reachable");
+            if let Ok(true) = store.autovacuum_off().await {
+                healthy &= check(
+                    false,
+                    "database statistics",
+                    "PostgreSQL's autovacuum is off, so tables never get statistics and lookups \
+                     slow down as tenants grow; turn it on (autovacuum = on) or run ANALYZE regularly",
+                );
+            }
             match store.pending_migrations().await {
                 Ok(p) if p.is_empty() => {
                     check(true, "migrations", "all applied");

@@ -381,6 +381,27 @@ impl Store {
         .await
     }
 
+    /// PostgreSQL only: whether autovacuum is off. Without it the tables
+    /// never get statistics, and the planner may answer a lookup by
+    /// userName by walking a whole tenant's index (seen at 100,000 users).
+    pub async fn autovacuum_off(&self) -> Result<bool, Error> {
+        if self.backend != Backend::Postgres {
+            return Ok(false);
+        }
+        #[derive(diesel::QueryableByName)]
+        struct Setting {
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            setting: String,
+        }
+        self.run(|conn| {
+            let row: Setting =
+                diesel::sql_query("SELECT setting FROM pg_settings WHERE name = 'autovacuum'")
+                    .get_result(conn)?;
+            Ok::<bool, Error>(row.setting == "off")
+        })
+        .await
+    }
+
     /// Cheap round trip for `/readyz` and `doctor`.
     pub async fn ping(&self) -> Result<(), Error> {
         self.run(|conn| {
