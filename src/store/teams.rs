@@ -235,19 +235,27 @@ pub fn add_members(
             .filter(team_members::user_id.eq_any(chunk))
             .select(team_members::user_id)
             .load(conn)?;
-        for id in chunk {
-            if present.contains(id) || !seen.insert(id.as_str()) {
-                continue;
-            }
-            diesel::insert_into(team_members::table)
-                .values((
+        // One multi-row INSERT per chunk: Entra adds members in batches,
+        // and a row per statement made a 50-member PATCH 50 round trips.
+        let rows: Vec<_> = chunk
+            .iter()
+            .filter(|id| !present.contains(id) && seen.insert(id.as_str()))
+            .map(|id| {
+                (
                     team_members::team_id.eq(team_id),
                     team_members::user_id.eq(id),
                     team_members::org_id.eq(org_id),
                     team_members::created_at.eq(at),
-                ))
-                .execute(conn)?;
-            added += 1;
+                )
+            })
+            .collect();
+        if !rows.is_empty() {
+            let insert = diesel::insert_into(team_members::table).values(&rows);
+            // diesel offers multi-row inserts per backend only.
+            added += match conn {
+                Conn::Pg(c) => insert.execute(c)?,
+                Conn::Sqlite(c) => insert.execute(c)?,
+            };
         }
     }
     Ok(added)
