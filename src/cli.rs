@@ -146,12 +146,14 @@ pub enum QueueCommand {
     Stats(Output),
     /// List changes by outcome, newest first.
     List {
-        /// applied, rejected or dead.
+        /// applied, rejected or dead (dead: only those not yet retried or
+        /// discarded; `scimsync log --outcome dead` shows them all).
         #[arg(long, default_value = "dead", value_parser = ["applied", "rejected", "dead"])]
         state: String,
         /// Only this organization (slug).
         #[arg(long)]
         org: Option<String>,
+        /// How many changes to show.
         #[arg(long, default_value_t = 50)]
         limit: i64,
         #[command(flatten)]
@@ -199,8 +201,9 @@ pub struct LogArgs {
     /// Only this outcome: applied, rejected or dead.
     #[arg(long, value_parser = ["applied", "rejected", "dead"])]
     pub outcome: Option<String>,
-    /// Only entries newer than this: 30s, 15m, 2h, 7d.
-    #[arg(long, value_name = "AGE")]
+    /// Only entries newer than this: an age (30s, 15m, 2h, 7d) or a UTC
+    /// time (2026-11-28 09:30).
+    #[arg(long, value_name = "AGE|TIME")]
     pub since: Option<String>,
     /// How many entries to show.
     #[arg(long, default_value_t = 50)]
@@ -407,8 +410,11 @@ pub async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()
                 }
                 OrgCommand::Show { slug, output } => {
                     let org = ops::orgs::show(&store, &slug).await?;
+                    let tokens = ops::tokens::list(&store, &slug).await?;
                     if output.json {
-                        println!("{}", serde_json::to_string_pretty(&org)?);
+                        let mut json = serde_json::to_value(&org)?;
+                        json["token_list"] = serde_json::to_value(&tokens)?;
+                        println!("{}", serde_json::to_string_pretty(&json)?);
                     } else {
                         println!("organization  {} ({})", org.info.slug, org.info.name);
                         println!("created       {}", org.info.created_at);
@@ -421,8 +427,21 @@ pub async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()
                             org.users, org.active_users, org.joined_users
                         );
                         println!("teams         {}", org.teams);
-                        println!("tokens        {} live of {}", org.live_tokens, org.tokens);
                         println!("failures 24h  {}", org.failures_last_day);
+                        println!("tokens        {} live of {}", org.live_tokens, org.tokens);
+                        for t in &tokens {
+                            println!(
+                                "    {:<14} {:<28} created {}, last used {}{}",
+                                t.id,
+                                t.label,
+                                t.created_at,
+                                t.last_used_at.as_deref().unwrap_or("never"),
+                                t.revoked_at
+                                    .as_deref()
+                                    .map(|r| format!(", revoked {r}"))
+                                    .unwrap_or_default()
+                            );
+                        }
                     }
                     Ok(())
                 }
@@ -447,7 +466,7 @@ pub async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()
             }
         }
         Command::Queue(cmd) => queue_command(&settings, cmd).await,
-        Command::Log(args) => show_log(&settings, args).await,
+        Command::Log(args) => show_log(&settings, args, false).await,
         Command::Doctor => doctor(&settings).await,
         Command::Mail(MailCommand::Test { address }) => {
             let transport = crate::email::Transport::from_url(&settings.mail_url())?;
@@ -575,27 +594,14 @@ fn print_stats(stats: &ops::queue::Stats) {
     );
 }
 
-/// Parses 30s, 15m, 2h, 7d.
-fn parse_age(text: &str) -> anyhow::Result<chrono::TimeDelta> {
-    let text = text.trim();
-    let (digits, unit) = text.split_at(text.len().saturating_sub(1));
-    let n: i64 = digits.parse().map_err(|_| {
-        anyhow::anyhow!("--since takes an age like 30s, 15m, 2h or 7d, got \"{text}\"")
-    })?;
-    Ok(match unit {
-        "s" => chrono::TimeDelta::seconds(n),
-        "m" => chrono::TimeDelta::minutes(n),
-        "h" => chrono::TimeDelta::hours(n),
-        "d" => chrono::TimeDelta::days(n),
-        _ => anyhow::bail!("--since takes an age like 30s, 15m, 2h or 7d, got \"{text}\""),
-    })
-}
-
-async fn show_log(settings: &Settings, args: LogArgs) -> anyhow::Result<()> {
+/// Prints the log; `unresolved` leaves out dead changes already retried
+/// or discarded (`queue list --state dead` lists what still needs a look).
+async fn show_log(settings: &Settings, args: LogArgs, unresolved: bool) -> anyhow::Result<()> {
     let store = open_store(settings)?;
     let mut query = crate::store::log::LogQuery {
         outcome: args.outcome.clone(),
         subject: args.user.clone(),
+        unresolved,
         ..Default::default()
     };
     if let Some(slug) = &args.org {
@@ -611,7 +617,7 @@ async fn show_log(settings: &Settings, args: LogArgs) -> anyhow::Result<()> {
         query.org_id = Some(org.id);
     }
     if let Some(since) = &args.since {
-        query.since = Some(crate::store::now() - parse_age(since)?);
+        query.since = Some(ops::admin::parse_since(since, crate::store::now())?);
     }
     let mut printed_header = false;
     loop {
@@ -622,9 +628,13 @@ async fn show_log(settings: &Settings, args: LogArgs) -> anyhow::Result<()> {
                 crate::store::log::search(c, &q, limit).map_err(crate::store::Error::from)
             })
             .await?;
-        rows.reverse();
-        if let Some(last) = rows.last() {
-            query.since = Some(last.applied_at);
+        if let Some(newest) = rows.first() {
+            query.since = Some(newest.applied_at);
+        }
+        // Newest first, as documented; following reads like `tail -f`
+        // instead, each batch oldest first so new entries come below.
+        if args.follow {
+            rows.reverse();
         }
         for row in &rows {
             if args.output.json {
@@ -635,7 +645,7 @@ async fn show_log(settings: &Settings, args: LogArgs) -> anyhow::Result<()> {
                         "org_id": row.org_id, "operation": row.operation, "resource_type": row.resource_type,
                         "resource_id": row.resource_id, "subject": row.subject, "outcome": row.outcome,
                         "status": row.status, "error": row.error, "attempts": row.attempts,
-                        "duration_ms": row.duration_ms,
+                        "duration_ms": row.duration_ms, "resolution": row.resolution,
                     })
                 );
             } else {
@@ -716,11 +726,18 @@ async fn doctor(settings: &Settings) -> anyhow::Result<()> {
             }
         }
         Err(e) => {
-            healthy &= check(
-                false,
-                "database",
-                &format!("{e}; is it running, and is DATABASE_URL right?"),
-            )
+            // libpq's messages span lines; one line per check keeps the list readable.
+            let cause = e
+                .to_string()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ");
+            let hint = if cause.contains("does not exist") {
+                "create it (e.g. `createdb NAME`) or correct the name in DATABASE_URL"
+            } else {
+                "is it running, and is DATABASE_URL right?"
+            };
+            healthy &= check(false, "database", &format!("{cause}; {hint}"))
         }
     }
     match crate::jobs::Queue::<crate::jobs::ScimChange>::connect(
@@ -848,6 +865,7 @@ async fn queue_command(settings: &Settings, cmd: QueueCommand) -> anyhow::Result
             limit,
             output,
         } => {
+            let unresolved = state == "dead";
             show_log(
                 settings,
                 LogArgs {
@@ -859,6 +877,7 @@ async fn queue_command(settings: &Settings, cmd: QueueCommand) -> anyhow::Result
                     follow: false,
                     output,
                 },
+                unresolved,
             )
             .await
         }
@@ -925,7 +944,13 @@ async fn queue_command(settings: &Settings, cmd: QueueCommand) -> anyhow::Result
             }
             let id = id.unwrap_or_default();
             if dry_run {
-                println!("would retry {id}");
+                let row = ops::queue::retryable(&store, &id).await?;
+                println!(
+                    "would retry {id} ({} {} {})",
+                    row.operation,
+                    row.resource_type,
+                    row.subject.as_deref().unwrap_or("-")
+                );
                 return Ok(());
             }
             let new = ops::queue::retry(&store, &queue, &id, max).await?;

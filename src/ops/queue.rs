@@ -103,14 +103,9 @@ pub async fn stats(
     })
 }
 
-/// Retries a dead change as a new change (a new id, so the idempotency
-/// rules apply to it like to any other); returns the new change id.
-pub async fn retry(
-    store: &Store,
-    queue: &Queue<ScimChange>,
-    change_id: &str,
-    max_deliveries: u32,
-) -> anyhow::Result<String> {
+/// The logged change `change_id` if it can be retried now: dead, and
+/// neither retried nor discarded yet.
+pub async fn retryable(store: &Store, change_id: &str) -> anyhow::Result<log::LogRow> {
     let id = change_id.to_owned();
     let row = store
         .run(move |c| log::find(c, &id).map_err(store::Error::from))
@@ -126,6 +121,18 @@ pub async fn retry(
     if let Some(done) = &row.resolution {
         anyhow::bail!("change {change_id} was already dealt with: {done}");
     }
+    Ok(row)
+}
+
+/// Retries a dead change as a new change (a new id, so the idempotency
+/// rules apply to it like to any other); returns the new change id.
+pub async fn retry(
+    store: &Store,
+    queue: &Queue<ScimChange>,
+    change_id: &str,
+    max_deliveries: u32,
+) -> anyhow::Result<String> {
+    let row = retryable(store, change_id).await?;
     let original: ScimChange = row
         .request
         .as_deref()

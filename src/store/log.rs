@@ -123,6 +123,9 @@ pub fn search(conn: &mut Conn, q: &LogQuery, limit: i64) -> QueryResult<Vec<LogR
     if let Some(until) = q.until {
         query = query.filter(provisioning_log::applied_at.le(until));
     }
+    if q.unresolved {
+        query = query.filter(provisioning_log::resolution.is_null());
+    }
     query
         .order((
             provisioning_log::applied_at.desc(),
@@ -142,6 +145,8 @@ pub struct LogQuery {
     pub subject: Option<String>,
     pub since: Option<chrono::NaiveDateTime>,
     pub until: Option<chrono::NaiveDateTime>,
+    /// Only entries nobody has dealt with (no retry or discard recorded).
+    pub unresolved: bool,
 }
 
 /// Records what was done about a dead change, if nothing was yet; returns

@@ -1,6 +1,7 @@
 mod admin;
 mod auth;
 mod browser;
+mod cli;
 mod delivery;
 mod entra;
 mod faults;
