@@ -348,6 +348,26 @@ pub struct WorkerSeen {
     pub name: String,
     /// Seconds since its last heartbeat.
     pub seen_secs_ago: i64,
+    /// Seconds since it started, read from the ULID that ends its name.
+    pub up_secs: Option<i64>,
+}
+
+impl WorkerSeen {
+    fn new(name: String, seen_secs_ago: i64) -> Self {
+        let up_secs = name
+            .rsplit('-')
+            .next()
+            .and_then(|tail| ulid::Ulid::from_string(&tail.to_ascii_uppercase()).ok())
+            .map(|started| {
+                let started_ms = i64::try_from(started.timestamp_ms()).unwrap_or(i64::MAX);
+                (chrono::Utc::now().timestamp_millis() - started_ms).max(0) / 1000
+            });
+        WorkerSeen {
+            name,
+            seen_secs_ago,
+            up_secs,
+        }
+    }
 }
 
 /// What is in a queue now, read from the queue's own keys or tables
@@ -408,13 +428,13 @@ impl<T: Job> Queue<T> {
                         .await?;
                     running += n;
                     let prefix = format!("{}:", config.inflight_jobs_set());
-                    seen.push(WorkerSeen {
-                        name: inflight
+                    seen.push(WorkerSeen::new(
+                        inflight
                             .strip_prefix(&prefix)
                             .unwrap_or(&inflight)
                             .to_owned(),
-                        seen_secs_ago: (now - beat as i64).max(0),
-                    });
+                        (now - beat as i64).max(0),
+                    ));
                 }
                 let oldest_due_secs = oldest
                     .first()
@@ -465,13 +485,29 @@ impl<T: Job> Queue<T> {
                 .await?;
                 depth.workers = workers
                     .into_iter()
-                    .map(|(name, last)| WorkerSeen {
-                        name,
-                        seen_secs_ago: (now - last).max(0),
-                    })
+                    .map(|(name, last)| WorkerSeen::new(name, (now - last).max(0)))
                     .collect();
                 Ok(depth)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::WorkerSeen;
+
+    #[test]
+    fn a_worker_is_up_since_the_ulid_in_its_name() {
+        let started = ulid::Ulid::from_parts(
+            u64::try_from(chrono::Utc::now().timestamp_millis() - 90_000).unwrap_or(0),
+            7,
+        );
+        let name = format!("scim-host-42-{}", started.to_string().to_lowercase());
+        let up = WorkerSeen::new(name, 1)
+            .up_secs
+            .expect("read from the name");
+        assert!((90..95).contains(&up), "{up}");
+        assert_eq!(WorkerSeen::new("someone-else".into(), 1).up_secs, None);
     }
 }

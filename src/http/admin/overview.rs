@@ -143,8 +143,12 @@ Entra ID's own provisioning logs show the cycle's progress.</p>",
                         .iter()
                         .map(|w| {
                             let class = if w.seen_secs_ago > 60 { "warn" } else { "ok" };
+                            let up = w
+                                .up_secs
+                                .map(|s| format!(" <span class=\"small\">up {}</span>", age(s)))
+                                .unwrap_or_default();
                             format!(
-                                "<div><code>{}</code> <span class=\"badge {class}\">{}</span></div>",
+                                "<div><code>{}</code> <span class=\"badge {class}\">{}</span>{up}</div>",
                                 esc(&w.name),
                                 age(w.seen_secs_ago)
                             )
