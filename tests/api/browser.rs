@@ -164,7 +164,17 @@ async fn invitation_is_accepted_in_a_real_browser() {
             Some(json!({})),
         )
         .await;
-    let confirmed = source().await.as_str().unwrap_or_default().to_owned();
+    // The click returns once the form is submitted, not once the answer
+    // has loaded; wait for the confirmation page (the invitation page
+    // never says "You have joined", so this cannot pass early).
+    let mut confirmed = String::new();
+    for _ in 0..200 {
+        confirmed = source().await.as_str().unwrap_or_default().to_owned();
+        if confirmed.contains("You have joined") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert!(
         confirmed.contains("You have joined"),
         "confirmation after accepting: {confirmed}"
