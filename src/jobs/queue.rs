@@ -172,8 +172,16 @@ impl<T: Job> Queue<T> {
                 // connections would instead meet in SQLite's busy handler,
                 // which sleeps in steps of up to 100 ms and made the tail
                 // of the embedded mode's answers 5-10 times its median.
+                //
+                // No idle timeout and no lifetime: a local file's connection
+                // needs no reaping, and the reaper of sqlx 0.9.0 can read a
+                // wrapped-around idle count while a connection is handed
+                // over and then spin a core forever (sqlx issue #3645; it
+                // once left a test process spinning).
                 let pool = sqlx::sqlite::SqlitePoolOptions::new()
                     .max_connections(1)
+                    .idle_timeout(None)
+                    .max_lifetime(None)
                     .connect_with(options)
                     .await
                     .with_context(|| format!("cannot open the SQLite queue {}", path.display()))?;
