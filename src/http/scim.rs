@@ -721,6 +721,9 @@ fn list_teams(
         }
         return Ok(Page { total, resources });
     };
+    // Members are loaded only when the filter or the answer needs them:
+    // a group's members may number a hundred thousand.
+    let load_members = with_members || names_members(filter);
     let mut total = 0;
     let mut resources = Vec::new();
     let mut after = None;
@@ -735,11 +738,10 @@ fn list_teams(
         let Some(last) = rows.last() else { break };
         after = Some((last.created_at, last.id.clone()));
         for row in &rows {
-            // Members are loaded only when the filter could look at them.
-            let resource = render(c, row, true)?;
+            let resource = render(c, row, load_members)?;
             if matches(filter, ResourceKind::Group, &resource) {
                 if total >= offset && total < offset + limit {
-                    let resource = if with_members {
+                    let resource = if with_members || !load_members {
                         resource
                     } else {
                         render(c, row, false)?
@@ -754,6 +756,17 @@ fn list_teams(
         }
     }
     Ok(Page { total, resources })
+}
+
+/// Whether a filter looks at a group's members anywhere.
+fn names_members(filter: &Filter) -> bool {
+    match filter {
+        Filter::Compare { path, .. } | Filter::Present(path) | Filter::ValuePath { path, .. } => {
+            path.name.eq_ignore_ascii_case("members")
+        }
+        Filter::And(a, b) | Filter::Or(a, b) => names_members(a) || names_members(b),
+        Filter::Not(inner) => names_members(inner),
+    }
 }
 
 /// Turns a SearchRequest body (RFC 7644 §3.4.3) into the parameters a GET
@@ -1085,7 +1098,21 @@ pub async fn method_not_allowed() -> Response {
 
 #[cfg(test)]
 mod tests {
-    use super::page_total;
+    use super::{names_members, page_total};
+    use crate::scim::filter::parse_filter;
+
+    #[test]
+    fn only_filters_on_members_need_them_loaded() {
+        let names = |f: &str| names_members(&parse_filter(f).expect("filter parses"));
+        assert!(!names("displayName sw \"Eng\""));
+        assert!(!names("displayName co \"x\" or externalId pr"));
+        assert!(names("members pr"));
+        assert!(names("displayName sw \"Eng\" and members.value eq \"u1\""));
+        assert!(names("not (members[value eq \"u1\"])"));
+        assert!(names(
+            "urn:ietf:params:scim:schemas:core:2.0:Group:members.value eq \"u1\""
+        ));
+    }
 
     #[test]
     fn only_a_short_first_page_gives_the_total() {
