@@ -77,6 +77,7 @@ pub enum Command {
     ///
     ///   SCIMSYNC_LOAD_TOKEN=<token> scimsync load --users 2000 --mail-dir data/mail --pid <server pid>
     Load(LoadArgs),
+    BenchScaling(crate::load::scaling::ScalingArgs),
 }
 
 /// The sizes, target and measurements of `scimsync load`.
@@ -369,6 +370,7 @@ fn open_store(settings: &Settings) -> anyhow::Result<Store> {
 pub async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
     match command {
         Command::Load(args) => crate::load::command(args).await,
+        Command::BenchScaling(args) => crate::load::scaling::command(args, settings).await,
         Command::Run => serve(settings, Role::All).await,
         Command::Serve => serve(settings, Role::Web).await,
         Command::Work => serve(settings, Role::Worker).await,

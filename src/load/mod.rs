@@ -13,6 +13,7 @@ pub mod client;
 pub mod data;
 pub mod mail;
 pub mod memory;
+pub mod scaling;
 pub mod stats;
 
 use std::collections::HashSet;

@@ -571,7 +571,9 @@ fn add_members(
     Ok(teams::add_members(c, org, team_id, ids)?)
 }
 
-fn new_user_row(org: &str, id: &str, resource: Value) -> Result<UserRow, ApplyError> {
+/// The row that creating user `id` from `resource` writes (the bulk
+/// seeding of `scimsync bench-scaling` writes the same).
+pub(crate) fn new_user_row(org: &str, id: &str, resource: Value) -> Result<UserRow, ScimError> {
     let fields = user_fields(&resource)?;
     require_email(&fields)?;
     let at = now();
@@ -616,7 +618,7 @@ fn update_user(c: &mut Conn, old: &UserRow, resource: Value) -> Result<UserRow, 
 }
 
 /// The `value` of each element of a user's `emails`.
-fn email_values(resource: &Value) -> Vec<String> {
+pub(crate) fn email_values(resource: &Value) -> Vec<String> {
     resource
         .get("emails")
         .and_then(Value::as_array)
@@ -693,7 +695,9 @@ impl Invite<'_> {
     }
 }
 
-fn new_team_row(org: &str, id: &str, mut resource: Value) -> Result<TeamRow, ApplyError> {
+/// The row that creating group `id` from `resource` writes; members are
+/// not part of it.
+pub(crate) fn new_team_row(org: &str, id: &str, mut resource: Value) -> Result<TeamRow, ScimError> {
     let fields = group_fields(&resource)?;
     // Members live in team_members, not in the stored document.
     if let Some(obj) = resource.as_object_mut() {

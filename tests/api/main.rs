@@ -14,6 +14,7 @@ mod mail;
 mod mail_transports;
 mod ops;
 mod protocol;
+mod scaling;
 mod schema_drift;
 mod smtp_sink;
 mod transports;
