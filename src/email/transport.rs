@@ -10,7 +10,6 @@ use anyhow::{Context, anyhow, bail};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
-use tokio::io::AsyncWriteExt;
 
 use super::message::{Email, build_message, one_line};
 use super::resend;
@@ -516,24 +515,32 @@ async fn write_file(dir: &Path, email: &Email) -> Result<String, SendError> {
     let io = |what: &str, p: &Path, e: std::io::Error| {
         SendError::transient(format!("cannot {what} {}: {e}", p.display()))
     };
-    tokio::fs::create_dir_all(dir)
-        .await
-        .map_err(|e| io("create the mail directory", dir, e))?;
-    let written = async {
-        let mut file = tokio::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .await?;
-        file.write_all(&message.formatted()).await?;
-        file.sync_all().await?;
-        drop(file);
-        tokio::fs::rename(&tmp, &path).await
-    }
-    .await;
-    if let Err(e) = written {
-        let _ = tokio::fs::remove_file(&tmp).await;
-        return Err(io("write", &path, e));
+    // One trip to the blocking pool for the whole write, not one for each
+    // of its five system calls: this runs once for every welcome.
+    let bytes = message.formatted();
+    let (dir_owned, tmp_owned, path_owned) = (dir.to_owned(), tmp.clone(), path.clone());
+    let written = tokio::task::spawn_blocking(move || {
+        std::fs::create_dir_all(&dir_owned).map_err(|e| ("create the mail directory", e))?;
+        let write = || {
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&tmp_owned)?;
+            std::io::Write::write_all(&mut file, &bytes)?;
+            file.sync_all()?;
+            drop(file);
+            std::fs::rename(&tmp_owned, &path_owned)
+        };
+        write().map_err(|e| {
+            let _ = std::fs::remove_file(&tmp_owned);
+            ("write", e)
+        })
+    })
+    .await
+    .map_err(|e| SendError::transient(format!("the mail writer stopped: {e}")))?;
+    if let Err((what, e)) = written {
+        let at = if what == "write" { path.as_path() } else { dir };
+        return Err(io(what, at, e));
     }
     Ok(format!("written to {}", path.display()))
 }

@@ -70,16 +70,27 @@ pub async fn handle(job: SendMail, state: Data<Arc<MailState>>) -> Result<(), Bo
 pub async fn deliver(state: &MailState, outbox_id: &str) -> Result<Delivery, store::Error> {
     let lease = chrono::TimeDelta::seconds(secs(state.settings.reconciler.send_lease_secs));
     let id = outbox_id.to_owned();
-    let Some(row) = state
+    // The claim and what a welcome needs from the database, in one trip
+    // to the blocking pool: this runs once for every user provisioned.
+    let Some((row, facts)) = state
         .store
-        .run_write(move |c| outbox::claim(c, &id, lease).map_err(store::Error::from))
+        .run_write(move |c| {
+            let Some(row) = outbox::claim(c, &id, lease)? else {
+                return Ok(None);
+            };
+            let facts = match row.kind.as_str() {
+                "welcome" => Some(WelcomeFacts::load(c, &row)?),
+                _ => None,
+            };
+            Ok::<_, store::Error>(Some((row, facts)))
+        })
         .await?
     else {
         return Ok(Delivery::Skipped);
     };
     let span =
         tracing::info_span!("mail", outbox_id = %row.id, kind = %row.kind, attempt = row.attempts);
-    let rendered = render(state, &row).await?;
+    let rendered = render(state, &row, facts);
     let (email, sent_payload) = match rendered {
         Rendered::Send(email, payload) => (email, payload),
         Rendered::Cancel(reason) => {
@@ -167,19 +178,58 @@ enum Rendered {
     Cancel(String),
 }
 
-async fn render(state: &MailState, row: &OutboxRow) -> Result<Rendered, store::Error> {
+/// What the database says about a welcome row at the time it is sent.
+struct WelcomeFacts {
+    invitation: Option<invitations::InvitationRow>,
+    org: Option<orgs::Org>,
+    /// The name to greet the person by.
+    person: Option<String>,
+    /// Whether the user still exists.
+    user_exists: bool,
+}
+
+impl WelcomeFacts {
+    fn load(c: &mut store::Conn, row: &OutboxRow) -> Result<WelcomeFacts, store::Error> {
+        let payload: Value = serde_json::from_str(&row.payload).unwrap_or(Value::Null);
+        let invitation_id = payload
+            .get("invitation_id")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let invitation = invitations::find(c, invitation_id)?;
+        let org = orgs::find(c, &row.org_id)?;
+        // Rows written since the name travels in the payload need no user
+        // lookup: deleting a user revokes its invitation, which the
+        // invitation row shows.
+        let (person, user_exists) = match (payload.get("person"), &invitation) {
+            (Some(person), _) => (person.as_str().map(str::to_owned), true),
+            (None, Some(i)) => match users::find(c, &i.org_id, &i.user_id)? {
+                Some(user) => (greeting_name(&user), true),
+                None => (None, false),
+            },
+            (None, None) => (None, false),
+        };
+        Ok(WelcomeFacts {
+            invitation,
+            org,
+            person,
+            user_exists,
+        })
+    }
+}
+
+fn render(state: &MailState, row: &OutboxRow, facts: Option<WelcomeFacts>) -> Rendered {
     let payload: Value = serde_json::from_str(&row.payload).unwrap_or(Value::Null);
     let from = state.settings.mail.from.clone();
-    match row.kind.as_str() {
-        "welcome" => render_welcome(state, row, payload, from).await,
-        "digest" => Ok(render_digest(row, &payload, from)),
-        "test" => {
+    match (row.kind.as_str(), facts) {
+        ("welcome", Some(facts)) => render_welcome(state, row, payload, from, facts),
+        ("digest", _) => render_digest(row, &payload, from),
+        ("test", _) => {
             let subject = "scimsync test message".to_owned();
             let text =
                 "This is a test message from scimsync. If you can read it, mail delivery works.\n"
                     .to_owned();
             let html = format!("<p>{}</p>", templates::html_escape(text.trim()));
-            Ok(Rendered::Send(
+            Rendered::Send(
                 Email {
                     id: row.id.clone(),
                     from,
@@ -189,62 +239,39 @@ async fn render(state: &MailState, row: &OutboxRow) -> Result<Rendered, store::E
                     html,
                 },
                 row.payload.clone(),
-            ))
+            )
         }
-        other => Ok(Rendered::Cancel(format!("unknown mail kind {other}"))),
+        (other, _) => Rendered::Cancel(format!("unknown mail kind {other}")),
     }
 }
 
-async fn render_welcome(
+fn render_welcome(
     state: &MailState,
     row: &OutboxRow,
     payload: Value,
     from: String,
-) -> Result<Rendered, store::Error> {
-    let text = |k: &str| {
-        payload
-            .get(k)
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned()
-    };
-    let (invitation_id, token) = (text("invitation_id"), text("token"));
-    let org_id = row.org_id.clone();
-    let found = state
-        .store
-        .run(move |c| {
-            let inv = invitations::find(c, &invitation_id)?;
-            let org = orgs::find(c, &org_id)?;
-            let user = match &inv {
-                Some(i) => users::find(c, &i.org_id, &i.user_id)?,
-                None => None,
-            };
-            Ok::<_, store::Error>((inv, org, user))
-        })
-        .await?;
-    let (Some(inv), Some(org), Some(user)) = found else {
-        return Ok(Rendered::Cancel(
-            "the invitation or its user no longer exists".into(),
-        ));
+    facts: WelcomeFacts,
+) -> Rendered {
+    let token = payload
+        .get("token")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let (Some(inv), Some(org), true) = (&facts.invitation, &facts.org, facts.user_exists) else {
+        return Rendered::Cancel("the invitation or its user no longer exists".into());
     };
     let at = now();
     if inv.revoked_at.is_some() {
-        return Ok(Rendered::Cancel(
-            "the invitation was revoked before it was sent".into(),
-        ));
+        return Rendered::Cancel("the invitation was revoked before it was sent".into());
     }
     if inv.used_at.is_some() {
-        return Ok(Rendered::Cancel("the invitation was already used".into()));
+        return Rendered::Cancel("the invitation was already used".into());
     }
     if inv.expires_at <= at {
-        return Ok(Rendered::Cancel(
-            "the invitation expired before it was sent".into(),
-        ));
+        return Rendered::Cancel("the invitation expired before it was sent".into());
     }
     if token.is_empty() {
-        return Ok(Rendered::Cancel(
-            "the outbox row holds no invitation token".into(),
-        ));
+        return Rendered::Cancel("the outbox row holds no invitation token".into());
     }
     let link = format!("{}/invitations/{token}", state.public_url);
     let expires = inv
@@ -252,11 +279,10 @@ async fn render_welcome(
         .and_utc()
         .format("%-d %B %Y, %H:%M UTC")
         .to_string();
-    let person = person_name(&user.resource).or(user.display_name.clone());
     let contact = Some(state.settings.mail.contact.as_str()).filter(|c| !c.is_empty());
     let (subject, text_body, html) = templates::welcome(&Welcome {
         org_name: &org.name,
-        person_name: person.as_deref(),
+        person_name: facts.person.as_deref(),
         email: &inv.email,
         link: &link,
         expires: &expires,
@@ -266,7 +292,7 @@ async fn render_welcome(
     if let Some(obj) = kept.as_object_mut() {
         obj.remove("token");
     }
-    Ok(Rendered::Send(
+    Rendered::Send(
         Email {
             id: row.id.clone(),
             from,
@@ -276,10 +302,17 @@ async fn render_welcome(
             html,
         },
         kept.to_string(),
-    ))
+    )
 }
 
-/// The name to greet a person by: givenName, else formatted name.
+/// The name a welcome greets `user` by: givenName, else the formatted
+/// name, else displayName. Written into the outbox row when the invitation
+/// is issued, so sending needs no user lookup.
+pub fn greeting_name(user: &users::UserRow) -> Option<String> {
+    person_name(&user.resource).or(user.display_name.clone())
+}
+
+/// givenName, else formatted name, from a stored user document.
 fn person_name(resource: &str) -> Option<String> {
     let v: Value = serde_json::from_str(resource).ok()?;
     let name = v.get("name")?;

@@ -288,8 +288,12 @@ fn apply_op(c: &mut Conn, change: &ScimChange, policy: &Policy) -> Result<Applie
             resource,
         } => {
             let row = new_user_row(org, id, resource.clone())?;
-            ensure_user_name_free(c, org, &row.user_name_key, &row.user_name, None)?;
-            users::insert(c, &row)?;
+            if !users::insert_if_free(c, &row)? {
+                // Says who holds the name; a redelivery finds its own
+                // user here, and its stored outcome then wins.
+                ensure_user_name_free(c, org, &row.user_name_key, &row.user_name, None)?;
+                return Err(ScimError::conflict(format!("user id {id} is already taken")).into());
+            }
             users::add_emails(c, org, id, &email_values(resource))?;
             if row.active {
                 mail.push(invite.issue(c, &row)?);
@@ -661,6 +665,7 @@ impl Invite<'_> {
             "invitation_id": invitation.id,
             "user_id": user.id,
             "token": token,
+            "person": crate::jobs::mail::greeting_name(user),
         });
         let row = OutboxRow::new(
             self.org,

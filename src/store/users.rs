@@ -82,6 +82,20 @@ pub fn insert(conn: &mut Conn, row: &UserRow) -> QueryResult<()> {
     Ok(())
 }
 
+/// Inserts a new user unless its id or (organization, userName) is taken;
+/// returns whether it did. One statement instead of a lookup and an
+/// insert: the unique index is the check, and a taken name is rare.
+pub fn insert_if_free(conn: &mut Conn, row: &UserRow) -> QueryResult<bool> {
+    let insert = diesel::insert_into(users::table)
+        .values(row)
+        .on_conflict_do_nothing();
+    let n = match conn {
+        Conn::Pg(c) => insert.execute(c)?,
+        Conn::Sqlite(c) => insert.execute(c)?,
+    };
+    Ok(n == 1)
+}
+
 pub fn find(conn: &mut Conn, org_id: &str, id: &str) -> QueryResult<Option<UserRow>> {
     users::table
         .filter(users::org_id.eq(org_id))
