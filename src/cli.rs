@@ -73,6 +73,11 @@ pub enum Command {
     /// processes. Exits non-zero when any request was not answered 2xx or
     /// any welcome email is missing.
     ///
+    /// With --concurrency 1,2,4,…, the user phase runs once per level on
+    /// fresh users and the report has a row per level; --chart-dir writes
+    /// throughput.svg (creates/s and POST latency against concurrency) and
+    /// latency.svg (the latency distribution at the highest level).
+    ///
     /// Example, against `scimsync run` on this machine:
     ///
     ///   SCIMSYNC_LOAD_TOKEN=<token> scimsync load --users 2000 --mail-dir data/mail --pid <server pid>
@@ -112,9 +117,21 @@ pub struct LoadArgs {
     /// Members added per PATCH, as Entra adds them in batches.
     #[arg(long, value_name = "N", default_value_t = 50)]
     pub member_batch: usize,
-    /// Requests in flight at once.
-    #[arg(long, value_name = "N", default_value_t = 16)]
-    pub concurrency: usize,
+    /// Requests in flight at once. A comma-separated list (e.g.
+    /// 1,2,4,8,16,32; each value once) makes a sweep: the user phase
+    /// (lookup by userName, then create) runs once per value, in the order
+    /// given, each on --users users of its own (the numbering of
+    /// user<i>-<seed>@example.com goes on from the value before); groups,
+    /// members and the incremental cycle then run once, at the last value,
+    /// over all of them. The report adds one row per value (a "sweep" array
+    /// with --json).
+    #[arg(
+        long,
+        value_name = "N[,N…]",
+        value_delimiter = ',',
+        default_value = "16"
+    )]
+    pub concurrency: Vec<usize>,
     /// Seed of the generated data (userNames user<i>-<seed>@example.com);
     /// random when omitted, and printed so the run can be repeated.
     #[arg(long, value_name = "N")]
@@ -138,6 +155,13 @@ pub struct LoadArgs {
     /// /proc/PID/status (repeat for several).
     #[arg(long = "pid", value_name = "PID")]
     pub pids: Vec<u32>,
+    /// Write two SVG charts to this directory (created if missing):
+    /// throughput.svg, create-user requests/s and create p50/p99 latency
+    /// against concurrency (one point per --concurrency value), and
+    /// latency.svg, the create-user and filter-user latency percentiles up
+    /// to p99.9 at the highest concurrency.
+    #[arg(long, value_name = "DIR")]
+    pub chart_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

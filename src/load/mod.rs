@@ -8,7 +8,12 @@
 //! incremental cycle of attribute updates, deactivations and member
 //! removals. Requests run with bounded concurrency from one task: the
 //! simulator stays light next to the server it measures on the same cores.
+//!
+//! With several concurrency levels the user phase is a sweep: it runs once
+//! per level, each level on users of its own, and the report gets a row per
+//! level; [`chart`] draws throughput and latency against concurrency.
 
+pub mod chart;
 pub mod client;
 pub mod data;
 pub mod mail;
@@ -18,16 +23,18 @@ pub mod stats;
 
 use std::collections::HashSet;
 use std::io::IsTerminal;
+use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use anyhow::Context;
 use futures::stream::{self, StreamExt};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use client::{Client, Found};
 use data::{Change, Plan, Spec};
-use stats::{Op, Outcome, Phase, PhaseTime, Recorder};
+use stats::{Level, Op, Outcome, Phase, PhaseTime, Recorder};
 
 pub use stats::Report;
 
@@ -79,12 +86,15 @@ pub struct Options {
     /// The SCIM base URL; every request goes below it.
     pub url: url::Url,
     pub token: Secret,
-    /// The tenant to generate.
+    /// The tenant to generate; with a sweep, `users` is per level.
     pub spec: Spec,
     /// Members per add-members PATCH.
     pub member_batch: usize,
-    /// Requests in flight at once.
-    pub concurrency: usize,
+    /// Requests in flight at once. Several values make a sweep: the user
+    /// phase runs once per value, in this order, each on `spec.users` users
+    /// of its own; groups, members and the incremental cycle then run once,
+    /// at the last value, over all of them.
+    pub concurrency: Vec<usize>,
     /// The service's file-transport mail directory: wait for every welcome
     /// email there.
     pub mail_dir: Option<PathBuf>,
@@ -93,6 +103,8 @@ pub struct Options {
     /// Server processes whose memory to sample.
     pub pids: Vec<u32>,
     pub progress: ProgressLines,
+    /// Where to write the charts (see [`chart`]); created if missing.
+    pub chart_dir: Option<PathBuf>,
 }
 
 /// How often server memory is sampled.
@@ -120,13 +132,31 @@ impl Provisioned {
 /// with the reason, when Test Connection does not pass; failures after
 /// that are counted in the report instead.
 pub async fn run(options: Options) -> anyhow::Result<Report> {
-    if options.concurrency == 0 {
+    let levels = options.concurrency.clone();
+    let Some(&width) = levels.last() else {
+        anyhow::bail!("--concurrency needs at least one value");
+    };
+    if levels.contains(&0) {
         anyhow::bail!("--concurrency must be at least 1");
+    }
+    if levels.iter().collect::<HashSet<_>>().len() < levels.len() {
+        anyhow::bail!("--concurrency: each level once, got {levels:?}");
     }
     if options.member_batch == 0 {
         anyhow::bail!("--member-batch must be at least 1");
     }
-    let plan = Plan::generate(options.spec);
+    let per_level = options.spec.users;
+    let Some(all_users) = per_level.checked_mul(levels.len()) else {
+        anyhow::bail!("--users × the number of --concurrency levels is too large");
+    };
+    if let Some(dir) = &options.chart_dir {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create --chart-dir {}", dir.display()))?;
+    }
+    let plan = Plan::generate(Spec {
+        users: all_users,
+        ..options.spec
+    });
     let batch = options.member_batch;
     let batches: usize = plan
         .groups
@@ -145,7 +175,6 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
         skipped += n;
         recorder.unplanned(n as u64);
     };
-    let width = options.concurrency;
 
     // Test Connection: nothing else makes sense if it fails.
     let phase = Instant::now();
@@ -173,11 +202,29 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
     }
     phases.push(PhaseTime::new(Phase::TestConnection, phase.elapsed()));
 
-    // Users: look up, then create what is missing.
+    // Users: look up, then create what is missing; once per level of a
+    // sweep, each level on users of its own.
     let phase = Instant::now();
     recorder.set_phase(Phase::Users);
     let mut users = vec![Provisioned::Failed; plan.users.len()];
-    let mut results = stream::iter(plan.users.iter().enumerate())
+    let mut existing_users = 0;
+    let mut sweep = Vec::with_capacity(levels.len());
+    for (&level_width, range) in levels.iter().zip(level_users(per_level, levels.len())) {
+        if levels.len() > 1 && options.progress != ProgressLines::Off {
+            eprintln!(
+                "load: concurrency {level_width}, users {}..{}",
+                range.start, range.end
+            );
+        }
+        let level = Instant::now();
+        recorder.begin_level();
+        let mut results = stream::iter(
+            plan.users
+                .iter()
+                .enumerate()
+                .skip(range.start)
+                .take(range.len()),
+        )
         .map(|(i, user)| {
             let client = &client;
             async move {
@@ -192,23 +239,32 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
                 (i, got)
             }
         })
-        .buffer_unordered(width);
-    let mut existing_users = 0;
-    while let Some((i, got)) = results.next().await {
-        // No create after a lookup that found it, or that failed.
-        match got {
-            Provisioned::Created(_) => {}
-            Provisioned::Existing(_) => {
-                existing_users += 1;
-                recorder.unplanned(1);
+        .buffer_unordered(level_width);
+        let mut provisioned = 0;
+        while let Some((i, got)) = results.next().await {
+            // No create after a lookup that found it, or that failed.
+            match got {
+                Provisioned::Created(_) => provisioned += 1,
+                Provisioned::Existing(_) => {
+                    provisioned += 1;
+                    existing_users += 1;
+                    recorder.unplanned(1);
+                }
+                Provisioned::Failed => skip(1),
             }
-            Provisioned::Failed => skip(1),
+            if let Some(slot) = users.get_mut(i) {
+                *slot = got;
+            }
         }
-        if let Some(slot) = users.get_mut(i) {
-            *slot = got;
-        }
+        drop(results);
+        sweep.push(Level::new(
+            level_width,
+            range,
+            provisioned,
+            level.elapsed(),
+            recorder.end_level(),
+        ));
     }
-    drop(results);
     phases.push(PhaseTime::new(Phase::Users, phase.elapsed()));
 
     // Groups: look up without members, then create what is missing.
@@ -364,7 +420,7 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
     drop(progress);
     let memory = memory.stop().await;
     let spec = plan.spec;
-    Ok(Report::new(
+    let mut report = Report::new(
         stats::Setup {
             url: options.url.to_string(),
             seed: spec.seed,
@@ -374,6 +430,7 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
             member_batch: batch,
             incremental: plan.changes.len(),
             concurrency: width,
+            concurrency_sweep: levels,
         },
         recorder.finish(),
         (existing_users, existing_groups),
@@ -383,7 +440,28 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
         recorder.elapsed(),
         mail,
         memory,
-    ))
+    );
+    report.sweep = sweep;
+    if let Some(dir) = &options.chart_dir {
+        // A chart that cannot be written fails the run but keeps its report.
+        let date = chrono::DateTime::<chrono::Utc>::from(started_at);
+        match chart::write(dir, &report, date) {
+            Ok(paths) => {
+                report.charts = paths.iter().map(|p| p.display().to_string()).collect();
+            }
+            Err(e) => report.chart_error = Some(format!("{e:#}")),
+        }
+    }
+    Ok(report)
+}
+
+/// The users of each level of a sweep: level k gets the plan's users
+/// `k·n..(k+1)·n`, so that no two levels share a userName or externalId
+/// and a one-level run sends exactly the users it always has.
+pub fn level_users(per_level: usize, levels: usize) -> Vec<Range<usize>> {
+    (0..levels)
+        .map(|k| k * per_level..(k + 1) * per_level)
+        .collect()
 }
 
 /// Prints a progress line to stderr at an interval until the guard drops.
@@ -435,6 +513,7 @@ pub async fn command(args: crate::cli::LoadArgs) -> anyhow::Result<()> {
         mail_timeout: Duration::from_secs(args.mail_timeout),
         pids: args.pids,
         progress: ProgressLines::Auto,
+        chart_dir: args.chart_dir,
     };
     if args.seed.is_none() {
         eprintln!("load: seed {seed} (pass --seed {seed} to send the same data again)");
@@ -450,4 +529,75 @@ pub async fn command(args: crate::cli::LoadArgs) -> anyhow::Result<()> {
         anyhow::bail!("{}", problems.join("; "));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sweep_levels_get_users_of_their_own() {
+        let ranges = level_users(50, 4);
+        assert_eq!(ranges, [0..50, 50..100, 100..150, 150..200]);
+        for pair in ranges.windows(2) {
+            assert_eq!(pair[0].end, pair[1].start, "{pair:?}");
+        }
+        // The plan behind them: no userName or externalId in two levels,
+        // the first level the users of a one-level run, all from the seed.
+        let spec = Spec {
+            users: 200,
+            groups: 0,
+            members_per_group: 0,
+            incremental: 0,
+            seed: 11,
+        };
+        let plan = Plan::generate(spec);
+        let mut names = HashSet::new();
+        let mut external = HashSet::new();
+        for range in &ranges {
+            for user in &plan.users[range.clone()] {
+                assert!(names.insert(user.user_name.clone()), "{}", user.user_name);
+                assert!(external.insert(user.external_id.clone()));
+            }
+        }
+        assert_eq!(names.len(), 200);
+        let one = Plan::generate(Spec { users: 50, ..spec });
+        assert_eq!(one.users[..], plan.users[..50]);
+        assert_eq!(plan.users[150].user_name, "user150-11@example.com");
+        assert_eq!(Plan::generate(spec), plan);
+        assert!(level_users(0, 3).iter().all(|r| r.is_empty()));
+    }
+
+    fn options(concurrency: Vec<usize>) -> Options {
+        Options {
+            url: "http://127.0.0.1:9/scim/v2".parse().expect("url"),
+            token: Secret::new("t"),
+            spec: Spec {
+                users: 1,
+                groups: 0,
+                members_per_group: 0,
+                incremental: 0,
+                seed: 1,
+            },
+            member_batch: 1,
+            concurrency,
+            mail_dir: None,
+            mail_timeout: Duration::from_secs(1),
+            pids: vec![],
+            progress: ProgressLines::Off,
+            chart_dir: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn bad_concurrency_lists_are_refused_before_any_request() {
+        for (levels, says) in [
+            (vec![], "at least one value"),
+            (vec![1, 0], "at least 1"),
+            (vec![2, 4, 2], "each level once"),
+        ] {
+            let error = run(options(levels)).await.expect_err("refused");
+            assert!(error.to_string().contains(says), "{error}");
+        }
+    }
 }

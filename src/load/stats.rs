@@ -104,11 +104,43 @@ struct Samples {
     last_end: Option<Duration>,
 }
 
+impl Samples {
+    /// One finished request: see [`Recorder::record`].
+    fn add(&mut self, begin: Duration, end: Duration, latency: Option<u32>, outcome: &Outcome) {
+        if let Some(us) = latency {
+            self.latencies_us.push(us);
+        }
+        if *outcome != Outcome::Ok {
+            *self.errors.entry(outcome.key()).or_default() += 1;
+        }
+        self.first_start = Some(self.first_start.map_or(begin, |f| f.min(begin)));
+        self.last_end = Some(self.last_end.map_or(end, |l| l.max(end)));
+    }
+
+    fn new_set() -> Vec<Samples> {
+        Op::ALL.iter().map(|_| Samples::default()).collect()
+    }
+}
+
+/// Per-operation results of a set of samples, operations never sent left
+/// out.
+fn reports(taken: Vec<Samples>) -> Vec<OpReport> {
+    Op::ALL
+        .iter()
+        .zip(taken)
+        .filter(|(_, s)| s.first_start.is_some() || s.throttled > 0)
+        .map(|(op, s)| OpReport::from_samples(*op, s))
+        .collect()
+}
+
 /// Collects measurements from all concurrent requests of a run.
 #[derive(Debug)]
 pub struct Recorder {
     start: Instant,
     samples: Mutex<Vec<Samples>>,
+    /// A second copy of what is recorded while a sweep level runs
+    /// ([`Recorder::begin_level`]), so that each level has its own figures.
+    level: Mutex<Option<Vec<Samples>>>,
     /// Operations finished, failed, and expected in all (for progress).
     done: AtomicU64,
     failed: AtomicU64,
@@ -165,7 +197,8 @@ impl Recorder {
     pub fn new(total: u64) -> Recorder {
         Recorder {
             start: Instant::now(),
-            samples: Mutex::new(Op::ALL.iter().map(|_| Samples::default()).collect()),
+            samples: Mutex::new(Samples::new_set()),
+            level: Mutex::new(None),
             done: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             total: AtomicU64::new(total),
@@ -194,18 +227,17 @@ impl Recorder {
     pub fn record(&self, op: Op, started: Instant, answered: bool, outcome: &Outcome) {
         let end = self.start.elapsed();
         let begin = started.saturating_duration_since(self.start);
-        let latency = u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX);
+        let latency =
+            answered.then(|| u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX));
         if let Ok(mut all) = self.samples.lock()
             && let Some(s) = all.get_mut(op.index())
         {
-            if answered {
-                s.latencies_us.push(latency);
-            }
-            if *outcome != Outcome::Ok {
-                *s.errors.entry(outcome.key()).or_default() += 1;
-            }
-            s.first_start = Some(s.first_start.map_or(begin, |f| f.min(begin)));
-            s.last_end = Some(s.last_end.map_or(end, |l| l.max(end)));
+            s.add(begin, end, latency, outcome);
+        }
+        if let Ok(mut level) = self.level.lock()
+            && let Some(s) = level.as_mut().and_then(|all| all.get_mut(op.index()))
+        {
+            s.add(begin, end, latency, outcome);
         }
         self.done.fetch_add(1, Ordering::Relaxed);
         if *outcome != Outcome::Ok {
@@ -220,6 +252,29 @@ impl Recorder {
         {
             s.throttled += 1;
         }
+        if let Ok(mut level) = self.level.lock()
+            && let Some(s) = level.as_mut().and_then(|all| all.get_mut(op.index()))
+        {
+            s.throttled += 1;
+        }
+    }
+
+    /// Starts a sweep level: from now until [`Recorder::end_level`], every
+    /// request is also recorded in the level's own figures.
+    pub fn begin_level(&self) {
+        if let Ok(mut level) = self.level.lock() {
+            *level = Some(Samples::new_set());
+        }
+    }
+
+    /// The level's per-operation results (times since the run's start, as
+    /// in the run's own results); stops recording a level.
+    pub fn end_level(&self) -> Vec<OpReport> {
+        let taken = match self.level.lock() {
+            Ok(mut level) => level.take(),
+            Err(_) => None,
+        };
+        taken.map(reports).unwrap_or_default()
     }
 
     pub fn progress(&self) -> Progress {
@@ -241,12 +296,7 @@ impl Recorder {
             Ok(mut all) => std::mem::take(&mut *all),
             Err(_) => Vec::new(),
         };
-        Op::ALL
-            .iter()
-            .zip(taken)
-            .filter(|(_, s)| s.first_start.is_some() || s.throttled > 0)
-            .map(|(op, s)| OpReport::from_samples(*op, s))
-            .collect()
+        reports(taken)
     }
 }
 
@@ -263,17 +313,54 @@ impl Latency {
     /// Exact nearest-rank percentiles; sorts `us` in place. None when empty.
     pub fn of(us: &mut [u32]) -> Option<Latency> {
         us.sort_unstable();
-        let at = |q: f64| -> Option<u32> {
-            let rank = (q * us.len() as f64).ceil() as usize;
-            us.get(rank.max(1) - 1).copied()
-        };
         Some(Latency {
-            p50: at(0.50)?,
-            p95: at(0.95)?,
-            p99: at(0.99)?,
+            p50: nearest_rank(us, 0.50)?,
+            p95: nearest_rank(us, 0.95)?,
+            p99: nearest_rank(us, 0.99)?,
             max: *us.last()?,
         })
     }
+}
+
+/// The nearest-rank `q` quantile (0 ≤ q ≤ 1) of sorted values: the smallest
+/// value with at least q of all values at or below it; the minimum for
+/// q = 0. None when empty.
+pub fn nearest_rank(sorted: &[u32], q: f64) -> Option<u32> {
+    let rank = (q.clamp(0.0, 1.0) * sorted.len() as f64).ceil() as usize;
+    sorted.get(rank.max(1) - 1).copied()
+}
+
+/// One point of a latency distribution: the `q` quantile is `us`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Quantile {
+    pub q: f64,
+    pub us: u32,
+}
+
+/// The deepest quantile a [`distribution`] reaches: 99.9 %.
+pub const DISTRIBUTION_DEPTH: f64 = 0.999;
+/// Points of a [`distribution`].
+const DISTRIBUTION_POINTS: usize = 150;
+
+/// Quantiles every [`distribution`] holds exactly, whatever its spacing:
+/// the ones the reports name, and the deepest.
+const DISTRIBUTION_MARKS: [f64; 5] = [0.5, 0.9, 0.95, 0.99, DISTRIBUTION_DEPTH];
+
+/// A latency distribution for a percentile plot: nearest-rank quantiles
+/// (the same rule as [`Latency`]) from 0 to 99.9 %, evenly spaced in
+/// log10(1/(1-q)) so that the tail gets as many points as the body, plus
+/// [`DISTRIBUTION_MARKS`]. Empty when there are no samples.
+pub fn distribution(sorted: &[u32]) -> Vec<Quantile> {
+    let depth = -(1.0 - DISTRIBUTION_DEPTH).log10();
+    let mut qs: Vec<f64> = (0..DISTRIBUTION_POINTS)
+        .map(|k| 1.0 - 10f64.powf(-depth * k as f64 / DISTRIBUTION_POINTS as f64))
+        .filter(|q| DISTRIBUTION_MARKS.iter().all(|m| (m - q).abs() > 1e-9))
+        .chain(DISTRIBUTION_MARKS)
+        .collect();
+    qs.sort_by(f64::total_cmp);
+    qs.into_iter()
+        .filter_map(|q| nearest_rank(sorted, q).map(|us| Quantile { q, us }))
+        .collect()
 }
 
 /// The results for one operation.
@@ -299,6 +386,9 @@ pub struct OpReport {
     pub last_end_secs: Option<f64>,
     #[serde(skip)]
     pub write: bool,
+    /// The latency distribution, for charts (see [`distribution`]).
+    #[serde(skip)]
+    pub distribution: Vec<Quantile>,
 }
 
 impl OpReport {
@@ -321,6 +411,7 @@ impl OpReport {
             ok: count.saturating_sub(failed),
             requests_per_sec: (span > 0.0).then(|| count as f64 / span),
             latency_us: Latency::of(&mut s.latencies_us),
+            distribution: distribution(&s.latencies_us),
             errors: s.errors,
             throttled: s.throttled,
             last_end_secs: s.last_end.map(|d| d.as_secs_f64()),
@@ -359,7 +450,62 @@ pub struct Setup {
     pub memberships: usize,
     pub member_batch: usize,
     pub incremental: usize,
+    /// Requests in flight: the last level of a sweep (at which groups and
+    /// the incremental cycle run), or the only one.
     pub concurrency: usize,
+    /// With a sweep: every level's concurrency, in the order run.
+    #[serde(skip_serializing_if = "not_a_sweep")]
+    pub concurrency_sweep: Vec<usize>,
+}
+
+fn not_a_sweep<T>(levels: &[T]) -> bool {
+    levels.len() < 2
+}
+
+/// The user phase at one concurrency: each user looked up by userName,
+/// then created.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Level {
+    pub concurrency: usize,
+    /// The level's users are `first_user..first_user + users` of the plan
+    /// (`user<i>-<seed>@example.com`), none shared with another level.
+    pub first_user: usize,
+    pub users: usize,
+    /// From the level's first request to its last answer.
+    pub secs: f64,
+    /// Users created (or found already there) per second of the level.
+    pub users_per_sec: Option<f64>,
+    pub filter_user: Option<OpReport>,
+    pub create_user: Option<OpReport>,
+}
+
+impl Level {
+    /// Assembles a level from what the recorder measured during it
+    /// ([`Recorder::end_level`]); `provisioned` users were created or found.
+    pub fn new(
+        concurrency: usize,
+        users: std::ops::Range<usize>,
+        provisioned: usize,
+        took: Duration,
+        operations: Vec<OpReport>,
+    ) -> Level {
+        let secs = took.as_secs_f64();
+        let find = |name: &str| operations.iter().find(|o| o.operation == name).cloned();
+        Level {
+            concurrency,
+            first_user: users.start,
+            users: users.len(),
+            secs,
+            users_per_sec: (secs > 0.0 && provisioned > 0).then(|| provisioned as f64 / secs),
+            filter_user: find(Op::FilterUser.name()),
+            create_user: find(Op::CreateUser.name()),
+        }
+    }
+
+    /// create-user requests per second.
+    pub fn creates_per_sec(&self) -> Option<f64> {
+        self.create_user.as_ref()?.requests_per_sec
+    }
 }
 
 /// Welcome emails found in the mail directory.
@@ -413,6 +559,16 @@ pub struct Report {
     pub applied_secs: Option<f64>,
     pub mail: Option<MailReport>,
     pub memory: Vec<MemoryReport>,
+    /// The user phase per concurrency level; in the JSON only with a sweep
+    /// (several levels).
+    #[serde(skip_serializing_if = "not_a_sweep")]
+    pub sweep: Vec<Level>,
+    /// Chart files written (--chart-dir).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub charts: Vec<String>,
+    /// Why the charts could not be written.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chart_error: Option<String>,
 }
 
 impl Report {
@@ -460,6 +616,9 @@ impl Report {
             applied_secs,
             mail,
             memory,
+            sweep: Vec::new(),
+            charts: Vec::new(),
+            chart_error: None,
         }
     }
 
@@ -489,6 +648,9 @@ impl Report {
                 m.waited_secs
             ));
         }
+        if let Some(e) = &self.chart_error {
+            out.push(format!("the charts were not written: {e}"));
+        }
         out
     }
 
@@ -496,6 +658,15 @@ impl Report {
     pub fn render(&self) -> String {
         let s = &self.setup;
         let mut out = String::new();
+        let concurrency = if not_a_sweep(&s.concurrency_sweep) {
+            s.concurrency.to_string()
+        } else {
+            format!(
+                "sweep {} (users phase once per level; groups and incremental at {})",
+                join(&s.concurrency_sweep),
+                s.concurrency
+            )
+        };
         let _ = writeln!(
             out,
             "scimsync load against {}: {} users, {} groups ({} memberships, {} per PATCH), \
@@ -506,7 +677,7 @@ impl Report {
             s.memberships,
             s.member_batch,
             s.incremental,
-            s.concurrency,
+            concurrency,
             s.seed
         );
         let _ = writeln!(out);
@@ -546,6 +717,10 @@ impl Report {
                 "-".to_owned()
             }
         );
+        if !not_a_sweep(&self.sweep) {
+            let _ = writeln!(out);
+            out.push_str(&self.render_sweep());
+        }
         let _ = writeln!(out);
         let phases: Vec<String> = self
             .phases
@@ -621,6 +796,9 @@ impl Report {
                 }
             }
         }
+        if !self.charts.is_empty() {
+            let _ = writeln!(out, "charts           {}", self.charts.join(", "));
+        }
         let problems = self.problems();
         if problems.is_empty() {
             let _ = writeln!(out, "result           ok");
@@ -629,6 +807,93 @@ impl Report {
         }
         out
     }
+}
+
+impl Report {
+    /// The sweep table: one row per level.
+    fn render_sweep(&self) -> String {
+        let mut out = String::new();
+        let users: Vec<usize> = self.sweep.iter().map(|l| l.users).collect();
+        let per_level = match users.first() {
+            Some(&n) if users.iter().all(|&u| u == n) => n.to_string(),
+            _ => join(&users),
+        };
+        let _ = writeln!(
+            out,
+            "sweep: the user phase at each concurrency, on {per_level} new users each \
+             (C create-user, F filter-user; ms)"
+        );
+        let _ = writeln!(
+            out,
+            "{:>5} {:>7} {:>8} {:>8} {:>9}  {:>7} {:>7} {:>7} {:>8}  {:>7} {:>7} {:>7} {:>8}  ERRORS",
+            "CONC",
+            "USERS",
+            "SECS",
+            "USERS/S",
+            "CREATE/S",
+            "C P50",
+            "C P95",
+            "C P99",
+            "C MAX",
+            "F P50",
+            "F P95",
+            "F P99",
+            "F MAX"
+        );
+        let rate = |r: Option<f64>| r.map_or_else(|| "-".to_owned(), |r| format!("{r:.1}"));
+        let ms = |o: &Option<OpReport>| -> [String; 4] {
+            match o.as_ref().and_then(|o| o.latency_us) {
+                Some(l) => {
+                    [l.p50, l.p95, l.p99, l.max].map(|us| format!("{:.2}", f64::from(us) / 1000.0))
+                }
+                None => ["-", "-", "-", "-"].map(str::to_owned),
+            }
+        };
+        for l in &self.sweep {
+            let [c50, c95, c99, cmax] = ms(&l.create_user);
+            let [f50, f95, f99, fmax] = ms(&l.filter_user);
+            let errors: Vec<String> = [("create", &l.create_user), ("filter", &l.filter_user)]
+                .into_iter()
+                .filter_map(|(name, o)| {
+                    let o = o.as_ref()?;
+                    (o.failed() + o.throttled > 0)
+                        .then(|| format!("{name} {}", errors_text(&o.errors, o.throttled)))
+                })
+                .collect();
+            let _ = writeln!(
+                out,
+                "{:>5} {:>7} {:>8.2} {:>8} {:>9}  {:>7} {:>7} {:>7} {:>8}  {:>7} {:>7} {:>7} {:>8}  {}",
+                l.concurrency,
+                l.users,
+                l.secs,
+                rate(l.users_per_sec),
+                rate(l.creates_per_sec()),
+                c50,
+                c95,
+                c99,
+                cmax,
+                f50,
+                f95,
+                f99,
+                fmax,
+                if errors.is_empty() {
+                    "-".to_owned()
+                } else {
+                    errors.join("; ")
+                }
+            );
+        }
+        out
+    }
+}
+
+/// `1,2,4`.
+fn join<T: ToString>(values: &[T]) -> String {
+    values
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn errors_text(errors: &BTreeMap<String, u64>, throttled: u64) -> String {
@@ -747,6 +1012,7 @@ mod tests {
             member_batch: 50,
             incremental: 0,
             concurrency: 2,
+            concurrency_sweep: vec![2],
         }
     }
 
@@ -841,6 +1107,154 @@ mod tests {
             ["2 of 5 welcome emails did not arrive in m within 60 s"]
         );
         assert!(report.render().contains("still missing after waiting 60 s"));
+    }
+
+    #[test]
+    fn a_level_records_only_what_happened_during_it() {
+        let r = Recorder::new(10);
+        let t = Instant::now();
+        r.record(Op::TestConnection, t, true, &Outcome::Ok);
+        r.begin_level();
+        r.record(Op::FilterUser, t, true, &Outcome::Ok);
+        r.record(Op::CreateUser, t, true, &Outcome::Status(500));
+        r.throttled(Op::CreateUser);
+        let first = r.end_level();
+        r.begin_level();
+        r.record(Op::FilterUser, t, true, &Outcome::Ok);
+        let second = r.end_level();
+        r.record(Op::CreateGroup, t, true, &Outcome::Ok);
+        assert!(r.end_level().is_empty());
+
+        let names = |ops: &[OpReport]| ops.iter().map(|o| o.operation).collect::<Vec<_>>();
+        assert_eq!(names(&first), ["filter-user", "create-user"]);
+        assert_eq!(first[1].errors.get("500"), Some(&1));
+        assert_eq!(first[1].throttled, 1);
+        assert_eq!(names(&second), ["filter-user"]);
+        let all = r.finish();
+        assert_eq!(
+            names(&all),
+            [
+                "test-connection",
+                "filter-user",
+                "create-user",
+                "create-group"
+            ]
+        );
+        assert_eq!(all[1].count, 2);
+
+        let level = Level::new(4, 10..12, 2, Duration::from_millis(500), first);
+        assert_eq!((level.first_user, level.users), (10, 2));
+        assert_eq!(level.users_per_sec, Some(4.0));
+        assert_eq!(level.create_user.map(|o| o.count), Some(1));
+        let idle = Level::new(4, 0..0, 0, Duration::ZERO, vec![]);
+        assert_eq!((idle.users_per_sec, idle.creates_per_sec()), (None, None));
+    }
+
+    #[test]
+    fn distribution_follows_the_nearest_rank_rule_into_the_tail() {
+        let sorted: Vec<u32> = (1..=1000).collect();
+        let d = distribution(&sorted);
+        assert_eq!(d.first(), Some(&Quantile { q: 0.0, us: 1 }));
+        assert_eq!(d.last(), Some(&Quantile { q: 0.999, us: 999 }));
+        assert!(d.windows(2).all(|w| w[0].q < w[1].q && w[0].us <= w[1].us));
+        // Evenly spaced in log10(1/(1-q)): as many points above p90 as
+        // below it, and a third of them above p99.
+        let above = |q: f64| d.iter().filter(|p| p.q > q + 1e-12).count();
+        assert_eq!(above(0.9), 100 + 1);
+        assert_eq!(above(0.99), 50);
+        assert!(distribution(&[]).is_empty());
+        let l = Latency::of(&mut sorted.clone()).unwrap();
+        let at = |q: f64| d.iter().find(|p| (p.q - q).abs() < 1e-9).map(|p| p.us);
+        assert_eq!(at(0.5), Some(l.p50));
+        assert_eq!(at(0.99), Some(l.p99));
+    }
+
+    #[test]
+    fn a_sweep_shows_one_row_per_level_and_a_json_array() {
+        let r = Recorder::new(4);
+        let t = Instant::now();
+        let mut levels = Vec::new();
+        for (c, range) in [(1, 0..1), (8, 1..2)] {
+            r.begin_level();
+            r.record(Op::FilterUser, t, true, &Outcome::Ok);
+            r.record(Op::CreateUser, t, true, &Outcome::Ok);
+            levels.push(Level::new(
+                c,
+                range,
+                1,
+                Duration::from_millis(250),
+                r.end_level(),
+            ));
+        }
+        let mut sweep = Report::new(
+            Setup {
+                users: 2,
+                concurrency: 8,
+                concurrency_sweep: vec![1, 8],
+                ..setup()
+            },
+            r.finish(),
+            (0, 0),
+            0,
+            vec![],
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+            None,
+            vec![],
+        );
+        sweep.sweep = levels;
+        sweep.charts = vec!["c/throughput.svg".into(), "c/latency.svg".into()];
+        let text = sweep.render();
+        assert!(
+            text.contains(
+                "concurrency sweep 1,8 (users phase once per level; groups and incremental at 8)"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("sweep: the user phase at each concurrency, on 1 new users each"),
+            "{text}"
+        );
+        let rows: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("    1 ") || l.starts_with("    8 "))
+            .collect();
+        assert_eq!(rows.len(), 2, "{text}");
+        assert!(rows[0].contains("4.0"), "{}", rows[0]);
+        assert!(text.contains("charts           c/throughput.svg, c/latency.svg"));
+        let json = serde_json::to_value(&sweep).unwrap();
+        assert_eq!(
+            json["setup"]["concurrency_sweep"],
+            serde_json::json!([1, 8])
+        );
+        assert_eq!(json["sweep"][1]["concurrency"], 8);
+        assert_eq!(json["sweep"][1]["first_user"], 1);
+        assert_eq!(json["sweep"][0]["create_user"]["count"], 1);
+        assert!(json["sweep"][0]["create_user"]["latency_us"]["p99"].is_u64());
+        assert!(
+            json["sweep"][0]["create_user"]
+                .get("distribution")
+                .is_none()
+        );
+
+        // One level: the report as it always was.
+        sweep.sweep.truncate(1);
+        sweep.setup.concurrency_sweep = vec![8];
+        sweep.charts.clear();
+        let json = serde_json::to_value(&sweep).unwrap();
+        for key in ["sweep", "charts", "chart_error"] {
+            assert!(json.get(key).is_none(), "{key}");
+        }
+        assert!(json["setup"].get("concurrency_sweep").is_none());
+        let text = sweep.render();
+        assert!(!text.contains("sweep"), "{text}");
+        assert!(text.contains("concurrency 8, seed 4"), "{text}");
+
+        sweep.chart_error = Some("cannot write c/latency.svg".into());
+        assert_eq!(
+            sweep.problems(),
+            ["the charts were not written: cannot write c/latency.svg"]
+        );
     }
 
     #[test]

@@ -30,11 +30,12 @@ fn options(app: &TestApp) -> Options {
         token: Secret::new(app.token.clone()),
         spec: spec(),
         member_batch: 8,
-        concurrency: 8,
+        concurrency: vec![8],
         mail_dir: Some(app.mail_dir()),
         mail_timeout: Duration::from_secs(30),
         pids: vec![std::process::id()],
         progress: ProgressLines::Off,
+        chart_dir: None,
     }
 }
 
@@ -170,4 +171,75 @@ async fn wrong_token_stops_at_test_connection(app: TestApp) {
     assert!(!text.contains("not-a-token"), "{text}");
     let users = app.get("/Users?count=0").await;
     assert_eq!(users.body["totalResults"], 0);
+}
+
+on_both_backends!(concurrency_sweep_creates_each_level_once_and_draws_charts);
+
+async fn concurrency_sweep_creates_each_level_once_and_draws_charts(app: TestApp) {
+    // Arrange: two levels of 20 users, no groups, no incremental cycle.
+    let spec = Spec {
+        users: 20,
+        groups: 0,
+        members_per_group: 0,
+        incremental: 0,
+        seed: 8,
+    };
+    let charts = tempfile::tempdir().expect("chart dir");
+    let chart_dir = charts.path().join("charts");
+    let options = Options {
+        spec,
+        concurrency: vec![4, 2],
+        mail_dir: None,
+        pids: vec![],
+        chart_dir: Some(chart_dir.clone()),
+        ..options(&app)
+    };
+
+    // Act
+    let report = scimsync::load::run(options)
+        .await
+        .expect("the simulator runs");
+    eprintln!("{}", report.render());
+
+    // Assert: each level sent its own 20 users, each created once.
+    assert!(report.problems().is_empty(), "{}", report.render());
+    assert_eq!(count(&report, "filter-user"), (40, 40));
+    assert_eq!(count(&report, "create-user"), (40, 40));
+    assert_eq!(report.existing_users, 0);
+    let levels: Vec<(usize, usize, usize)> = report
+        .sweep
+        .iter()
+        .map(|l| (l.concurrency, l.first_user, l.users))
+        .collect();
+    assert_eq!(levels, [(4, 0, 20), (2, 20, 20)]);
+    for level in &report.sweep {
+        let create = level.create_user.as_ref().expect("creates measured");
+        assert_eq!((create.count, create.ok), (20, 20));
+        assert!(create.requests_per_sec.is_some() && level.users_per_sec.is_some());
+    }
+    let json = serde_json::to_value(&report).expect("report serializes");
+    assert_eq!(json["sweep"].as_array().map(Vec::len), Some(2));
+
+    // Assert: the service holds every user of every level exactly once.
+    let all = app.get("/Users?count=0").await;
+    assert_eq!(all.body["totalResults"], 40);
+    let plan = Plan::generate(Spec { users: 40, ..spec });
+    for user in &plan.users {
+        let found = app
+            .get(&format!(
+                "/Users?{}",
+                scimsync::load::data::eq_filter("userName", &user.user_name)
+            ))
+            .await;
+        assert_eq!(found.body["totalResults"], 1, "{}", user.user_name);
+        assert_eq!(found.body["Resources"][0]["externalId"], *user.external_id);
+    }
+
+    // Assert: both charts written, as SVG.
+    for name in ["throughput.svg", "latency.svg"] {
+        let svg = std::fs::read_to_string(chart_dir.join(name)).expect(name);
+        assert!(svg.starts_with("<svg ") && svg.trim_end().ends_with("</svg>"));
+        assert!(!svg.contains("NaN"), "{name}");
+    }
+    assert_eq!(report.charts.len(), 2);
 }
