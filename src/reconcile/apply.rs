@@ -601,7 +601,14 @@ pub(crate) fn new_user_row(org: &str, id: &str, resource: Value) -> Result<UserR
 
 /// Writes a new version of a user from `resource`, keeping what the
 /// document does not carry (creation time, joined state).
-fn update_user(c: &mut Conn, old: &UserRow, resource: Value) -> Result<UserRow, ApplyError> {
+///
+/// A PUT that omits `active` or sends it null, or a PATCH that removes it,
+/// keeps the user's current state: only an explicit `active` changes who
+/// can sign in. (RFC 7644 §3.5.1 lets a service give an omitted attribute
+/// a default; for `active` the default that creation uses, true, would
+/// let a deactivated user back in.)
+fn update_user(c: &mut Conn, old: &UserRow, mut resource: Value) -> Result<UserRow, ApplyError> {
+    keep_active_unless_given(&mut resource, old.active);
     let mut row = new_user_row(&old.org_id, &old.id, resource)?;
     ensure_user_name_free(
         c,
@@ -619,6 +626,20 @@ fn update_user(c: &mut Conn, old: &UserRow, resource: Value) -> Result<UserRow, 
     let stored: Value = serde_json::from_str(&row.resource).unwrap_or(Value::Null);
     users::set_emails(c, &old.org_id, &old.id, &email_values(&stored))?;
     Ok(row)
+}
+
+/// Sets `active` to `current` when `resource` has no value for it.
+fn keep_active_unless_given(resource: &mut Value, current: bool) {
+    let Some(obj) = resource.as_object_mut() else {
+        return;
+    };
+    let given = obj
+        .iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case("active") && !v.is_null());
+    if !given {
+        obj.retain(|k, _| !k.eq_ignore_ascii_case("active"));
+        obj.insert("active".to_owned(), Value::Bool(current));
+    }
 }
 
 /// The `value` of each element of a user's `emails`.

@@ -12,6 +12,7 @@ on_both_backends!(
     user_is_found_by_filter_on_user_name_in_any_case,
     duplicate_user_name_in_another_case_is_409_uniqueness,
     string_false_deactivates_and_user_stays_findable,
+    omitted_or_null_active_never_reenables_a_user,
     put_replaces_the_user,
     delete_answers_204_then_404,
     unknown_id_is_404_with_scim_error,
@@ -120,6 +121,67 @@ async fn string_false_deactivates_and_user_stays_findable(app: TestApp) {
         .await;
     assert!(back.status.is_success());
     assert_eq!(app.get(&format!("/Users/{id}")).await.body["active"], true);
+}
+
+async fn omitted_or_null_active_never_reenables_a_user(app: TestApp) {
+    let id = app.create_user("kept-out@example.com").await;
+    let path = format!("/Users/{id}");
+    let off = app
+        .patch(
+            &path,
+            patch_body(json!([{"op": "replace", "path": "active", "value": false}])),
+        )
+        .await;
+    assert!(off.status.is_success(), "{:?}", off.body);
+
+    let mut omitted = user_body("kept-out@example.com");
+    omitted.as_object_mut().expect("object").remove("active");
+    let mut null = user_body("kept-out@example.com");
+    null["active"] = json!(null);
+    for (what, body) in [("omitted", omitted), ("null", null)] {
+        let reply = app.put(&path, body).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::OK,
+            "PUT, active {what}: {:?}",
+            reply.body
+        );
+        assert_eq!(reply.body["active"], false, "PUT answer, active {what}");
+        assert_eq!(
+            app.get(&path).await.body["active"],
+            false,
+            "PUT, active {what}"
+        );
+    }
+    let removed = app
+        .patch(
+            &path,
+            patch_body(json!([{"op": "remove", "path": "active"}])),
+        )
+        .await;
+    assert!(removed.status.is_success(), "{:?}", removed.body);
+    assert_eq!(
+        app.get(&path).await.body["active"],
+        false,
+        "PATCH remove active"
+    );
+
+    // An explicit value still decides, both ways.
+    let on = app
+        .patch(
+            &path,
+            patch_body(json!([{"op": "replace", "path": "active", "value": "True"}])),
+        )
+        .await;
+    assert!(on.status.is_success(), "{:?}", on.body);
+    let mut omitted = user_body("kept-out@example.com");
+    omitted.as_object_mut().expect("object").remove("active");
+    app.put(&path, omitted).await;
+    assert_eq!(
+        app.get(&path).await.body["active"],
+        true,
+        "an omitted active does not deactivate either"
+    );
 }
 
 async fn put_replaces_the_user(app: TestApp) {
