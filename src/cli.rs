@@ -74,7 +74,8 @@ pub enum Command {
     /// any welcome email is missing.
     ///
     /// With --concurrency 1,2,4,…, the user phase runs once per level on
-    /// fresh users and the report has a row per level; --chart-dir writes
+    /// fresh users (with --mail-dir, once the previous level's welcome
+    /// emails are written) and the report has a row per level; --chart-dir writes
     /// throughput.svg (creates/s and POST latency against concurrency) and
     /// latency.svg (the latency distribution at the highest level).
     ///
@@ -650,21 +651,47 @@ async fn show_log(settings: &Settings, args: LogArgs, unresolved: bool) -> anyho
         query.since = Some(ops::admin::parse_since(since, crate::store::now())?);
     }
     let mut printed_header = false;
+    let mut follow = Follow::default();
     loop {
         let q = query.clone();
         let limit = args.limit;
-        let mut rows = store
-            .run(move |c| {
-                crate::store::log::search(c, &q, limit).map_err(crate::store::Error::from)
-            })
-            .await?;
-        if let Some(newest) = rows.first() {
-            query.since = Some(newest.applied_at);
-        }
+        let mut rows = if follow.started {
+            let after = follow.rescan_from();
+            store
+                .run(move |c| {
+                    let mut rows = Vec::new();
+                    let mut at = after;
+                    loop {
+                        let page = crate::store::log::search_after(c, &q, (at.0, &at.1), 1000)?;
+                        let full = page.len() == 1000;
+                        if let Some(last) = page.last() {
+                            at = (last.applied_at, last.change_id.clone());
+                        }
+                        rows.extend(page);
+                        if !full {
+                            break;
+                        }
+                    }
+                    Ok::<_, crate::store::Error>(rows)
+                })
+                .await?
+        } else {
+            store
+                .run(move |c| {
+                    crate::store::log::search(c, &q, limit).map_err(crate::store::Error::from)
+                })
+                .await?
+        };
         // Newest first, as documented; following reads like `tail -f`
-        // instead, each batch oldest first so new entries come below.
+        // instead, oldest first so new entries come below.
         if args.follow {
-            rows.reverse();
+            if !follow.started {
+                rows.reverse();
+                follow.started = true;
+            }
+            rows.retain(|row| follow.first_sight(row));
+            // Nothing yet: watch from now on.
+            follow.newest.get_or_insert_with(crate::store::now);
         }
         for row in &rows {
             if args.output.json {
@@ -713,6 +740,46 @@ async fn show_log(settings: &Settings, args: LogArgs, unresolved: bool) -> anyho
             return Ok(());
         }
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
+/// What `scimsync log --follow` has printed. A change's time is taken
+/// when it is applied, before its commit, so a slower transaction can
+/// commit an entry older than one already printed; each poll therefore
+/// reads again from a while before the newest entry printed and skips
+/// the change ids it has seen.
+#[derive(Default)]
+struct Follow {
+    started: bool,
+    /// Change ids printed within the look-back, with their times.
+    seen: std::collections::HashMap<String, chrono::NaiveDateTime>,
+    newest: Option<chrono::NaiveDateTime>,
+}
+
+impl Follow {
+    /// How far back each poll reads: far longer than any transaction.
+    const LOOK_BACK: chrono::TimeDelta = chrono::TimeDelta::seconds(60);
+
+    /// Where the next poll starts reading.
+    fn rescan_from(&self) -> (chrono::NaiveDateTime, String) {
+        let from = self
+            .newest
+            .map_or(chrono::NaiveDateTime::MIN, |n| n - Self::LOOK_BACK);
+        (from, String::new())
+    }
+
+    /// Whether `row` is new to the output; remembers it.
+    fn first_sight(&mut self, row: &crate::store::log::LogRow) -> bool {
+        if self.seen.contains_key(&row.change_id) {
+            return false;
+        }
+        self.seen.insert(row.change_id.clone(), row.applied_at);
+        if self.newest.is_none_or(|n| row.applied_at > n) {
+            self.newest = Some(row.applied_at);
+            let horizon = row.applied_at - Self::LOOK_BACK * 2;
+            self.seen.retain(|_, at| *at >= horizon);
+        }
+        true
     }
 }
 
@@ -996,5 +1063,53 @@ async fn queue_command(settings: &Settings, cmd: QueueCommand) -> anyhow::Result
             println!("discarded {id}");
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Follow;
+    use crate::store::log::LogRow;
+
+    fn entry(id: &str, secs: i64) -> LogRow {
+        let at = chrono::DateTime::from_timestamp(1_800_000_000 + secs, 0)
+            .expect("time")
+            .naive_utc();
+        LogRow {
+            change_id: id.to_owned(),
+            org_id: "org".into(),
+            operation: "create".into(),
+            resource_type: "User".into(),
+            resource_id: None,
+            subject: None,
+            outcome: "applied".into(),
+            status: 201,
+            response: None,
+            error: None,
+            attempts: 1,
+            received_at: at,
+            applied_at: at,
+            duration_ms: 1,
+            request: None,
+            resolution: None,
+        }
+    }
+
+    #[test]
+    fn following_prints_each_entry_once_even_when_an_older_one_commits_late() {
+        let mut follow = Follow::default();
+        assert!(follow.first_sight(&entry("a", 0)));
+        assert!(follow.first_sight(&entry("b", 10)));
+        // The next poll reads again from a minute before the newest entry.
+        let (from, _) = follow.rescan_from();
+        assert_eq!(from, entry("b", 10).applied_at - Follow::LOOK_BACK);
+        // It sees a and b again, and c: applied before b, committed after.
+        assert!(!follow.first_sight(&entry("a", 0)));
+        assert!(follow.first_sight(&entry("c", 5)));
+        assert!(!follow.first_sight(&entry("b", 10)));
+        // Entries far behind the newest are forgotten, not kept forever.
+        assert!(follow.first_sight(&entry("d", 1_000)));
+        assert!(!follow.seen.contains_key("a"));
+        assert!(follow.seen.contains_key("d"));
     }
 }

@@ -257,11 +257,27 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
             }
         }
         drop(results);
+        let level_secs = level.elapsed();
+        // The next level starts once this one's welcome emails are out, so
+        // that sending them does not weigh on the next level's figures.
+        if levels.len() > 1
+            && let Some(dir) = &options.mail_dir
+        {
+            let planned = plan.users.get(range.clone()).unwrap_or_default();
+            let got = users.get(range.clone()).unwrap_or_default();
+            let expected: HashSet<String> = planned
+                .iter()
+                .zip(got)
+                .filter(|(_, p)| matches!(p, Provisioned::Created(_)))
+                .map(|(u, _)| u.user_name.to_ascii_lowercase())
+                .collect();
+            mail::wait_for_welcomes(dir.clone(), expected, started_at, options.mail_timeout).await;
+        }
         sweep.push(Level::new(
             level_width,
             range,
             provisioned,
-            level.elapsed(),
+            level_secs,
             recorder.end_level(),
         ));
     }

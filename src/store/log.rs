@@ -2,8 +2,8 @@
 
 use diesel::prelude::*;
 
-use super::Conn;
 use super::schema::provisioning_log;
+use super::{Conn, Db};
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
 #[diesel(table_name = provisioning_log)]
@@ -103,6 +103,43 @@ pub fn count_by_outcome_since(
 
 /// Entries matching the operator's filters, newest first.
 pub fn search(conn: &mut Conn, q: &LogQuery, limit: i64) -> QueryResult<Vec<LogRow>> {
+    filtered(q)
+        .order((
+            provisioning_log::applied_at.desc(),
+            provisioning_log::change_id.desc(),
+        ))
+        .limit(limit)
+        .select(LogRow::as_select())
+        .load(conn)
+}
+
+/// Up to `limit` entries matching `q` after the position `after` (time,
+/// then change id), oldest first: the pages of `scimsync log --follow`.
+pub fn search_after(
+    conn: &mut Conn,
+    q: &LogQuery,
+    after: (chrono::NaiveDateTime, &str),
+    limit: i64,
+) -> QueryResult<Vec<LogRow>> {
+    let (at, id) = after;
+    filtered(q)
+        .filter(
+            provisioning_log::applied_at
+                .gt(at)
+                .or(provisioning_log::applied_at
+                    .eq(at)
+                    .and(provisioning_log::change_id.gt(id.to_owned()))),
+        )
+        .order((
+            provisioning_log::applied_at.asc(),
+            provisioning_log::change_id.asc(),
+        ))
+        .limit(limit)
+        .select(LogRow::as_select())
+        .load(conn)
+}
+
+fn filtered(q: &LogQuery) -> provisioning_log::BoxedQuery<'_, Db> {
     let mut query = provisioning_log::table.into_boxed();
     if let Some(org) = &q.org_id {
         query = query.filter(provisioning_log::org_id.eq(org));
@@ -127,13 +164,6 @@ pub fn search(conn: &mut Conn, q: &LogQuery, limit: i64) -> QueryResult<Vec<LogR
         query = query.filter(provisioning_log::resolution.is_null());
     }
     query
-        .order((
-            provisioning_log::applied_at.desc(),
-            provisioning_log::change_id.desc(),
-        ))
-        .limit(limit)
-        .select(LogRow::as_select())
-        .load(conn)
 }
 
 /// What `scimsync log` filters by.
