@@ -12,7 +12,7 @@
 //!
 //! Then the requests Entra ID sends most are timed one at a time through
 //! HTTP, the PATCHes through the queue and the worker as always: a lookup
-//! by userName, a GET by id, adding and removing one member of a small and
+//! by userName and by email, a GET by id, a user's groups, adding and removing one member of a small and
 //! of a large group, and the two reads of the large group without members.
 
 use std::collections::BTreeMap;
@@ -58,7 +58,8 @@ const PADDED: &str = "{{i12}}";
 /// as Entra ID creates them, each email indexed; a small and a large group)
 /// and a token issued for it. Then, one request at a time, after warm-up
 /// requests that are not timed: GET /Users?filter=userName eq "…"; GET
-/// /Users/{id}; a PATCH adding one member to the small and to the large
+/// /Users/{id}; GET /Users?filter=emails.value eq "…"; GET
+/// /Groups?filter=members.value eq "…" (a user's groups); a PATCH adding one member to the small and to the large
 /// group, each followed by a PATCH removing it again (through the queue
 /// and the worker, as every write); GET /Groups/{id}?excludedAttributes=members
 /// and GET /Groups?filter=displayName eq "…"&excludedAttributes=members on
@@ -851,6 +852,50 @@ pub async fn measure(
     }
     results.push(by_name.finish());
     results.push(by_id.finish());
+
+    eprintln!("bench-scaling: {label}: timing lookups by email and of a user's groups");
+    let mut by_email = Samples::new(
+        "filter-user-email",
+        "GET /Users?filter=emails.value eq \"…\"",
+        None,
+    );
+    let member = seeded.user_id(0);
+    let mut by_member = Samples::new(
+        "filter-group-member",
+        "GET /Groups?filter=members.value eq \"…\"&excludedAttributes=members",
+        None,
+    );
+    let member_url = probe.url(
+        &["Groups"],
+        Some(&format!(
+            "excludedAttributes=members&{}",
+            data::eq_filter("members.value", &member)
+        )),
+    );
+    for j in 0..rounds {
+        let i = pick(j, seeded.users);
+        let name = seeded.user_name(i);
+        let url = probe.url(&["Users"], Some(&data::eq_filter("emails.value", &name)));
+        let answer = probe
+            .send(Method::GET, url, None, StatusCode::OK, |b| {
+                b["totalResults"] == 1 && b["Resources"][0]["userName"] == name.as_str()
+            })
+            .await;
+        if j >= warmup {
+            by_email.add(answer);
+        }
+        // User 0 is in both seeded groups.
+        let answer = probe
+            .send(Method::GET, member_url.clone(), None, StatusCode::OK, |b| {
+                b["totalResults"] == 2
+            })
+            .await;
+        if j >= warmup {
+            by_member.add(answer);
+        }
+    }
+    results.push(by_email.finish());
+    results.push(by_member.finish());
 
     let groups = [
         (

@@ -31,9 +31,6 @@ pub struct Pass {
 /// finishes between passes, small enough to keep each sweep brief.
 const SWEEP_PER_PASS: u32 = 10_000;
 
-/// How often SQLite's planner statistics are refreshed.
-const STATISTICS_EVERY: Duration = Duration::from_secs(60);
-
 /// Largest number of failures listed in one digest; the rest are counted.
 const DIGEST_LINES: i64 = 50;
 
@@ -101,16 +98,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let every = Duration::from_millis(settings.reconciler.interval_ms.max(50));
-    let mut statistics_at: Option<tokio::time::Instant> = None;
     loop {
-        // A tenant grows fastest in its first cycle: refresh the planner's
-        // statistics at start and every minute (SQLite; a no-op otherwise).
-        if statistics_at.is_none_or(|at| at.elapsed() >= STATISTICS_EVERY) {
-            statistics_at = Some(tokio::time::Instant::now());
-            if let Err(e) = store.refresh_statistics().await {
-                tracing::warn!(error = %e, "cannot refresh the planner's statistics; trying again later");
-            }
-        }
         match pass(&store, &mail, &settings).await {
             Ok(p) if p != Pass::default() => tracing::info!(
                 released = p.released,

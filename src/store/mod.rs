@@ -402,27 +402,6 @@ impl Store {
         .await
     }
 
-    /// Gives SQLite's planner statistics; does nothing on PostgreSQL, whose
-    /// autovacuum keeps them (`doctor` warns when it is off).
-    ///
-    /// SQLite keeps none unless asked, and without them it answers
-    /// `org_id = ? AND id IN (…)` (the member check of every group PATCH)
-    /// or an externalId lookup by walking the whole tenant's creation-order
-    /// index: at 100,000 users a 50-member PATCH took 244 ms instead of a
-    /// few. `analysis_limit` bounds the work to a sample of each index
-    /// (a few milliseconds at that size).
-    pub async fn refresh_statistics(&self) -> Result<(), Error> {
-        if self.backend != Backend::Sqlite {
-            return Ok(());
-        }
-        self.run_write(|conn| {
-            diesel::sql_query("PRAGMA analysis_limit = 400").execute(conn)?;
-            diesel::sql_query("ANALYZE").execute(conn)?;
-            Ok::<(), Error>(())
-        })
-        .await
-    }
-
     /// Cheap round trip for `/readyz` and `doctor`.
     pub async fn ping(&self) -> Result<(), Error> {
         self.run(|conn| {

@@ -46,7 +46,13 @@ pub struct Member {
 }
 
 fn filtered<'a>(org_id: &'a str, q: &'a TeamQuery) -> teams::BoxedQuery<'a, Db> {
-    let mut query = teams::table.filter(teams::org_id.eq(org_id)).into_boxed();
+    let mut query = teams::table.into_boxed();
+    // The organization is named once, by the membership subquery when there
+    // is one (see `users::filtered`: SQLite would otherwise walk the
+    // tenant's teams and check each against the subquery's list).
+    if q.member_id.is_none() {
+        query = query.filter(teams::org_id.eq(org_id));
+    }
     if let Some(id) = &q.id {
         query = query.filter(teams::id.eq(id));
     }
@@ -60,6 +66,7 @@ fn filtered<'a>(org_id: &'a str, q: &'a TeamQuery) -> teams::BoxedQuery<'a, Db> 
         query = query.filter(
             teams::id.eq_any(
                 team_members::table
+                    .filter(team_members::org_id.eq(org_id))
                     .filter(team_members::user_id.eq(member))
                     .select(team_members::team_id),
             ),

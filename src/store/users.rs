@@ -46,7 +46,15 @@ impl UserQuery {
 }
 
 fn filtered<'a>(org_id: &'a str, q: &'a UserQuery) -> users::BoxedQuery<'a, Db> {
-    let mut query = users::table.filter(users::org_id.eq(org_id)).into_boxed();
+    let mut query = users::table.into_boxed();
+    // The organization is named once: by the email index's subquery when
+    // there is one, else here. With `org_id = ?` on users as well, SQLite's
+    // planner walks the tenant's creation-order index and checks each user
+    // against the subquery's list (statistics or not), instead of probing
+    // the few ids the subquery finds.
+    if q.email_key.is_none() {
+        query = query.filter(users::org_id.eq(org_id));
+    }
     if let Some(id) = &q.id {
         query = query.filter(users::id.eq(id));
     }
@@ -223,12 +231,19 @@ pub fn existing_ids(conn: &mut Conn, org_id: &str, ids: &[String]) -> QueryResul
     let mut found = Vec::with_capacity(ids.len());
     // Bounded IN lists: SQLite limits bind parameters per statement.
     for chunk in ids.chunks(500) {
-        let mut part: Vec<String> = users::table
-            .filter(users::org_id.eq(org_id))
+        // By primary key alone, the organization checked here: with
+        // `org_id = ?` in the query SQLite's planner may walk the whole
+        // tenant's index instead of probing each id (it did at 100,000
+        // users, 18 ms for 50 ids).
+        let part: Vec<(String, String)> = users::table
             .filter(users::id.eq_any(chunk))
-            .select(users::id)
+            .select((users::id, users::org_id))
             .load(conn)?;
-        found.append(&mut part);
+        found.extend(
+            part.into_iter()
+                .filter(|(_, org)| org == org_id)
+                .map(|(id, _)| id),
+        );
     }
     Ok(found)
 }

@@ -145,38 +145,3 @@ async fn finished_jobs_are_swept_from_the_queue(app: TestApp) {
         assert_eq!(found.body["totalResults"], 1);
     }
 }
-
-/// SQLite keeps no planner statistics unless asked; the reconciler's
-/// refresh makes a group PATCH's member check (`org_id = ? AND id IN …`)
-/// probe users by primary key instead of walking the tenant's index.
-#[tokio::test]
-async fn sqlite_member_check_probes_by_id_once_statistics_exist() {
-    use diesel::RunQueryDsl;
-
-    #[derive(diesel::QueryableByName)]
-    struct Step {
-        #[diesel(sql_type = diesel::sql_types::Text)]
-        detail: String,
-    }
-    let app = crate::helpers::spawn_app(crate::helpers::Backend::Sqlite).await;
-    for n in 0..20 {
-        app.create_user(&format!("planned{n}@example.com")).await;
-    }
-    app.store.refresh_statistics().await.expect("statistics");
-    let plan: Vec<Step> = app
-        .store
-        .run(|c| {
-            diesel::sql_query(
-                "EXPLAIN QUERY PLAN SELECT id FROM users WHERE org_id = 'o' AND id IN ('a', 'b')",
-            )
-            .load::<Step>(c)
-            .map_err(scimsync::store::Error::from)
-        })
-        .await
-        .expect("plan");
-    let plan: Vec<String> = plan.into_iter().map(|s| s.detail).collect();
-    assert!(
-        plan.iter().any(|d| d.contains("(id=?)")),
-        "the member check probes by id: {plan:?}"
-    );
-}

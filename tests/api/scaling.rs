@@ -214,6 +214,8 @@ async fn a_run_times_every_operation_and_cleans_up(app: TestApp) {
             vec![
                 "filter-user",
                 "get-user",
+                "filter-user-email",
+                "filter-group-member",
                 "add-member-small",
                 "remove-member-small",
                 "add-member-large",
@@ -228,7 +230,7 @@ async fn a_run_times_every_operation_and_cleans_up(app: TestApp) {
         }
     }
     let json = serde_json::to_value(&report).expect("the report serializes");
-    assert_eq!(json["tenants"][1]["operations"][4]["group_members"], 50);
+    assert_eq!(json["tenants"][1]["operations"][6]["group_members"], 50);
     let orgs = scimsync::ops::orgs::list(&app.store).await.expect("orgs");
     let slugs: Vec<&str> = orgs.iter().map(|o| o.slug.as_str()).collect();
     assert_eq!(slugs, vec!["acme"], "the seeded tenants are removed");
