@@ -427,8 +427,12 @@ async fn smtp_outage_backs_off_and_delivers_once() {
                 .map(|r| (r.attempts, r.state))
         }
     };
+    // Claiming counts an attempt before it is made: wait until one is
+    // back to pending, i.e. has failed, before the server returns.
     eventually("a send fails while the server is down", || async {
-        attempts().await.is_some_and(|(n, _)| n >= 1)
+        attempts()
+            .await
+            .is_some_and(|(n, state)| n >= 1 && state == "pending")
     })
     .await;
     sink.restart().await.expect("restart");
