@@ -603,13 +603,16 @@ pub(crate) fn new_user_row(org: &str, id: &str, resource: Value) -> Result<UserR
 /// document does not carry (creation time, joined state).
 ///
 /// A PUT that omits `active` or sends it null, or a PATCH that removes it,
-/// keeps the user's current state: only an explicit `active` changes who
-/// can sign in. (RFC 7644 §3.5.1 lets a service give an omitted attribute
-/// a default; for `active` the default that creation uses, true, would
-/// let a deactivated user back in.)
+/// leaves `active` unassigned in the representation (RFC 7644 §3.5.2.2)
+/// and the user's state as it was: only an explicit `active` changes who
+/// can sign in. (Giving it the default that creation uses, true, would let
+/// a deactivated user back in.)
 fn update_user(c: &mut Conn, old: &UserRow, mut resource: Value) -> Result<UserRow, ApplyError> {
-    keep_active_unless_given(&mut resource, old.active);
+    let assigned = assigns_active(&mut resource);
     let mut row = new_user_row(&old.org_id, &old.id, resource)?;
+    if !assigned {
+        row.active = old.active;
+    }
     ensure_user_name_free(
         c,
         &old.org_id,
@@ -628,18 +631,19 @@ fn update_user(c: &mut Conn, old: &UserRow, mut resource: Value) -> Result<UserR
     Ok(row)
 }
 
-/// Sets `active` to `current` when `resource` has no value for it.
-fn keep_active_unless_given(resource: &mut Value, current: bool) {
+/// Whether `resource` assigns `active` (a null does not); drops a null
+/// `active`, which means the same as none.
+fn assigns_active(resource: &mut Value) -> bool {
     let Some(obj) = resource.as_object_mut() else {
-        return;
+        return false;
     };
     let given = obj
         .iter()
         .any(|(k, v)| k.eq_ignore_ascii_case("active") && !v.is_null());
     if !given {
         obj.retain(|k, _| !k.eq_ignore_ascii_case("active"));
-        obj.insert("active".to_owned(), Value::Bool(current));
     }
+    given
 }
 
 /// The `value` of each element of a user's `emails`.
