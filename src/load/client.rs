@@ -67,14 +67,8 @@ impl Client {
         })
     }
 
-    /// `<base>/<segments…>?<query>`, with each segment percent-encoded.
     fn url(&self, segments: &[&str], query: Option<&str>) -> url::Url {
-        let mut url = self.base.clone();
-        if let Ok(mut path) = url.path_segments_mut() {
-            path.pop_if_empty().extend(segments);
-        }
-        url.set_query(query);
-        url
+        below(&self.base, segments, query)
     }
 
     /// Sends one request and records it under `op`; `accept` judges a 2xx
@@ -263,4 +257,14 @@ fn total_results(answer: &Answer) -> Option<u64> {
 
 fn id_of(answer: &Answer) -> Option<&str> {
     answer.body.as_ref()?["id"].as_str()
+}
+
+/// `<base>/<segments…>?<query>`, with each segment percent-encoded.
+pub(crate) fn below(base: &url::Url, segments: &[&str], query: Option<&str>) -> url::Url {
+    let mut url = base.clone();
+    if let Ok(mut path) = url.path_segments_mut() {
+        path.pop_if_empty().extend(segments);
+    }
+    url.set_query(query);
+    url
 }

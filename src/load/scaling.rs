@@ -721,12 +721,7 @@ impl Probe {
     }
 
     fn url(&self, segments: &[&str], query: Option<&str>) -> url::Url {
-        let mut url = self.base.clone();
-        if let Ok(mut path) = url.path_segments_mut() {
-            path.pop_if_empty().extend(segments);
-        }
-        url.set_query(query);
-        url
+        super::client::below(&self.base, segments, query)
     }
 
     /// Sends one request and times it until its body has been read;

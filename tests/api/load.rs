@@ -39,6 +39,18 @@ fn options(app: &TestApp) -> Options {
     }
 }
 
+/// The one user with this userName, asserting there is exactly one.
+async fn only_user_named(app: &TestApp, user_name: &str) -> serde_json::Value {
+    let found = app
+        .get(&format!(
+            "/Users?{}",
+            scimsync::load::data::eq_filter("userName", user_name)
+        ))
+        .await;
+    assert_eq!(found.body["totalResults"], 1, "{user_name}");
+    found.body["Resources"][0].clone()
+}
+
 fn count(report: &scimsync::load::Report, operation: &str) -> (u64, u64) {
     report
         .operations
@@ -112,14 +124,7 @@ async fn simulated_entra_cycle_is_applied_exactly(app: TestApp) {
 
     let mut ids = Vec::with_capacity(plan.users.len());
     for user in &plan.users {
-        let found = app
-            .get(&format!(
-                "/Users?{}",
-                scimsync::load::data::eq_filter("userName", &user.user_name)
-            ))
-            .await;
-        assert_eq!(found.body["totalResults"], 1, "{}", user.user_name);
-        ids.push(found.body["Resources"][0].clone());
+        ids.push(only_user_named(&app, &user.user_name).await);
     }
     for (i, user) in ids.iter().enumerate() {
         assert_eq!(
@@ -225,14 +230,8 @@ async fn concurrency_sweep_creates_each_level_once_and_draws_charts(app: TestApp
     assert_eq!(all.body["totalResults"], 40);
     let plan = Plan::generate(Spec { users: 40, ..spec });
     for user in &plan.users {
-        let found = app
-            .get(&format!(
-                "/Users?{}",
-                scimsync::load::data::eq_filter("userName", &user.user_name)
-            ))
-            .await;
-        assert_eq!(found.body["totalResults"], 1, "{}", user.user_name);
-        assert_eq!(found.body["Resources"][0]["externalId"], *user.external_id);
+        let found = only_user_named(&app, &user.user_name).await;
+        assert_eq!(found["externalId"], *user.external_id);
     }
 
     // Assert: both charts written, as SVG.
