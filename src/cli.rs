@@ -841,7 +841,7 @@ async fn doctor(settings: &Settings) -> anyhow::Result<()> {
             healthy &= check(false, "database", &format!("{cause}; {hint}"))
         }
     }
-    match crate::jobs::Queue::<crate::jobs::ScimChange>::connect(
+    match crate::jobs::Queue::<crate::jobs::ScimChange>::connect_once(
         &settings.queue_url()?,
         &settings.queue.name,
     )

@@ -135,7 +135,23 @@ impl Nudges {
 
 impl<T: Job> Queue<T> {
     /// Connects and prepares the queue (SQLite: creates the file and tables).
+    /// A Redis that does not answer is tried again for about six seconds
+    /// (processes starting beside it), then refused.
     pub async fn connect(url: &QueueUrl, name: &str) -> anyhow::Result<Queue<T>> {
+        Self::connect_with_retries(url, name, 6).await
+    }
+
+    /// Like [`Queue::connect`], trying a Redis that does not answer only
+    /// once more: for `doctor`, which should say so at once.
+    pub async fn connect_once(url: &QueueUrl, name: &str) -> anyhow::Result<Queue<T>> {
+        Self::connect_with_retries(url, name, 1).await
+    }
+
+    async fn connect_with_retries(
+        url: &QueueUrl,
+        name: &str,
+        retries: usize,
+    ) -> anyhow::Result<Queue<T>> {
         let backend = match url {
             QueueUrl::Redis(url) => {
                 let client = redis::Client::open(url.as_str())
@@ -144,7 +160,8 @@ impl<T: Job> Queue<T> {
                 // treats as fatal; a longer timeout rides out short hiccups.
                 let config = redis::aio::ConnectionManagerConfig::new()
                     .set_response_timeout(Some(Duration::from_secs(5)))
-                    .set_connection_timeout(Some(Duration::from_secs(5)));
+                    .set_connection_timeout(Some(Duration::from_secs(5)))
+                    .set_number_of_retries(retries);
                 let conn = client
                     .get_connection_manager_with_config(config)
                     .await
