@@ -656,11 +656,11 @@ async fn show_log(settings: &Settings, args: LogArgs, unresolved: bool) -> anyho
         let q = query.clone();
         let limit = args.limit;
         let mut rows = if follow.started {
-            let after = follow.rescan_from();
+            let from = follow.rescan_from();
             store
                 .run(move |c| {
                     let mut rows = Vec::new();
-                    let mut at = after;
+                    let mut at = (from, String::new());
                     loop {
                         let page = crate::store::log::search_after(c, &q, (at.0, &at.1), 1000)?;
                         let full = page.len() == 1000;
@@ -761,11 +761,9 @@ impl Follow {
     const LOOK_BACK: chrono::TimeDelta = chrono::TimeDelta::seconds(60);
 
     /// Where the next poll starts reading.
-    fn rescan_from(&self) -> (chrono::NaiveDateTime, String) {
-        let from = self
-            .newest
-            .map_or(chrono::NaiveDateTime::MIN, |n| n - Self::LOOK_BACK);
-        (from, String::new())
+    fn rescan_from(&self) -> chrono::NaiveDateTime {
+        self.newest
+            .map_or(chrono::NaiveDateTime::MIN, |n| n - Self::LOOK_BACK)
     }
 
     /// Whether `row` is new to the output; remembers it.
@@ -1101,8 +1099,10 @@ mod tests {
         assert!(follow.first_sight(&entry("a", 0)));
         assert!(follow.first_sight(&entry("b", 10)));
         // The next poll reads again from a minute before the newest entry.
-        let (from, _) = follow.rescan_from();
-        assert_eq!(from, entry("b", 10).applied_at - Follow::LOOK_BACK);
+        assert_eq!(
+            follow.rescan_from(),
+            entry("b", 10).applied_at - Follow::LOOK_BACK
+        );
         // It sees a and b again, and c: applied before b, committed after.
         assert!(!follow.first_sight(&entry("a", 0)));
         assert!(follow.first_sight(&entry("c", 5)));

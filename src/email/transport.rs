@@ -518,31 +518,27 @@ async fn write_file(dir: &Path, email: &Email) -> Result<String, SendError> {
     // One trip to the blocking pool for the whole write, not one for each
     // of its five system calls: this runs once for every welcome.
     let bytes = message.formatted();
-    let (dir_owned, tmp_owned, path_owned) = (dir.to_owned(), tmp.clone(), path.clone());
-    let written = tokio::task::spawn_blocking(move || {
-        std::fs::create_dir_all(&dir_owned).map_err(|e| ("create the mail directory", e))?;
+    let (dir, written) = (dir.to_owned(), format!("written to {}", path.display()));
+    tokio::task::spawn_blocking(move || {
+        std::fs::create_dir_all(&dir).map_err(|e| io("create the mail directory", &dir, e))?;
         let write = || {
             let mut file = std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
-                .open(&tmp_owned)?;
+                .open(&tmp)?;
             std::io::Write::write_all(&mut file, &bytes)?;
             file.sync_all()?;
             drop(file);
-            std::fs::rename(&tmp_owned, &path_owned)
+            std::fs::rename(&tmp, &path)
         };
         write().map_err(|e| {
-            let _ = std::fs::remove_file(&tmp_owned);
-            ("write", e)
+            let _ = std::fs::remove_file(&tmp);
+            io("write", &path, e)
         })
     })
     .await
-    .map_err(|e| SendError::transient(format!("the mail writer stopped: {e}")))?;
-    if let Err((what, e)) = written {
-        let at = if what == "write" { path.as_path() } else { dir };
-        return Err(io(what, at, e));
-    }
-    Ok(format!("written to {}", path.display()))
+    .map_err(|e| SendError::transient(format!("the mail writer stopped: {e}")))??;
+    Ok(written)
 }
 
 /// A hint for a failed send, for operators: what to check or change in

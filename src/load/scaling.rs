@@ -644,6 +644,8 @@ pub struct OpResult {
 
 /// The timed requests of one operation.
 struct Samples {
+    /// Warm-up answers still to leave out.
+    untimed: usize,
     operation: &'static str,
     request: &'static str,
     group_members: Option<usize>,
@@ -654,8 +656,15 @@ struct Samples {
 }
 
 impl Samples {
-    fn new(operation: &'static str, request: &'static str, group_members: Option<usize>) -> Self {
+    /// Samples of `operation` that leave the first `untimed` answers out.
+    fn new(
+        operation: &'static str,
+        request: &'static str,
+        group_members: Option<usize>,
+        untimed: usize,
+    ) -> Self {
         Samples {
+            untimed,
             operation,
             request,
             group_members,
@@ -666,7 +675,12 @@ impl Samples {
         }
     }
 
+    /// Records an answer, unless it is one of the warm-up answers.
     fn add(&mut self, answer: Answered) {
+        if self.untimed > 0 {
+            self.untimed -= 1;
+            return;
+        }
         self.count += 1;
         if let Some(took) = answer.took {
             self.latencies_us
@@ -817,8 +831,13 @@ pub async fn measure(
     let mut results = Vec::new();
 
     eprintln!("bench-scaling: {label}: timing lookups by userName and by id");
-    let mut by_name = Samples::new("filter-user", "GET /Users?filter=userName eq \"…\"", None);
-    let mut by_id = Samples::new("get-user", "GET /Users/{id}", None);
+    let mut by_name = Samples::new(
+        "filter-user",
+        "GET /Users?filter=userName eq \"…\"",
+        None,
+        warmup,
+    );
+    let mut by_id = Samples::new("get-user", "GET /Users/{id}", None, warmup);
     for j in 0..rounds {
         let i = pick(j, seeded.users);
         let name = seeded.user_name(i);
@@ -828,9 +847,7 @@ pub async fn measure(
                 b["totalResults"] == 1 && b["Resources"][0]["userName"] == name.as_str()
             })
             .await;
-        if j >= warmup {
-            by_name.add(answer);
-        }
+        by_name.add(answer);
         let id = seeded.user_id(i);
         let answer = probe
             .send(
@@ -841,9 +858,7 @@ pub async fn measure(
                 |b| b["id"] == id.as_str() && b["userName"] == name.as_str(),
             )
             .await;
-        if j >= warmup {
-            by_id.add(answer);
-        }
+        by_id.add(answer);
     }
     results.push(by_name.finish());
     results.push(by_id.finish());
@@ -853,12 +868,14 @@ pub async fn measure(
         "filter-user-email",
         "GET /Users?filter=emails.value eq \"…\"",
         None,
+        warmup,
     );
     let member = seeded.user_id(0);
     let mut by_member = Samples::new(
         "filter-group-member",
         "GET /Groups?filter=members.value eq \"…\"&excludedAttributes=members",
         None,
+        warmup,
     );
     let member_url = probe.url(
         &["Groups"],
@@ -876,18 +893,14 @@ pub async fn measure(
                 b["totalResults"] == 1 && b["Resources"][0]["userName"] == name.as_str()
             })
             .await;
-        if j >= warmup {
-            by_email.add(answer);
-        }
+        by_email.add(answer);
         // User 0 is in both seeded groups.
         let answer = probe
             .send(Method::GET, member_url.clone(), None, StatusCode::OK, |b| {
                 b["totalResults"] == 2
             })
             .await;
-        if j >= warmup {
-            by_member.add(answer);
-        }
+        by_member.add(answer);
     }
     results.push(by_email.finish());
     results.push(by_member.finish());
@@ -912,16 +925,22 @@ pub async fn measure(
             thousands(group.members)
         );
         let members = Some(group.members);
-        let mut adds = Samples::new(add_name, "PATCH /Groups/{id} Add members (one)", members);
+        let mut adds = Samples::new(
+            add_name,
+            "PATCH /Groups/{id} Add members (one)",
+            members,
+            warmup,
+        );
         let mut removes = Samples::new(
             remove_name,
             "PATCH /Groups/{id} Remove members (one)",
             members,
+            warmup,
         );
         let url = probe.url(&["Groups", &group.id], None);
         let add_body = data::add_members_body([outsider.as_str()]);
         let remove_body = data::remove_member_body(&outsider);
-        for j in 0..rounds {
+        for _ in 0..rounds {
             let answer = probe
                 .send(
                     Method::PATCH,
@@ -931,9 +950,7 @@ pub async fn measure(
                     |_| true,
                 )
                 .await;
-            if j >= warmup {
-                adds.add(answer);
-            }
+            adds.add(answer);
             let answer = probe
                 .send(
                     Method::PATCH,
@@ -943,9 +960,7 @@ pub async fn measure(
                     |_| true,
                 )
                 .await;
-            if j >= warmup {
-                removes.add(answer);
-            }
+            removes.add(answer);
         }
         results.push(adds.finish());
         results.push(removes.finish());
@@ -961,11 +976,13 @@ pub async fn measure(
         "get-group-no-members",
         "GET /Groups/{id}?excludedAttributes=members",
         members,
+        warmup,
     );
     let mut find = Samples::new(
         "filter-group-no-members",
         "GET /Groups?filter=displayName eq \"…\"&excludedAttributes=members",
         members,
+        warmup,
     );
     let get_url = probe.url(&["Groups", &large.id], Some("excludedAttributes=members"));
     let find_url = probe.url(
@@ -975,15 +992,13 @@ pub async fn measure(
             data::eq_filter("displayName", &large.display_name)
         )),
     );
-    for j in 0..rounds {
+    for _ in 0..rounds {
         let answer = probe
             .send(Method::GET, get_url.clone(), None, StatusCode::OK, |b| {
                 b["id"] == large.id.as_str() && b.get("members").is_none()
             })
             .await;
-        if j >= warmup {
-            get.add(answer);
-        }
+        get.add(answer);
         let answer = probe
             .send(Method::GET, find_url.clone(), None, StatusCode::OK, |b| {
                 let group = &b["Resources"][0];
@@ -992,9 +1007,7 @@ pub async fn measure(
                     && group.get("members").is_none()
             })
             .await;
-        if j >= warmup {
-            find.add(answer);
-        }
+        find.add(answer);
     }
     results.push(get.finish());
     results.push(find.finish());

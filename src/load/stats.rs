@@ -1016,11 +1016,11 @@ mod tests {
         }
     }
 
-    #[test]
-    fn failed_writes_mean_not_all_applied_and_a_failed_run() {
-        let report = Report::new(
-            setup(),
-            recorded().finish(),
+    /// A report of `operations` alone: no phases, mail or memory, 1 s.
+    fn bare_report(setup: Setup, operations: Vec<OpReport>) -> Report {
+        Report::new(
+            setup,
+            operations,
             (0, 0),
             0,
             vec![],
@@ -1028,7 +1028,12 @@ mod tests {
             Duration::from_secs(1),
             None,
             vec![],
-        );
+        )
+    }
+
+    #[test]
+    fn failed_writes_mean_not_all_applied_and_a_failed_run() {
+        let report = bare_report(setup(), recorded().finish());
         assert_eq!(
             (report.requests, report.failed, report.throttled),
             (4, 2, 1)
@@ -1186,7 +1191,7 @@ mod tests {
                 r.end_level(),
             ));
         }
-        let mut sweep = Report::new(
+        let mut sweep = bare_report(
             Setup {
                 users: 2,
                 concurrency: 8,
@@ -1194,13 +1199,6 @@ mod tests {
                 ..setup()
             },
             r.finish(),
-            (0, 0),
-            0,
-            vec![],
-            Duration::from_secs(1),
-            Duration::from_secs(1),
-            None,
-            vec![],
         );
         sweep.sweep = levels;
         sweep.charts = vec!["c/throughput.svg".into(), "c/latency.svg".into()];

@@ -83,13 +83,6 @@ fn filtered<'a>(org_id: &'a str, q: &'a UserQuery) -> users::BoxedQuery<'a, Db> 
     query
 }
 
-pub fn insert(conn: &mut Conn, row: &UserRow) -> QueryResult<()> {
-    diesel::insert_into(users::table)
-        .values(row)
-        .execute(conn)?;
-    Ok(())
-}
-
 /// Inserts a new user unless its id or (organization, userName) is taken;
 /// returns whether it did. One statement instead of a lookup and an
 /// insert: the unique index is the check, and a taken name is rare.
