@@ -229,6 +229,7 @@ impl Application {
             let mail_state = self.mail_state();
             let state = Arc::new(WorkerState {
                 store: self.store.clone(),
+                applier: crate::reconcile::Applier::start(self.store.clone(), &self.settings),
                 settings: self.settings.clone(),
                 announcer,
                 mail: self.mail.clone(),

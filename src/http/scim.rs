@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 use super::AppState;
 use super::auth::OrgId;
 use super::error::{Error, scim_response};
+use crate::jobs::reply::Outcome;
 use crate::jobs::{ChangeOp, ScimChange};
 use crate::reconcile::apply::{render_team, render_team_with, render_user};
 use crate::scim::ResourceKind;
@@ -27,7 +28,6 @@ use crate::scim::resource::{
     group_fields, group_member_ids, project, require_email, user_fields, validate_resource,
 };
 use crate::scim::schema::{LIST_RESPONSE_SCHEMA, SEARCH_REQUEST_SCHEMA};
-use crate::store::log::LogRow;
 use crate::store::teams::{self, TeamQuery};
 use crate::store::users::{self, UserQuery};
 use crate::store::{Order, SortKey};
@@ -106,7 +106,9 @@ async fn submit(state: &AppState, change: ScimChange) -> Result<Response, Error>
                 "change {change_id} was not applied within the request deadline"
             )));
         }
-        waiter.wait(poll.min(deadline - now)).await;
+        if let Some(outcome) = waiter.wait(poll.min(deadline - now)).await {
+            return Ok(answer(&outcome));
+        }
         let id = change_id.clone();
         // A failed read here is not a failed change: keep waiting.
         match state
@@ -114,7 +116,7 @@ async fn submit(state: &AppState, change: ScimChange) -> Result<Response, Error>
             .run(move |c| crate::store::log::find(c, &id).map_err(crate::store::Error::from))
             .await
         {
-            Ok(Some(row)) => return Ok(answer(&row)),
+            Ok(Some(row)) => return Ok(answer(&Outcome::from(&row))),
             Ok(None) => {}
             Err(e) => tracing::warn!(change_id, error = %e, "cannot read the outcome yet"),
         }
@@ -123,7 +125,7 @@ async fn submit(state: &AppState, change: ScimChange) -> Result<Response, Error>
 }
 
 /// The HTTP answer for a committed outcome, exactly as the worker stored it.
-pub fn answer(row: &LogRow) -> Response {
+pub fn answer(row: &Outcome) -> Response {
     let status = u16::try_from(row.status)
         .ok()
         .and_then(|s| StatusCode::from_u16(s).ok())

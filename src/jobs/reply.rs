@@ -2,23 +2,86 @@
 //!
 //! A worker in the same process wakes the waiter directly; a worker in
 //! another process publishes the change id on Redis, and every web process
-//! relays it to its own waiters. The waiter also polls the database, so a
-//! lost wake-up only costs latency.
+//! relays it to its own waiters. The wake-up carries the committed answer,
+//! so the request needs no read of its own; an answer too large for a
+//! message is read from the provisioning log instead. The waiter also
+//! polls the database, so a lost wake-up only costs latency.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
+use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
-/// Redis channel on which workers announce committed change ids.
+use crate::store::log::LogRow;
+
+/// Redis channel on which workers announce committed changes.
 pub const APPLIED_CHANNEL: &str = "scimsync:applied";
+
+/// Largest answer body carried in an announcement; a larger one (a group
+/// with many members) is read from the provisioning log by the waiter.
+const MAX_ANNOUNCED_BODY: usize = 64 * 1024;
+
+/// A committed change's answer, as the provisioning log stores it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Outcome {
+    pub status: i32,
+    pub response: Option<String>,
+}
+
+impl From<&LogRow> for Outcome {
+    fn from(row: &LogRow) -> Self {
+        Outcome {
+            status: row.status,
+            response: row.response.clone(),
+        }
+    }
+}
+
+/// What a worker publishes on [`APPLIED_CHANNEL`]: the change id, and its
+/// answer unless that is too large.
+#[derive(Debug, Serialize, Deserialize)]
+struct Announcement {
+    change_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    outcome: Option<Outcome>,
+}
+
+impl Announcement {
+    fn of(log: &LogRow) -> Self {
+        let small = log
+            .response
+            .as_ref()
+            .is_none_or(|r| r.len() <= MAX_ANNOUNCED_BODY);
+        Announcement {
+            change_id: log.change_id.clone(),
+            outcome: small.then(|| Outcome::from(log)),
+        }
+    }
+
+    /// Reads a published message; a bare change id (as older workers
+    /// published) is an announcement without an answer.
+    fn parse(payload: &str) -> Self {
+        serde_json::from_str(payload).unwrap_or_else(|_| Announcement {
+            change_id: payload.to_owned(),
+            outcome: None,
+        })
+    }
+}
 
 /// Requests currently waiting, by change id.
 #[derive(Debug, Default)]
 pub struct Replies {
-    waiters: Mutex<HashMap<String, Arc<Notify>>>,
+    waiters: Mutex<HashMap<String, Arc<Slot>>>,
+}
+
+/// Where a waiting request is woken, and its answer left.
+#[derive(Debug, Default)]
+struct Slot {
+    notify: Notify,
+    outcome: Mutex<Option<Outcome>>,
 }
 
 /// One waiting request; unregisters itself when dropped.
@@ -26,7 +89,7 @@ pub struct Replies {
 pub struct Waiter {
     replies: Arc<Replies>,
     change_id: String,
-    notify: Arc<Notify>,
+    slot: Arc<Slot>,
 }
 
 impl Replies {
@@ -36,27 +99,33 @@ impl Replies {
 
     /// Registers before the change is queued, so no wake-up can be missed.
     pub fn register(self: &Arc<Self>, change_id: &str) -> Waiter {
-        let notify = Arc::new(Notify::new());
+        let slot = Arc::new(Slot::default());
         if let Ok(mut waiters) = self.waiters.lock() {
-            waiters.insert(change_id.to_owned(), notify.clone());
+            waiters.insert(change_id.to_owned(), slot.clone());
         }
         Waiter {
             replies: self.clone(),
             change_id: change_id.to_owned(),
-            notify,
+            slot,
         }
     }
 
-    /// Wakes the request waiting for `change_id`, if it is in this process.
-    pub fn wake(&self, change_id: &str) {
-        let notify = self
+    /// Wakes the request waiting for `change_id`, if it is in this
+    /// process, with its answer when that is known.
+    pub fn wake(&self, change_id: &str, outcome: Option<Outcome>) {
+        let slot = self
             .waiters
             .lock()
             .ok()
             .and_then(|w| w.get(change_id).cloned());
-        if let Some(notify) = notify {
+        if let Some(slot) = slot {
+            if let Some(outcome) = outcome
+                && let Ok(mut left) = slot.outcome.lock()
+            {
+                *left = Some(outcome);
+            }
             // notify_one stores a permit, so a wake before the wait is kept.
-            notify.notify_one();
+            slot.notify.notify_one();
         }
     }
 
@@ -66,9 +135,11 @@ impl Replies {
 }
 
 impl Waiter {
-    /// Returns when woken or after `timeout`, whichever is first.
-    pub async fn wait(&self, timeout: Duration) {
-        let _ = tokio::time::timeout(timeout, self.notify.notified()).await;
+    /// Returns when woken or after `timeout`, whichever is first, with
+    /// the answer if the wake-up carried it.
+    pub async fn wait(&self, timeout: Duration) -> Option<Outcome> {
+        let _ = tokio::time::timeout(timeout, self.slot.notify.notified()).await;
+        self.slot.outcome.lock().ok().and_then(|mut o| o.take())
     }
 }
 
@@ -93,15 +164,21 @@ pub enum Announcer {
 }
 
 impl Announcer {
-    pub async fn applied(&self, change_id: &str) {
+    /// Announces the committed outcome `log` to the request waiting for it.
+    pub async fn applied(&self, log: &LogRow) {
+        let change_id = log.change_id.as_str();
         match self {
-            Announcer::Local(replies) => replies.wake(change_id),
+            Announcer::Local(replies) => replies.wake(change_id, Some(Outcome::from(log))),
             Announcer::Redis { local, conn } => {
-                local.wake(change_id);
+                local.wake(change_id, Some(Outcome::from(log)));
+                let message = match serde_json::to_string(&Announcement::of(log)) {
+                    Ok(message) => message,
+                    Err(_) => change_id.to_owned(),
+                };
                 let mut conn = conn.clone();
                 let published: redis::RedisResult<i64> = redis::cmd("PUBLISH")
                     .arg(APPLIED_CHANNEL)
-                    .arg(change_id)
+                    .arg(message)
                     .query_async(&mut conn)
                     .await;
                 if let Err(e) = published {
@@ -124,8 +201,9 @@ pub async fn relay_from_redis(client: redis::Client, replies: Arc<Replies>) {
                     delay = Duration::from_millis(100);
                     let mut messages = pubsub.on_message();
                     while let Some(msg) = messages.next().await {
-                        if let Ok(change_id) = msg.get_payload::<String>() {
-                            replies.wake(&change_id);
+                        if let Ok(payload) = msg.get_payload::<String>() {
+                            let announced = Announcement::parse(&payload);
+                            replies.wake(&announced.change_id, announced.outcome);
                         }
                     }
                     tracing::warn!("Redis announcement channel closed; reconnecting");
@@ -136,5 +214,64 @@ pub async fn relay_from_redis(client: redis::Client, replies: Arc<Replies>) {
         }
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn logged(change_id: &str, response: Option<String>) -> LogRow {
+        let at = chrono::DateTime::UNIX_EPOCH.naive_utc();
+        LogRow {
+            change_id: change_id.into(),
+            org_id: "org".into(),
+            operation: "create".into(),
+            resource_type: "User".into(),
+            resource_id: None,
+            subject: None,
+            outcome: "applied".into(),
+            status: 201,
+            response,
+            error: None,
+            attempts: 1,
+            received_at: at,
+            applied_at: at,
+            duration_ms: 0,
+            request: None,
+            resolution: None,
+        }
+    }
+
+    #[test]
+    fn an_announcement_carries_the_answer_unless_it_is_large() {
+        let small = logged("c1", Some(r#"{"id":"u1"}"#.into()));
+        let message = serde_json::to_string(&Announcement::of(&small)).expect("json");
+        let read = Announcement::parse(&message);
+        assert_eq!(read.change_id, "c1");
+        assert_eq!(read.outcome, Some(Outcome::from(&small)));
+
+        let large = logged("c2", Some("x".repeat(MAX_ANNOUNCED_BODY + 1)));
+        let message = serde_json::to_string(&Announcement::of(&large)).expect("json");
+        let read = Announcement::parse(&message);
+        assert_eq!((read.change_id.as_str(), read.outcome), ("c2", None));
+
+        let bare = Announcement::parse("01JBARECHANGEID");
+        assert_eq!(
+            (bare.change_id.as_str(), bare.outcome),
+            ("01JBARECHANGEID", None)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_wake_before_the_wait_is_kept_with_its_answer() {
+        let replies = Replies::new();
+        let waiter = replies.register("c1");
+        replies.wake("c1", Some(Outcome::from(&logged("c1", None))));
+        replies.wake("someone-else", None);
+        let outcome = waiter.wait(Duration::from_secs(5)).await;
+        assert_eq!(outcome.map(|o| o.status), Some(201));
+        drop(waiter);
+        assert_eq!(replies.waiting(), 0);
     }
 }

@@ -17,6 +17,8 @@ use crate::store::Store;
 /// What every change task of a worker process shares.
 pub struct WorkerState {
     pub store: Store,
+    /// Applies changes, several to a transaction when they arrive together.
+    pub applier: reconcile::Applier,
     pub settings: Arc<Settings>,
     pub announcer: Announcer,
     /// Where the mail a change owes is queued right after it commits.
@@ -50,10 +52,10 @@ async fn apply_delivery(
     state: &WorkerState,
 ) -> Result<(), BoxDynError> {
     let max = state.settings.queue.max_deliveries.max(1);
-    match reconcile::apply_with_retry(&state.store, &state.settings, &change, delivery).await {
+    match reconcile::apply_with_retry(&state.applier, &state.settings, &change, delivery).await {
         Ok(committed) => {
             tracing::debug!(outcome = %committed.log.outcome, status = committed.log.status, "change committed");
-            state.announcer.applied(&change.change_id).await;
+            state.announcer.applied(&committed.log).await;
             for id in &committed.mail {
                 // If this push is lost the reconciler queues the row again.
                 if let Err(e) = state.mail.push(&SendMail::new(id), 3).await {
@@ -65,7 +67,7 @@ async fn apply_delivery(
         Err(e) if !e.is_transient() || delivery >= max => {
             tracing::error!(error = %e, "change failed for good; recording it as dead");
             match reconcile::record_dead(&state.store, &change, delivery, &e).await {
-                Ok(_) => state.announcer.applied(&change.change_id).await,
+                Ok(row) => state.announcer.applied(&row).await,
                 Err(e2) => {
                     tracing::error!(error = %e2, "could not record the dead change; it was never acknowledged")
                 }

@@ -207,6 +207,148 @@ fn redelivered(log: LogRow) -> Committed {
     }
 }
 
+/// Applies changes that arrived together and returns each one's result,
+/// in order.
+///
+/// They commit in one transaction when every one of them applies: one
+/// commit instead of one per change, and the user creates among them
+/// written with one multi-row insert per table. If any of them is
+/// rejected, collides with another write or was delivered before, that
+/// transaction rolls back and each change is applied on its own by
+/// [`apply_once`], so every change ends exactly as it would have alone.
+/// The changes of a batch were all in flight at once (no client waited
+/// for one before sending another), so any order is one they could have
+/// had.
+pub fn apply_batch(
+    conn: &mut Conn,
+    batch: &[(&ScimChange, i32)],
+    policy: &Policy,
+) -> Vec<Result<Committed, store::Error>> {
+    if batch.len() > 1 {
+        match apply_together(conn, batch, policy) {
+            Ok(all) => return all.into_iter().map(Ok).collect(),
+            Err(Apart(why)) => tracing::debug!(
+                changes = batch.len(),
+                reason = why,
+                "applying a batch change by change"
+            ),
+        }
+    }
+    batch
+        .iter()
+        .map(|(change, attempts)| apply_once(conn, change, *attempts, policy))
+        .collect()
+}
+
+/// Why a batch is applied change by change instead.
+struct Apart(&'static str);
+
+impl From<diesel::result::Error> for Apart {
+    fn from(e: diesel::result::Error) -> Self {
+        match e {
+            diesel::result::Error::DatabaseError(
+                diesel::result::DatabaseErrorKind::UniqueViolation,
+                _,
+            ) => Apart("a write collided (a duplicate or a redelivery)"),
+            _ => Apart("the database refused a write"),
+        }
+    }
+}
+
+impl From<ApplyError> for Apart {
+    fn from(e: ApplyError) -> Self {
+        match e {
+            ApplyError::Rejected(_) => Apart("a change is rejected"),
+            ApplyError::Store(_) => Apart("the database refused a write"),
+        }
+    }
+}
+
+/// The whole batch in one transaction, or [`Apart`] and nothing written.
+fn apply_together(
+    conn: &mut Conn,
+    batch: &[(&ScimChange, i32)],
+    policy: &Policy,
+) -> Result<Vec<Committed>, Apart> {
+    let started = Instant::now();
+    conn.transaction::<_, Apart, _>(|c| {
+        let mut done: Vec<Option<(Applied, i32)>> = Vec::with_capacity(batch.len());
+        done.resize_with(batch.len(), || None);
+        // User creates first, together: nothing else in the batch can
+        // depend on them being absent, and a group may name them.
+        let mut users = Vec::new();
+        let mut emails = Vec::new();
+        let mut invitations = Vec::new();
+        let mut outbox_rows = Vec::new();
+        for (i, (change, attempts)) in batch.iter().enumerate() {
+            let ChangeOp::Create {
+                kind: ResourceKind::User,
+                id,
+                resource,
+            } = &change.op
+            else {
+                continue;
+            };
+            let row =
+                new_user_row(&change.org_id, id, resource.clone()).map_err(ApplyError::Rejected)?;
+            users::email_keys(&change.org_id, id, &email_values(resource), &mut emails);
+            let mut mail = Vec::new();
+            if row.active {
+                let invite = Invite {
+                    org: &change.org_id,
+                    change_id: &change.change_id,
+                    policy,
+                };
+                let (invitation, outbox_row) = invite.rows(&row);
+                mail.push(outbox_row.id.clone());
+                invitations.push(invitation);
+                outbox_rows.push(outbox_row);
+            }
+            let applied = Applied {
+                status: 201,
+                subject: Some(row.user_name.clone()),
+                body: Some(render_user(&row, &change.base_url).map_err(ApplyError::Store)?),
+                mail,
+            };
+            done[i] = Some((applied, *attempts));
+            users.push(row);
+        }
+        if !users.is_empty() {
+            if users::insert_all_if_free(c, &users)? != users.len() {
+                return Err(Apart("a userName or id is taken"));
+            }
+            users::insert_email_keys(c, &emails)?;
+            invitations::insert_all(c, &invitations)?;
+            outbox::insert_all(c, &outbox_rows)?;
+        }
+        for (i, (change, attempts)) in batch.iter().enumerate() {
+            if done[i].is_none() {
+                done[i] = Some((apply_op(c, change, policy)?, *attempts));
+            }
+        }
+        let mut logs = Vec::with_capacity(batch.len());
+        let mut mail = Vec::with_capacity(batch.len());
+        for ((change, _), slot) in batch.iter().zip(done) {
+            let Some((applied, attempts)) = slot else {
+                return Err(Apart("a change was not applied"));
+            };
+            let mut row = log_row(change, attempts, "applied");
+            row.status = i32::from(applied.status);
+            row.response = applied.body.map(|b| b.to_string());
+            row.subject = applied.subject;
+            row.duration_ms = elapsed_ms(started);
+            logs.push(row);
+            mail.push(applied.mail);
+        }
+        log::insert_all(c, &logs)?;
+        Ok(logs
+            .into_iter()
+            .zip(mail)
+            .map(|(log, mail)| Committed { log, mail })
+            .collect())
+    })
+}
+
 /// Records a change that could not be applied at all, unless an outcome
 /// was committed meanwhile.
 pub fn record_dead_once(
@@ -670,6 +812,14 @@ struct Invite<'a> {
 impl Invite<'_> {
     /// Writes an invitation and the outbox row that mails it; returns the row id.
     fn issue(&self, c: &mut Conn, user: &UserRow) -> Result<String, ApplyError> {
+        let (invitation, row) = self.rows(user);
+        invitations::insert(c, &invitation)?;
+        outbox::insert(c, &row)?;
+        Ok(row.id)
+    }
+
+    /// The invitation for `user` and the outbox row that mails it.
+    fn rows(&self, user: &UserRow) -> (InvitationRow, OutboxRow) {
         let token = crate::ops::tokens::random_secret("inv_");
         let at = now();
         let recipient = user.email.clone().unwrap_or_default();
@@ -684,7 +834,6 @@ impl Invite<'_> {
             used_at: None,
             revoked_at: None,
         };
-        invitations::insert(c, &invitation)?;
         // The clear token lives only here, until the message is sent.
         let payload = serde_json::json!({
             "invitation_id": invitation.id,
@@ -700,8 +849,7 @@ impl Invite<'_> {
             payload.to_string(),
             self.policy.mail_queued_for,
         );
-        outbox::insert(c, &row)?;
-        Ok(row.id)
+        (invitation, row)
     }
 
     /// Deactivation revokes pending invitations; activating a user who

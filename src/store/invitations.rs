@@ -20,9 +20,19 @@ pub struct InvitationRow {
 }
 
 pub fn insert(conn: &mut Conn, row: &InvitationRow) -> QueryResult<()> {
-    diesel::insert_into(invitations::table)
-        .values(row)
-        .execute(conn)?;
+    insert_all(conn, std::slice::from_ref(row))
+}
+
+/// Inserts `rows` in one statement.
+pub fn insert_all(conn: &mut Conn, rows: &[InvitationRow]) -> QueryResult<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let insert = diesel::insert_into(invitations::table).values(rows);
+    match conn {
+        Conn::Pg(c) => insert.execute(c)?,
+        Conn::Sqlite(c) => insert.execute(c)?,
+    };
     Ok(())
 }
 

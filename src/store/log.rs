@@ -29,9 +29,16 @@ pub struct LogRow {
 }
 
 pub fn insert(conn: &mut Conn, row: &LogRow) -> QueryResult<()> {
-    diesel::insert_into(provisioning_log::table)
-        .values(row)
-        .execute(conn)?;
+    insert_all(conn, std::slice::from_ref(row))
+}
+
+/// Inserts `rows` in one statement; a change id already logged fails it.
+pub fn insert_all(conn: &mut Conn, rows: &[LogRow]) -> QueryResult<()> {
+    let insert = diesel::insert_into(provisioning_log::table).values(rows);
+    match conn {
+        Conn::Pg(c) => insert.execute(c)?,
+        Conn::Sqlite(c) => insert.execute(c)?,
+    };
     Ok(())
 }
 

@@ -59,9 +59,19 @@ impl OutboxRow {
 }
 
 pub fn insert(conn: &mut Conn, row: &OutboxRow) -> QueryResult<()> {
-    diesel::insert_into(outbox::table)
-        .values(row)
-        .execute(conn)?;
+    insert_all(conn, std::slice::from_ref(row))
+}
+
+/// Inserts `rows` in one statement.
+pub fn insert_all(conn: &mut Conn, rows: &[OutboxRow]) -> QueryResult<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let insert = diesel::insert_into(outbox::table).values(rows);
+    match conn {
+        Conn::Pg(c) => insert.execute(c)?,
+        Conn::Sqlite(c) => insert.execute(c)?,
+    };
     Ok(())
 }
 

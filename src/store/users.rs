@@ -6,7 +6,7 @@ use super::schema::{user_emails, users};
 use super::{Conn, Db, Order, SortKey};
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable, AsChangeset)]
-#[diesel(table_name = users, treat_none_as_null = true)]
+#[diesel(table_name = users, treat_none_as_null = true, treat_none_as_default_value = false)]
 pub struct UserRow {
     pub id: String,
     pub org_id: String,
@@ -87,14 +87,19 @@ fn filtered<'a>(org_id: &'a str, q: &'a UserQuery) -> users::BoxedQuery<'a, Db> 
 /// returns whether it did. One statement instead of a lookup and an
 /// insert: the unique index is the check, and a taken name is rare.
 pub fn insert_if_free(conn: &mut Conn, row: &UserRow) -> QueryResult<bool> {
+    Ok(insert_all_if_free(conn, std::slice::from_ref(row))? == 1)
+}
+
+/// Inserts `rows` in one statement, skipping any whose id or userName is
+/// taken (also by an earlier row of `rows`); returns how many were written.
+pub fn insert_all_if_free(conn: &mut Conn, rows: &[UserRow]) -> QueryResult<usize> {
     let insert = diesel::insert_into(users::table)
-        .values(row)
+        .values(rows)
         .on_conflict_do_nothing();
-    let n = match conn {
-        Conn::Pg(c) => insert.execute(c)?,
-        Conn::Sqlite(c) => insert.execute(c)?,
-    };
-    Ok(n == 1)
+    match conn {
+        Conn::Pg(c) => insert.execute(c),
+        Conn::Sqlite(c) => insert.execute(c),
+    }
 }
 
 pub fn find(conn: &mut Conn, org_id: &str, id: &str) -> QueryResult<Option<UserRow>> {
@@ -296,19 +301,44 @@ pub fn add_emails(
     user_id: &str,
     values: &[String],
 ) -> QueryResult<()> {
+    let mut keys = Vec::new();
+    email_keys(org_id, user_id, values, &mut keys);
+    insert_email_keys(conn, &keys)
+}
+
+/// A `user_emails` row: user id, organization id, lower-cased address.
+pub type EmailKey = (String, String, String);
+
+/// Appends the `user_emails` rows of one user's `values` to `keys`.
+pub fn email_keys(org_id: &str, user_id: &str, values: &[String], keys: &mut Vec<EmailKey>) {
     let mut seen = std::collections::HashSet::new();
     for value in values {
         let key = value.to_lowercase();
-        if key.is_empty() || !seen.insert(key.clone()) {
-            continue;
+        if !key.is_empty() && seen.insert(key.clone()) {
+            keys.push((user_id.to_owned(), org_id.to_owned(), key));
         }
-        diesel::insert_into(user_emails::table)
-            .values((
+    }
+}
+
+/// Writes `user_emails` rows made by [`email_keys`] in one statement.
+pub fn insert_email_keys(conn: &mut Conn, keys: &[EmailKey]) -> QueryResult<()> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<_> = keys
+        .iter()
+        .map(|(user_id, org_id, key)| {
+            (
                 user_emails::user_id.eq(user_id),
                 user_emails::org_id.eq(org_id),
                 user_emails::value_key.eq(key),
-            ))
-            .execute(conn)?;
-    }
+            )
+        })
+        .collect();
+    let insert = diesel::insert_into(user_emails::table).values(rows);
+    match conn {
+        Conn::Pg(c) => insert.execute(c)?,
+        Conn::Sqlite(c) => insert.execute(c)?,
+    };
     Ok(())
 }

@@ -10,12 +10,13 @@ use scimsync::store::{log, users};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{Backend, TestApp, eventually, spawn_with, test_env, user_body};
+use crate::helpers::{Backend, TestApp, eventually, patch_body, spawn_with, test_env, user_body};
 use crate::on_both_backends;
 
 on_both_backends!(
     answer_is_given_only_after_commit,
     change_delivered_twice_is_applied_once,
+    changes_applied_together_end_as_they_would_alone,
 );
 
 async fn answer_is_given_only_after_commit(app: TestApp) {
@@ -47,17 +48,22 @@ async fn change_delivered_twice_is_applied_once(app: TestApp) {
             .expect("valid"),
         },
     );
-    // Two workers receive the same change at once (a redelivery racing the
-    // original), then a third delivery arrives after both committed.
+    // Two worker processes receive the same change at once (a redelivery
+    // racing the original), then a third delivery arrives after both
+    // committed, to a worker that also has it in one batch twice.
+    let first = reconcile::Applier::start(app.store.clone(), &app.settings);
+    let second = reconcile::Applier::start(app.store.clone(), &app.settings);
     let (a, b) = tokio::join!(
-        reconcile::apply_with_retry(&app.store, &app.settings, &change, 1),
-        reconcile::apply_with_retry(&app.store, &app.settings, &change, 2),
+        reconcile::apply_with_retry(&first, &app.settings, &change, 1),
+        reconcile::apply_with_retry(&second, &app.settings, &change, 2),
     );
     let (a, b) = (a.expect("first").log, b.expect("second").log);
-    let c = reconcile::apply_with_retry(&app.store, &app.settings, &change, 3)
-        .await
-        .expect("third")
-        .log;
+    let (c, twice) = tokio::join!(
+        reconcile::apply_with_retry(&first, &app.settings, &change, 3),
+        reconcile::apply_with_retry(&first, &app.settings, &change, 4),
+    );
+    assert_eq!(twice.expect("fourth").log.status, 201);
+    let c = c.expect("third").log;
     assert_eq!(a.status, 201);
     assert_eq!(
         (a.status, a.response.clone()),
@@ -191,4 +197,121 @@ async fn change_that_cannot_be_applied_is_recorded_dead_and_answered() {
             .unwrap_or_default()
             .contains("users")
     );
+}
+
+/// A change as ingest would queue it.
+fn change(org: &str, app: &TestApp, op: ChangeOp) -> ScimChange {
+    ScimChange::new(org, &app.scim, op)
+}
+
+fn create_user(org: &str, app: &TestApp, body: serde_json::Value) -> ScimChange {
+    let resource =
+        scimsync::scim::resource::validate_resource(ResourceKind::User, body).expect("valid");
+    change(
+        org,
+        app,
+        ChangeOp::Create {
+            kind: ResourceKind::User,
+            id: uuid::Uuid::new_v4().to_string(),
+            resource,
+        },
+    )
+}
+
+fn rename_user(org: &str, app: &TestApp, id: &str) -> ScimChange {
+    change(
+        org,
+        app,
+        ChangeOp::Patch {
+            kind: ResourceKind::User,
+            id: id.to_owned(),
+            body: patch_body(serde_json::json!([
+                {"op": "Replace", "path": "displayName", "value": "Renamed Together"}
+            ])),
+            if_match: None,
+        },
+    )
+}
+
+/// Applies `batch` the way a worker's lane does; returns (status, mail
+/// owed) for each change.
+async fn apply_batch(app: &TestApp, batch: &[ScimChange]) -> Vec<(i32, usize)> {
+    let batch = batch.to_vec();
+    let policy = reconcile::Policy::from_settings(&app.settings);
+    app.store
+        .run_write(move |conn| {
+            let refs: Vec<(&ScimChange, i32)> = batch.iter().map(|c| (c, 1)).collect();
+            Ok::<_, scimsync::store::Error>(reconcile::apply::apply_batch(conn, &refs, &policy))
+        })
+        .await
+        .expect("store")
+        .into_iter()
+        .map(|r| {
+            let committed = r.expect("every change has an outcome");
+            (committed.log.status, committed.mail.len())
+        })
+        .collect()
+}
+
+async fn changes_applied_together_end_as_they_would_alone(app: TestApp) {
+    let org = app.org_id().await;
+    let existing = app.post("/Users", user_body("kept@example.com")).await;
+    let kept = existing.body["id"].as_str().expect("id").to_owned();
+
+    // A batch where everything applies: one transaction.
+    let mut quiet = user_body("quiet@example.com");
+    quiet["active"] = serde_json::json!(false);
+    let first = create_user(&org, &app, user_body("first@example.com"));
+    let clean = vec![
+        first.clone(),
+        create_user(&org, &app, quiet),
+        rename_user(&org, &app, &kept),
+    ];
+    assert_eq!(
+        apply_batch(&app, &clean).await,
+        vec![(201, 1), (201, 0), (200, 0)],
+        "a new active user owes a welcome, an inactive one does not"
+    );
+
+    // A batch where some changes fail: each ends as it would alone, and
+    // the failures leave nothing of the others undone.
+    let mixed = vec![
+        create_user(&org, &app, user_body("second@example.com")),
+        create_user(&org, &app, user_body("FIRST@example.com")),
+        rename_user(&org, &app, "00000000-0000-0000-0000-000000000000"),
+        first.clone(),
+    ];
+    assert_eq!(
+        apply_batch(&app, &mixed).await,
+        vec![(201, 1), (409, 0), (404, 0), (201, 0)],
+        "a taken userName is 409, a missing user 404, a redelivery its stored outcome"
+    );
+
+    for (email, active) in [
+        ("first@example.com", true),
+        ("quiet@example.com", false),
+        ("second@example.com", true),
+    ] {
+        let found = app
+            .get(&format!("/Users?filter=emails.value eq \"{email}\""))
+            .await;
+        assert_eq!(
+            found.body["totalResults"], 1,
+            "{email} is found by its email"
+        );
+        assert_eq!(found.body["Resources"][0]["active"], active, "{email}");
+    }
+    let renamed = app.get(&format!("/Users/{kept}")).await;
+    assert_eq!(renamed.body["displayName"], "Renamed Together");
+    let welcomes = app
+        .store
+        .run(move |c| {
+            scimsync::store::outbox::for_org(c, &org).map_err(scimsync::store::Error::from)
+        })
+        .await
+        .expect("outbox")
+        .iter()
+        .filter(|row| row.kind == "welcome")
+        .count();
+    assert_eq!(welcomes, 3, "kept, first and second are welcomed once each");
 }

@@ -276,7 +276,8 @@ async fn owed_mail_whose_job_was_lost_is_sent_once_by_the_reconciler(backend: Ba
             .expect("valid"),
         },
     );
-    let committed = scimsync::reconcile::apply_with_retry(&app.store, &app.settings, &change, 1)
+    let applier = scimsync::reconcile::Applier::start(app.store.clone(), &app.settings);
+    let committed = scimsync::reconcile::apply_with_retry(&applier, &app.settings, &change, 1)
         .await
         .expect("commit");
     assert_eq!(committed.mail.len(), 1, "the change owes one welcome");
