@@ -151,6 +151,7 @@ impl Application {
             settings: self.settings.clone(),
             transport: self.transport.clone(),
             public_url: self.public_url.clone(),
+            orgs: Default::default(),
         })
     }
 
@@ -233,6 +234,10 @@ impl Application {
                 settings: self.settings.clone(),
                 announcer,
                 mail: self.mail.clone(),
+                mailer: mail_state.clone(),
+                senders: Arc::new(tokio::sync::Semaphore::new(
+                    self.settings.mail.concurrency.max(1),
+                )),
             });
             let queue = self.queue.clone();
             let token = shutdown.clone();

@@ -94,7 +94,10 @@ async fn submit(state: &AppState, change: ScimChange) -> Result<Response, Error>
         .map_err(|e| Error::Unavailable(format!("{e:#}")))?;
     tracing::debug!(change_id, "change queued");
     let deadline = queued + Duration::from_secs(state.settings.server.request_deadline_secs);
-    let mut poll = Duration::from_millis(20);
+    // The wake-up normally ends the wait; reading the log is for a lost
+    // one (Redis reconnecting), so it starts late and never floods the
+    // database with reads of changes that are simply still queued.
+    let mut poll = Duration::from_millis(250);
     loop {
         let now = Instant::now();
         if now >= deadline {

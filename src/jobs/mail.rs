@@ -11,6 +11,7 @@ use super::queue::Job;
 use crate::config::Settings;
 use crate::email::templates::{self, Digest, FailureLine, Welcome};
 use crate::email::{Email, SendError, Transport};
+use crate::reconcile::Owed;
 use crate::store::outbox::{self, OutboxRow};
 use crate::store::{self, Store, invitations, now, orgs, users};
 
@@ -45,6 +46,50 @@ pub struct MailState {
     pub transport: Arc<Transport>,
     /// Base of invitation links, e.g. `https://scim.example.com`.
     pub public_url: String,
+    /// Organizations as welcomes name them, read at most once a minute.
+    pub orgs: OrgNames,
+}
+
+/// Organizations read recently, so that sending a welcome right after its
+/// change commits reads nothing: a renamed organization shows in welcomes
+/// within a minute.
+#[derive(Debug, Default)]
+pub struct OrgNames {
+    read: std::sync::Mutex<std::collections::HashMap<String, (orgs::Org, std::time::Instant)>>,
+}
+
+impl OrgNames {
+    const FOR: Duration = Duration::from_secs(60);
+
+    fn get(&self, id: &str) -> Option<orgs::Org> {
+        let read = self.read.lock().ok()?;
+        let (org, at) = read.get(id)?;
+        (at.elapsed() < Self::FOR).then(|| org.clone())
+    }
+
+    fn put(&self, org: &orgs::Org) {
+        if let Ok(mut read) = self.read.lock() {
+            read.insert(org.id.clone(), (org.clone(), std::time::Instant::now()));
+        }
+    }
+}
+
+impl MailState {
+    /// The organization `id`, from [`OrgNames`] or the database.
+    async fn org(&self, id: &str) -> Result<Option<orgs::Org>, store::Error> {
+        if let Some(org) = self.orgs.get(id) {
+            return Ok(Some(org));
+        }
+        let id = id.to_owned();
+        let org = self
+            .store
+            .run(move |c| orgs::find(c, &id).map_err(store::Error::from))
+            .await?;
+        if let Some(org) = &org {
+            self.orgs.put(org);
+        }
+        Ok(org)
+    }
 }
 
 /// What became of one delivery attempt.
@@ -88,6 +133,63 @@ pub async fn deliver(state: &MailState, outbox_id: &str) -> Result<Delivery, sto
     else {
         return Ok(Delivery::Skipped);
     };
+    send_claimed(state, row, facts).await
+}
+
+/// Sends a welcome that the change just committed in this process wrote
+/// already claimed, with what that change knows: the invitation is the one
+/// it wrote, and the person's name travels in the row. Only the
+/// organization is read (once a minute per organization and process).
+pub async fn send_owed(state: &MailState, owed: Owed) -> Result<Delivery, store::Error> {
+    let org = state.org(&owed.row.org_id).await?;
+    let facts = WelcomeFacts {
+        person: payload_person(&owed.row.payload),
+        invitation: Some(owed.invitation),
+        org,
+        user_exists: true,
+    };
+    send_claimed(state, owed.row, Some(facts)).await
+}
+
+/// Hands a row this process claimed but will not send back to the queue,
+/// for any worker: unclaimed, then a send job pushed. A failure of either
+/// step leaves the row to the reconciler.
+pub async fn hand_back(
+    store: &Store,
+    queue: &super::Queue<SendMail>,
+    outbox_id: &str,
+    queued_for: chrono::TimeDelta,
+) {
+    let id = outbox_id.to_owned();
+    let unclaimed = store
+        .run_write(move |c| outbox::unclaim(c, &id, queued_for).map_err(store::Error::from))
+        .await;
+    if let Err(e) = unclaimed {
+        tracing::warn!(outbox_id, error = %e, "could not hand back a welcome; the reconciler will queue it once its claim runs out");
+        return;
+    }
+    // If this push is lost the reconciler queues the row again.
+    if let Err(e) = queue.push(&SendMail::new(outbox_id), 3).await {
+        tracing::warn!(
+            outbox_id,
+            error = format!("{e:#}"),
+            "could not queue mail; the reconciler will"
+        );
+    }
+}
+
+/// The greeting name written into a welcome's payload.
+fn payload_person(payload: &str) -> Option<String> {
+    let payload: Value = serde_json::from_str(payload).ok()?;
+    payload.get("person")?.as_str().map(str::to_owned)
+}
+
+/// Renders, sends and records a row this process has claimed.
+async fn send_claimed(
+    state: &MailState,
+    row: OutboxRow,
+    facts: Option<WelcomeFacts>,
+) -> Result<Delivery, store::Error> {
     let span =
         tracing::info_span!("mail", outbox_id = %row.id, kind = %row.kind, attempt = row.attempts);
     let rendered = render(state, &row, facts);

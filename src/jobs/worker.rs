@@ -11,7 +11,7 @@ use super::mail::{self, MailState, SendMail};
 use super::queue::{Backend, Queue};
 use super::reply::Announcer;
 use crate::config::Settings;
-use crate::reconcile;
+use crate::reconcile::{self, Owed};
 use crate::store::Store;
 
 /// What every change task of a worker process shares.
@@ -21,8 +21,52 @@ pub struct WorkerState {
     pub applier: reconcile::Applier,
     pub settings: Arc<Settings>,
     pub announcer: Announcer,
-    /// Where the mail a change owes is queued right after it commits.
+    /// Where the mail a change owes is queued when this process has no
+    /// sender free to send it at once.
     pub mail: Queue<SendMail>,
+    /// Sends the mail a change owes right after it commits.
+    pub mailer: Arc<MailState>,
+    /// Senders free in this process for mail sent right after a commit.
+    pub senders: Arc<tokio::sync::Semaphore>,
+}
+
+impl WorkerState {
+    /// Sends a welcome that a committed change owes from this process,
+    /// which holds its claim, when one of its senders is free; otherwise
+    /// hands the claim back and queues the row for any worker.
+    ///
+    /// The outbox row is the record either way: a send cut short (the
+    /// process dies) leaves the row claimed until its lease runs out, and
+    /// the reconciler then queues it again. Sending here spares every new
+    /// user a claim, two reads, and the mail queue's push, fetch and
+    /// acknowledgement.
+    async fn send_or_queue(&self, owed: Owed) {
+        if let Ok(permit) = self.senders.clone().try_acquire_owned() {
+            let mailer = self.mailer.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                let id = owed.row.id.clone();
+                if let Err(e) = mail::send_owed(&mailer, owed).await {
+                    tracing::warn!(outbox_id = %id, error = %e, "could not send mail; the reconciler will once its claim runs out");
+                }
+            });
+            return;
+        }
+        let requeue = i64::try_from(self.settings.reconciler.requeue_after_secs).unwrap_or(60);
+        mail::hand_back(
+            &self.store,
+            &self.mail,
+            &owed.row.id,
+            chrono::TimeDelta::seconds(requeue),
+        )
+        .await;
+    }
+
+    /// Waits until the mail sent from this process is out, or `timeout`.
+    async fn senders_done(&self, timeout: Duration) {
+        let all = u32::try_from(self.settings.mail.concurrency.max(1)).unwrap_or(u32::MAX);
+        let _ = tokio::time::timeout(timeout, self.senders.acquire_many(all)).await;
+    }
 }
 
 /// Applies one delivery of a change. Transient failures are retried here
@@ -56,11 +100,8 @@ async fn apply_delivery(
         Ok(committed) => {
             tracing::debug!(outcome = %committed.log.outcome, status = committed.log.status, "change committed");
             state.announcer.applied(&committed.log).await;
-            for id in &committed.mail {
-                // If this push is lost the reconciler queues the row again.
-                if let Err(e) = state.mail.push(&SendMail::new(id), 3).await {
-                    tracing::warn!(outbox_id = %id, error = format!("{e:#}"), "could not queue mail; the reconciler will");
-                }
+            for owed in committed.mail {
+                state.send_or_queue(owed).await;
             }
             Ok(())
         }
@@ -156,6 +197,7 @@ where
             true
         });
     let monitor = register!(monitor, changes, "scim", poll, concurrency, state, apply);
+    let sending = state.clone();
     let monitor = register!(
         monitor,
         mail_queue,
@@ -165,8 +207,10 @@ where
         mail_state,
         mail::handle
     );
-    monitor
+    let ran = monitor
         .run_with_signal(signal)
         .await
-        .map_err(|e| anyhow::anyhow!("worker monitor failed: {e}"))
+        .map_err(|e| anyhow::anyhow!("worker monitor failed: {e}"));
+    sending.senders_done(Duration::from_secs(30)).await;
+    ran
 }

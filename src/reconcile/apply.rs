@@ -47,12 +47,20 @@ impl From<store::Error> for ApplyError {
 }
 
 /// A change that applied: the answer to give, what the log shows, and
-/// the outbox rows it wrote.
+/// the welcomes it wrote.
 struct Applied {
     status: u16,
     body: Option<Value>,
     subject: Option<String>,
-    mail: Vec<String>,
+    mail: Vec<Owed>,
+}
+
+/// A welcome that a change wrote, claimed for sending by the worker that
+/// committed it (see [`Policy::send_lease`]), with the invitation it mails.
+#[derive(Debug, Clone)]
+pub struct Owed {
+    pub row: OutboxRow,
+    pub invitation: InvitationRow,
 }
 
 /// What applying needs besides the change: settings of the product.
@@ -60,16 +68,18 @@ struct Applied {
 pub struct Policy {
     /// How long a welcome invitation stays valid.
     pub invitation_ttl: chrono::TimeDelta,
-    /// How long a send job queued right after commit is trusted to run
-    /// before the reconciler queues the mail again.
-    pub mail_queued_for: chrono::TimeDelta,
+    /// A welcome is written already claimed by the worker that commits it,
+    /// for this long: that worker sends it right after the commit. If it
+    /// dies first, the reconciler takes the row back once the claim runs
+    /// out and queues it.
+    pub send_lease: chrono::TimeDelta,
 }
 
-/// A committed change: its log row, and the outbox rows to send now.
+/// A committed change: its log row, and the welcomes to send now.
 #[derive(Debug, Clone)]
 pub struct Committed {
     pub log: LogRow,
-    pub mail: Vec<String>,
+    pub mail: Vec<Owed>,
 }
 
 /// Why the optimistic transaction of [`apply_once`] rolled back.
@@ -299,10 +309,10 @@ fn apply_together(
                     change_id: &change.change_id,
                     policy,
                 };
-                let (invitation, outbox_row) = invite.rows(&row);
-                mail.push(outbox_row.id.clone());
-                invitations.push(invitation);
-                outbox_rows.push(outbox_row);
+                let owed = invite.rows(&row);
+                invitations.push(owed.invitation.clone());
+                outbox_rows.push(owed.row.clone());
+                mail.push(owed);
             }
             let applied = Applied {
                 status: 201,
@@ -810,16 +820,17 @@ struct Invite<'a> {
 }
 
 impl Invite<'_> {
-    /// Writes an invitation and the outbox row that mails it; returns the row id.
-    fn issue(&self, c: &mut Conn, user: &UserRow) -> Result<String, ApplyError> {
-        let (invitation, row) = self.rows(user);
-        invitations::insert(c, &invitation)?;
-        outbox::insert(c, &row)?;
-        Ok(row.id)
+    /// Writes an invitation and the outbox row that mails it.
+    fn issue(&self, c: &mut Conn, user: &UserRow) -> Result<Owed, ApplyError> {
+        let owed = self.rows(user);
+        invitations::insert(c, &owed.invitation)?;
+        outbox::insert(c, &owed.row)?;
+        Ok(owed)
     }
 
-    /// The invitation for `user` and the outbox row that mails it.
-    fn rows(&self, user: &UserRow) -> (InvitationRow, OutboxRow) {
+    /// The invitation for `user` and the outbox row that mails it, claimed
+    /// for the worker that commits them.
+    fn rows(&self, user: &UserRow) -> Owed {
         let token = crate::ops::tokens::random_secret("inv_");
         let at = now();
         let recipient = user.email.clone().unwrap_or_default();
@@ -841,15 +852,15 @@ impl Invite<'_> {
             "token": token,
             "person": crate::jobs::mail::greeting_name(user),
         });
-        let row = OutboxRow::new(
+        let row = OutboxRow::claimed(
             self.org,
             "welcome",
             Some(self.change_id),
             &recipient,
             payload.to_string(),
-            self.policy.mail_queued_for,
+            self.policy.send_lease,
         );
-        (invitation, row)
+        Owed { row, invitation }
     }
 
     /// Deactivation revokes pending invitations; activating a user who
@@ -859,7 +870,7 @@ impl Invite<'_> {
         c: &mut Conn,
         old: &UserRow,
         new: &UserRow,
-    ) -> Result<Option<String>, ApplyError> {
+    ) -> Result<Option<Owed>, ApplyError> {
         if !new.active {
             if old.active {
                 invitations::revoke_pending(c, &new.id)?;

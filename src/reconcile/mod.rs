@@ -13,15 +13,15 @@ use crate::jobs::ScimChange;
 use crate::jobs::retry;
 use crate::store::{self, Store, log::LogRow};
 
-pub use apply::{Committed, Policy};
+pub use apply::{Committed, Owed, Policy};
 
 impl Policy {
     pub fn from_settings(settings: &Settings) -> Self {
         let hours = i64::try_from(settings.mail.invitation_ttl_hours).unwrap_or(168);
-        let requeue = i64::try_from(settings.reconciler.requeue_after_secs).unwrap_or(60);
+        let lease = i64::try_from(settings.reconciler.send_lease_secs).unwrap_or(120);
         Policy {
             invitation_ttl: chrono::TimeDelta::hours(hours),
-            mail_queued_for: chrono::TimeDelta::seconds(requeue),
+            send_lease: chrono::TimeDelta::seconds(lease),
         }
     }
 }

@@ -56,6 +56,22 @@ impl OutboxRow {
             locked_until: Some(at + queued_for),
         }
     }
+
+    /// A row owed now and already claimed for sending, for `lease`, by
+    /// the process that writes it: its first attempt.
+    pub fn claimed(
+        org_id: &str,
+        kind: &str,
+        change_id: Option<&str>,
+        recipient: &str,
+        payload: String,
+        lease: chrono::TimeDelta,
+    ) -> Self {
+        let mut row = OutboxRow::new(org_id, kind, change_id, recipient, payload, lease);
+        row.state = "sending".into();
+        row.attempts = 1;
+        row
+    }
 }
 
 pub fn insert(conn: &mut Conn, row: &OutboxRow) -> QueryResult<()> {
@@ -167,6 +183,23 @@ pub fn finish(conn: &mut Conn, id: &str, state: &str, error: &str) -> QueryResul
             outbox::last_error.eq(Some(error)),
         ))
         .execute(conn)?;
+    Ok(())
+}
+
+/// Hands a row claimed by this process back unsent, marked as queued for
+/// `queued_for`, as if its first attempt had not begun.
+pub fn unclaim(conn: &mut Conn, id: &str, queued_for: chrono::TimeDelta) -> QueryResult<()> {
+    diesel::update(
+        outbox::table
+            .filter(outbox::id.eq(id))
+            .filter(outbox::state.eq("sending")),
+    )
+    .set((
+        outbox::state.eq("pending"),
+        outbox::attempts.eq(outbox::attempts - 1),
+        outbox::locked_until.eq(Some(now() + queued_for)),
+    ))
+    .execute(conn)?;
     Ok(())
 }
 

@@ -74,6 +74,7 @@ both!(
     resend_api_is_called_as_documented_and_429_is_retried_after_its_delay,
     resend_rejection_is_permanent_and_keeps_the_answer,
     owed_mail_whose_job_was_lost_is_sent_once_by_the_reconciler,
+    welcome_handed_back_is_sent_once_through_the_queue,
 );
 
 async fn smtp_one_welcome_per_active_user_none_for_inactive_or_deactivated(backend: Backend) {
@@ -260,9 +261,11 @@ async fn owed_mail_whose_job_was_lost_is_sent_once_by_the_reconciler(backend: Ba
     let mut env = test_env(backend);
     env.settings.mail.url = sink.url();
     env.settings.reconciler.requeue_after_secs = 1;
+    env.settings.reconciler.send_lease_secs = 1;
     let app = spawn_with(env, Role::All).await;
-    // Commit a change that owes a welcome, as a worker would, but lose its
-    // send job: the process died between commit and enqueue.
+    // Commit a change that owes a welcome, as a worker would, but never
+    // send it: the process died between the commit and the send, holding
+    // the claim the welcome was written with.
     let change = scimsync::jobs::ScimChange::new(
         &app.org_id().await,
         &app.scim,
@@ -316,4 +319,76 @@ async fn owed_mail_whose_job_was_lost_is_sent_once_by_the_reconciler(backend: Ba
     .await;
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     assert_eq!(to(&sink, "orphan@example.com").len(), 1);
+}
+
+/// A worker with no sender free hands the welcome it wrote (claimed) back
+/// to the queue; a mail worker then sends it, as its first attempt.
+async fn welcome_handed_back_is_sent_once_through_the_queue(backend: Backend) {
+    let sink = SmtpSink::start().await.expect("sink");
+    let mut env = test_env(backend);
+    env.settings.mail.url = sink.url();
+    // Only the queue may send it: the reconciler waits longer than the test.
+    env.settings.reconciler.requeue_after_secs = 600;
+    env.settings.reconciler.send_lease_secs = 600;
+    let app = spawn_with(env, Role::All).await;
+    let change = scimsync::jobs::ScimChange::new(
+        &app.org_id().await,
+        &app.scim,
+        scimsync::jobs::ChangeOp::Create {
+            kind: scimsync::scim::ResourceKind::User,
+            id: uuid::Uuid::new_v4().to_string(),
+            resource: scimsync::scim::resource::validate_resource(
+                scimsync::scim::ResourceKind::User,
+                user_body("handed@example.com"),
+            )
+            .expect("valid"),
+        },
+    );
+    let applier = scimsync::reconcile::Applier::start(app.store.clone(), &app.settings);
+    let committed = scimsync::reconcile::apply_with_retry(&applier, &app.settings, &change, 1)
+        .await
+        .expect("commit");
+    let [owed] = committed.mail.as_slice() else {
+        panic!("the change owes one welcome, not {}", committed.mail.len());
+    };
+    let born = welcome_row(&app, "handed@example.com").await.expect("row");
+    assert_eq!(
+        (born.state.as_str(), born.attempts),
+        ("sending", 1),
+        "written claimed"
+    );
+
+    let changes: scimsync::jobs::Queue<scimsync::jobs::ScimChange> =
+        scimsync::jobs::Queue::connect(
+            &app.settings.queue_url().expect("url"),
+            &app.settings.queue.name,
+        )
+        .await
+        .expect("queue");
+    let mail = changes
+        .sibling::<scimsync::jobs::mail::SendMail>(&format!("{}-mail", app.settings.queue.name));
+    scimsync::jobs::mail::hand_back(
+        &app.store,
+        &mail,
+        &owed.row.id,
+        chrono::TimeDelta::seconds(600),
+    )
+    .await;
+    eventually("the queued welcome is sent", || async {
+        to(&sink, "handed@example.com").len() == 1
+    })
+    .await;
+    eventually("the welcome is recorded as sent", || async {
+        welcome_row(&app, "handed@example.com")
+            .await
+            .is_some_and(|r| r.state == "sent")
+    })
+    .await;
+    let sent = welcome_row(&app, "handed@example.com").await.expect("row");
+    assert_eq!(
+        sent.attempts, 1,
+        "handing back does not count as an attempt"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(to(&sink, "handed@example.com").len(), 1, "exactly once");
 }
