@@ -57,6 +57,9 @@ pub async fn apply_with_retry(
 /// Most changes one transaction applies together.
 const MAX_BATCH: usize = 32;
 
+/// How long a lane under load waits for more changes to join a batch.
+const LINGER: std::time::Duration = std::time::Duration::from_millis(2);
+
 /// Applies the changes of a worker process, several in one transaction
 /// when they are in flight at the same time (see [`apply::apply_batch`]).
 ///
@@ -117,6 +120,7 @@ async fn lane(
     policy: Arc<Policy>,
     queue: Arc<tokio::sync::Mutex<tokio::sync::mpsc::Receiver<Pending>>>,
 ) {
+    let mut busy = false;
     loop {
         let mut batch = Vec::new();
         {
@@ -125,13 +129,21 @@ async fn lane(
                 return;
             };
             batch.push(first);
+            // Under load (the last batch had company) wait a moment for
+            // more: one commit then serves them all.
+            let until = tokio::time::Instant::now() + LINGER;
             while batch.len() < MAX_BATCH {
                 match queue.try_recv() {
                     Ok(next) => batch.push(next),
+                    Err(_) if busy => match tokio::time::timeout_at(until, queue.recv()).await {
+                        Ok(Some(next)) => batch.push(next),
+                        _ => break,
+                    },
                     Err(_) => break,
                 }
             }
         }
+        busy = batch.len() > 1;
         tracing::debug!(changes = batch.len(), "applying a batch");
         let changes: Vec<(Arc<ScimChange>, i32)> = batch
             .iter()
