@@ -141,6 +141,15 @@ pub async fn deliver(state: &MailState, outbox_id: &str) -> Result<Delivery, sto
 /// it wrote, and the person's name travels in the row. Only the
 /// organization is read (once a minute per organization and process).
 pub async fn send_owed(state: &MailState, owed: Owed) -> Result<Delivery, store::Error> {
+    // The claim runs from the commit. Starting a send late in it could
+    // overlap with the reconciler's re-drive once it runs out: then leave
+    // the row to that re-drive instead.
+    let lease = chrono::TimeDelta::seconds(secs(state.settings.reconciler.send_lease_secs));
+    let left = owed.row.locked_until.map(|until| until - now());
+    if left.is_none_or(|left| left < lease / 2) {
+        tracing::info!(outbox_id = %owed.row.id, "welcome claimed too long ago to send now; the reconciler will queue it");
+        return Ok(Delivery::Skipped);
+    }
     let org = state.org(&owed.row.org_id).await?;
     let facts = WelcomeFacts {
         person: payload_person(&owed.row.payload),

@@ -62,10 +62,10 @@ impl WorkerState {
         .await;
     }
 
-    /// Waits until the mail sent from this process is out, or `timeout`.
-    async fn senders_done(&self, timeout: Duration) {
+    /// Waits until the mail sent from this process is out, or `deadline`.
+    async fn senders_done(&self, deadline: tokio::time::Instant) {
         let all = u32::try_from(self.settings.mail.concurrency.max(1)).unwrap_or(u32::MAX);
-        let _ = tokio::time::timeout(timeout, self.senders.acquire_many(all)).await;
+        let _ = tokio::time::timeout_at(deadline, self.senders.acquire_many(all)).await;
     }
 }
 
@@ -121,6 +121,10 @@ async fn apply_delivery(
         }
     }
 }
+
+/// How long a stopping worker process lets in-flight changes and mail
+/// finish, in all (platforms such as Heroku allow 30 s after SIGTERM).
+const GRACE: Duration = Duration::from_secs(25);
 
 /// A worker name unique to this process, so a restarted process never
 /// collides with the registration of the one it replaces.
@@ -184,12 +188,17 @@ where
     let concurrency = state.settings.queue.concurrency.max(1);
     let mail_concurrency = state.settings.mail.concurrency.max(1);
     let mail_queue = state.mail.clone();
+    // One grace period for the whole stop: in-flight changes, then the
+    // mail this process is still sending.
+    let stopping = Arc::new(std::sync::OnceLock::new());
+    let stopped_at = stopping.clone();
     let signal = async move {
         shutdown.await;
+        let _ = stopped_at.set(tokio::time::Instant::now());
         Ok(())
     };
     let monitor = Monitor::new()
-        .shutdown_timeout(Duration::from_secs(30))
+        .shutdown_timeout(GRACE)
         // Backend errors (Redis restarted, SQLite file busy) end a worker's
         // run; start it again rather than leave the process idle.
         .should_restart(|ctx, err| {
@@ -211,6 +220,9 @@ where
         .run_with_signal(signal)
         .await
         .map_err(|e| anyhow::anyhow!("worker monitor failed: {e}"));
-    sending.senders_done(Duration::from_secs(30)).await;
+    let deadline = stopping
+        .get()
+        .map_or_else(tokio::time::Instant::now, |at| *at + GRACE);
+    sending.senders_done(deadline).await;
     ran
 }

@@ -1,5 +1,6 @@
-//! Applying one change: the change and its log row in one transaction,
-//! the log row's primary key doubling as the idempotency check.
+//! Applying changes: each change and its log row in one transaction (or
+//! several changes that arrived together in one), the log row's primary
+//! key doubling as the idempotency check.
 
 use std::time::Instant;
 
@@ -57,10 +58,21 @@ struct Applied {
 
 /// A welcome that a change wrote, claimed for sending by the worker that
 /// committed it (see [`Policy::send_lease`]), with the invitation it mails.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Owed {
     pub row: OutboxRow,
     pub invitation: InvitationRow,
+}
+
+/// Names the rows only: the outbox payload holds the invitation's clear
+/// token until the mail is sent, and must not reach a log line.
+impl std::fmt::Debug for Owed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Owed")
+            .field("outbox_id", &self.row.id)
+            .field("invitation_id", &self.invitation.id)
+            .finish()
+    }
 }
 
 /// What applying needs besides the change: settings of the product.
@@ -217,41 +229,27 @@ fn redelivered(log: LogRow) -> Committed {
     }
 }
 
-/// Applies changes that arrived together and returns each one's result,
-/// in order.
-///
-/// They commit in one transaction when every one of them applies: one
-/// commit instead of one per change, and the user creates among them
-/// written with one multi-row insert per table. If any of them is
-/// rejected, collides with another write or was delivered before, that
-/// transaction rolls back and each change is applied on its own by
-/// [`apply_once`], so every change ends exactly as it would have alone.
-/// The changes of a batch were all in flight at once (no client waited
-/// for one before sending another), so any order is one they could have
-/// had.
-pub fn apply_batch(
-    conn: &mut Conn,
-    batch: &[(&ScimChange, i32)],
-    policy: &Policy,
-) -> Vec<Result<Committed, store::Error>> {
-    if batch.len() > 1 {
-        match apply_together(conn, batch, policy) {
-            Ok(all) => return all.into_iter().map(Ok).collect(),
-            Err(Apart(why)) => tracing::debug!(
-                changes = batch.len(),
-                reason = why,
-                "applying a batch change by change"
-            ),
-        }
-    }
-    batch
-        .iter()
-        .map(|(change, attempts)| apply_once(conn, change, *attempts, policy))
-        .collect()
+/// What became of changes applied together by [`apply_together`].
+pub enum Together {
+    /// Every change committed, in one transaction.
+    Committed(Vec<Committed>),
+    /// Nothing was written, because one of the changes is rejected,
+    /// collides with another write or was delivered before: apply each on
+    /// its own with [`apply_once`], and each ends as it would have alone.
+    /// The reason is for the log.
+    Apart(&'static str),
+    /// Nothing was written, and the database failed for a reason that may
+    /// pass (a lost connection, a deadlock, a busy file): try again later.
+    Failed(store::Error),
 }
 
-/// Why a batch is applied change by change instead.
-struct Apart(&'static str);
+/// Why a batch did not commit together.
+enum Apart {
+    /// One change is at fault: apply them one by one.
+    OneByOne(&'static str),
+    /// The database failed for a passing reason.
+    Failed(store::Error),
+}
 
 impl From<diesel::result::Error> for Apart {
     fn from(e: diesel::result::Error) -> Self {
@@ -259,8 +257,18 @@ impl From<diesel::result::Error> for Apart {
             diesel::result::Error::DatabaseError(
                 diesel::result::DatabaseErrorKind::UniqueViolation,
                 _,
-            ) => Apart("a write collided (a duplicate or a redelivery)"),
-            _ => Apart("the database refused a write"),
+            ) => Apart::OneByOne("a write collided (a duplicate or a redelivery)"),
+            e => Apart::from(store::Error::Query(e)),
+        }
+    }
+}
+
+impl From<store::Error> for Apart {
+    fn from(e: store::Error) -> Self {
+        if e.is_transient() {
+            Apart::Failed(e)
+        } else {
+            Apart::OneByOne("the database refused a write")
         }
     }
 }
@@ -268,20 +276,20 @@ impl From<diesel::result::Error> for Apart {
 impl From<ApplyError> for Apart {
     fn from(e: ApplyError) -> Self {
         match e {
-            ApplyError::Rejected(_) => Apart("a change is rejected"),
-            ApplyError::Store(_) => Apart("the database refused a write"),
+            ApplyError::Rejected(_) => Apart::OneByOne("a change is rejected"),
+            ApplyError::Store(e) => Apart::from(e),
         }
     }
 }
 
-/// The whole batch in one transaction, or [`Apart`] and nothing written.
-fn apply_together(
-    conn: &mut Conn,
-    batch: &[(&ScimChange, i32)],
-    policy: &Policy,
-) -> Result<Vec<Committed>, Apart> {
+/// Applies `batch` in one transaction, the user creates among them with
+/// one insert per table (one statement on PostgreSQL; SQLite, in process,
+/// takes rows with defaults one at a time). The changes of a batch were
+/// all in flight at once (no client waited for one before sending
+/// another), so any order is one they could have had.
+pub fn apply_together(conn: &mut Conn, batch: &[(&ScimChange, i32)], policy: &Policy) -> Together {
     let started = Instant::now();
-    conn.transaction::<_, Apart, _>(|c| {
+    let outcome = conn.transaction::<_, Apart, _>(|c| {
         let mut done: Vec<Option<(Applied, i32)>> = Vec::with_capacity(batch.len());
         done.resize_with(batch.len(), || None);
         // User creates first, together: nothing else in the batch can
@@ -325,7 +333,7 @@ fn apply_together(
         }
         if !users.is_empty() {
             if users::insert_all_if_free(c, &users)? != users.len() {
-                return Err(Apart("a userName or id is taken"));
+                return Err(Apart::OneByOne("a userName or id is taken"));
             }
             users::insert_email_keys(c, &emails)?;
             invitations::insert_all(c, &invitations)?;
@@ -340,7 +348,7 @@ fn apply_together(
         let mut mail = Vec::with_capacity(batch.len());
         for ((change, _), slot) in batch.iter().zip(done) {
             let Some((applied, attempts)) = slot else {
-                return Err(Apart("a change was not applied"));
+                return Err(Apart::OneByOne("a change was not applied"));
             };
             let mut row = log_row(change, attempts, "applied");
             row.status = i32::from(applied.status);
@@ -351,12 +359,55 @@ fn apply_together(
             mail.push(applied.mail);
         }
         log::insert_all(c, &logs)?;
-        Ok(logs
+        let mut committed: Vec<Committed> = logs
             .into_iter()
             .zip(mail)
             .map(|(log, mail)| Committed { log, mail })
-            .collect())
-    })
+            .collect();
+        withdraw_revoked_welcomes(c, batch, &mut committed)?;
+        Ok(committed)
+    });
+    match outcome {
+        Ok(all) => Together::Committed(all),
+        Err(Apart::OneByOne(why)) => Together::Apart(why),
+        Err(Apart::Failed(e)) => Together::Failed(e),
+    }
+}
+
+/// A welcome that one change of a batch issued and a later change of the
+/// same batch revoked (the user deactivated or deleted) is not owed: it is
+/// cancelled in the batch's transaction, as a send job would cancel it.
+/// Only users that two changes of the batch name are looked at.
+fn withdraw_revoked_welcomes(
+    c: &mut Conn,
+    batch: &[(&ScimChange, i32)],
+    committed: &mut [Committed],
+) -> Result<(), Apart> {
+    for (i, (change, _)) in batch.iter().enumerate() {
+        let named_again = batch[i + 1..]
+            .iter()
+            .any(|(later, _)| later.op.id() == change.op.id());
+        if !named_again || committed[i].mail.is_empty() {
+            continue;
+        }
+        let mut kept = Vec::new();
+        for owed in std::mem::take(&mut committed[i].mail) {
+            let live = invitations::find(c, &owed.invitation.id)?
+                .is_some_and(|inv| inv.revoked_at.is_none() && inv.used_at.is_none());
+            if live {
+                kept.push(owed);
+            } else {
+                outbox::finish(
+                    c,
+                    &owed.row.id,
+                    "cancelled",
+                    "the invitation was revoked before it was sent",
+                )?;
+            }
+        }
+        committed[i].mail = kept;
+    }
+    Ok(())
 }
 
 /// Records a change that could not be applied at all, unless an outcome

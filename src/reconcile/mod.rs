@@ -61,11 +61,13 @@ const MAX_BATCH: usize = 32;
 const LINGER: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// Applies the changes of a worker process, several in one transaction
-/// when they are in flight at the same time (see [`apply::apply_batch`]).
+/// when they are in flight at the same time (see [`apply::apply_together`]).
 ///
 /// Each lane takes whatever changes are waiting, up to [`MAX_BATCH`], and
-/// applies them while the next lane gathers the next batch. A lone change
-/// is applied at once, so batching costs no latency when traffic is light.
+/// applies them while the next lane gathers the next batch. A lane whose
+/// last batch had more than one change waits up to [`LINGER`] for more;
+/// otherwise a lone change is applied at once, so batching costs no
+/// latency when traffic is light.
 #[derive(Clone)]
 pub struct Applier {
     waiting: tokio::sync::mpsc::Sender<Pending>,
@@ -144,63 +146,87 @@ async fn lane(
             }
         }
         busy = batch.len() > 1;
-        tracing::debug!(changes = batch.len(), "applying a batch");
-        let changes: Vec<(Arc<ScimChange>, i32)> = batch
-            .iter()
-            .map(|p| (p.change.clone(), p.attempts))
-            .collect();
-        let results = match apply_in_store(&store, &policy, changes).await {
-            Some(results) => results,
-            // A panic is a bug in one change, most likely: apply them one
-            // by one so that only the change that panics fails.
-            None => {
-                let mut results = Vec::with_capacity(batch.len());
-                for pending in &batch {
-                    let one = vec![(pending.change.clone(), pending.attempts)];
-                    results.push(match apply_in_store(&store, &policy, one).await {
-                        Some(mut r) => r.pop().unwrap_or(Err(store::Error::Cancelled)),
-                        None => {
-                            tracing::error!(change_id = %pending.change.change_id, "applying the change panicked");
-                            Err(store::Error::Corrupt(
-                                "applying the change panicked; see the worker's log".into(),
-                            ))
-                        }
-                    });
+        if batch.len() > 1 {
+            let changes: Vec<(Arc<ScimChange>, i32)> = batch
+                .iter()
+                .map(|p| (p.change.clone(), p.attempts))
+                .collect();
+            let policy = policy.clone();
+            let together = in_store(&store, move |conn| {
+                let refs: Vec<(&ScimChange, i32)> =
+                    changes.iter().map(|(c, a)| (&**c, *a)).collect();
+                apply::apply_together(conn, &refs, &policy)
+            })
+            .await;
+            match together {
+                Ok(apply::Together::Committed(all)) => {
+                    for (pending, committed) in batch.into_iter().zip(all) {
+                        let _ = pending.done.send(Ok(committed));
+                    }
+                    continue;
                 }
-                results
+                // Nothing was written; every change tries again after
+                // its own backoff, and may then find a quieter batch.
+                Ok(apply::Together::Failed(e)) => {
+                    fail_all(batch, &e);
+                    continue;
+                }
+                Err(e) if e.is_transient() => {
+                    fail_all(batch, &e);
+                    continue;
+                }
+                Ok(apply::Together::Apart(why)) => {
+                    tracing::debug!(
+                        changes = batch.len(),
+                        reason = why,
+                        "applying a batch change by change"
+                    );
+                }
+                // A panic: one by one, so that only the change at fault fails.
+                Err(_) => {}
             }
-        };
-        for (pending, result) in batch.into_iter().zip(results) {
+        }
+        // One change, or a batch applied apart: each answered as soon as
+        // its own transaction ends.
+        for pending in batch {
+            let (change, attempts, policy) =
+                (pending.change.clone(), pending.attempts, policy.clone());
+            let result = in_store(&store, move |conn| {
+                apply::apply_once(conn, &change, attempts, &policy)
+            })
+            .await
+            .and_then(|r| r);
             let _ = pending.done.send(result);
         }
     }
 }
 
-/// Applies `changes` on a pooled connection: one result each, or None if
-/// applying panicked.
-async fn apply_in_store(
-    store: &Store,
-    policy: &Arc<Policy>,
-    changes: Vec<(Arc<ScimChange>, i32)>,
-) -> Option<Vec<Result<Committed, store::Error>>> {
-    let count = changes.len();
-    let policy = policy.clone();
-    let work = store.run_write(move |conn| {
-        let refs: Vec<(&ScimChange, i32)> = changes.iter().map(|(c, a)| (&**c, *a)).collect();
-        Ok::<_, store::Error>(apply::apply_batch(conn, &refs, &policy))
-    });
+/// Answers every change of a batch that failed for a passing reason.
+fn fail_all(batch: Vec<Pending>, e: &store::Error) {
+    let text = e.to_string();
+    for pending in batch {
+        let _ = pending.done.send(Err(store::Error::Shared(text.clone())));
+    }
+}
+
+/// Runs `f` on a pooled connection for writing. A panic inside is a bug,
+/// and retrying will not fix it: it fails the change at once (recorded
+/// dead, with this reason, for an operator to retry after the fix)
+/// instead of ending the lane.
+async fn in_store<T, F>(store: &Store, f: F) -> Result<T, store::Error>
+where
+    F: FnOnce(&mut store::Conn) -> T + Send + 'static,
+    T: Send + 'static,
+{
+    let work = store.run_write(move |conn| Ok::<_, store::Error>(f(conn)));
     match std::panic::AssertUnwindSafe(work).catch_unwind().await {
-        Ok(Ok(results)) => Some(results),
-        // No connection to be had: the same for every change.
-        Ok(Err(e)) => {
-            let message = e.to_string();
-            Some(
-                (0..count)
-                    .map(|_| Err(store::Error::Unavailable(message.clone())))
-                    .collect(),
-            )
+        Ok(result) => result,
+        Err(_) => {
+            tracing::error!("applying a change panicked");
+            Err(store::Error::Corrupt(
+                "applying the change panicked; see the worker's log".into(),
+            ))
         }
-        Err(_) => None,
     }
 }
 

@@ -32,7 +32,8 @@ pub fn insert(conn: &mut Conn, row: &LogRow) -> QueryResult<()> {
     insert_all(conn, std::slice::from_ref(row))
 }
 
-/// Inserts `rows` in one statement; a change id already logged fails it.
+/// Inserts `rows` (one statement on PostgreSQL; SQLite, in process, takes
+/// rows with defaults one at a time); a change id already logged fails it.
 pub fn insert_all(conn: &mut Conn, rows: &[LogRow]) -> QueryResult<()> {
     let insert = diesel::insert_into(provisioning_log::table).values(rows);
     match conn {

@@ -94,6 +94,10 @@ pub enum Error {
     /// The blocking task was cancelled (runtime shutting down).
     #[error("database task cancelled")]
     Cancelled,
+    /// Work done together with this (one transaction for several changes)
+    /// failed for a reason that may pass; the text is that failure's.
+    #[error("{0}")]
+    Shared(String),
 }
 
 impl Error {
@@ -103,7 +107,7 @@ impl Error {
     /// answer with a clean 409 or no-op.
     pub fn is_transient(&self) -> bool {
         match self {
-            Error::Unavailable(_) | Error::Contended | Error::Cancelled => true,
+            Error::Unavailable(_) | Error::Contended | Error::Cancelled | Error::Shared(_) => true,
             Error::Query(e) => is_transient_diesel(e),
             Error::Corrupt(_) => false,
         }

@@ -78,7 +78,8 @@ pub fn insert(conn: &mut Conn, row: &OutboxRow) -> QueryResult<()> {
     insert_all(conn, std::slice::from_ref(row))
 }
 
-/// Inserts `rows` in one statement.
+/// Inserts `rows` (one statement on PostgreSQL; SQLite, in process, takes
+/// rows with defaults one at a time).
 pub fn insert_all(conn: &mut Conn, rows: &[OutboxRow]) -> QueryResult<()> {
     if rows.is_empty() {
         return Ok(());

@@ -233,24 +233,35 @@ fn rename_user(org: &str, app: &TestApp, id: &str) -> ScimChange {
     )
 }
 
-/// Applies `batch` the way a worker's lane does; returns (status, mail
+/// Applies `batch` the way a worker's lane does: together, else each
+/// change alone. Returns whether it went together, and (status, mail
 /// owed) for each change.
-async fn apply_batch(app: &TestApp, batch: &[ScimChange]) -> Vec<(i32, usize)> {
+async fn apply_batch(app: &TestApp, batch: &[ScimChange]) -> (bool, Vec<(i32, usize)>) {
+    use reconcile::apply::{Together, apply_once, apply_together};
     let batch = batch.to_vec();
     let policy = reconcile::Policy::from_settings(&app.settings);
     app.store
         .run_write(move |conn| {
             let refs: Vec<(&ScimChange, i32)> = batch.iter().map(|c| (c, 1)).collect();
-            Ok::<_, scimsync::store::Error>(reconcile::apply::apply_batch(conn, &refs, &policy))
+            let (together, results) = match apply_together(conn, &refs, &policy) {
+                Together::Committed(all) => (true, all),
+                Together::Apart(_) => (
+                    false,
+                    batch
+                        .iter()
+                        .map(|c| apply_once(conn, c, 1, &policy))
+                        .collect::<Result<Vec<_>, _>>()?,
+                ),
+                Together::Failed(e) => return Err(e),
+            };
+            let outcomes = results
+                .iter()
+                .map(|c| (c.log.status, c.mail.len()))
+                .collect();
+            Ok::<_, scimsync::store::Error>((together, outcomes))
         })
         .await
         .expect("store")
-        .into_iter()
-        .map(|r| {
-            let committed = r.expect("every change has an outcome");
-            (committed.log.status, committed.mail.len())
-        })
-        .collect()
 }
 
 async fn changes_applied_together_end_as_they_would_alone(app: TestApp) {
@@ -269,8 +280,8 @@ async fn changes_applied_together_end_as_they_would_alone(app: TestApp) {
     ];
     assert_eq!(
         apply_batch(&app, &clean).await,
-        vec![(201, 1), (201, 0), (200, 0)],
-        "a new active user owes a welcome, an inactive one does not"
+        (true, vec![(201, 1), (201, 0), (200, 0)]),
+        "one transaction; a new active user owes a welcome, an inactive one does not"
     );
 
     // A batch where some changes fail: each ends as it would alone, and
@@ -283,8 +294,31 @@ async fn changes_applied_together_end_as_they_would_alone(app: TestApp) {
     ];
     assert_eq!(
         apply_batch(&app, &mixed).await,
-        vec![(201, 1), (409, 0), (404, 0), (201, 0)],
-        "a taken userName is 409, a missing user 404, a redelivery its stored outcome"
+        (false, vec![(201, 1), (409, 0), (404, 0), (201, 0)]),
+        "apart: a taken userName is 409, a missing user 404, a redelivery its stored outcome"
+    );
+
+    // A welcome that a later change of the same batch revokes is not owed.
+    let gone = create_user(&org, &app, user_body("gone@example.com"));
+    let ChangeOp::Create { id: gone_id, .. } = &gone.op else {
+        unreachable!("a create")
+    };
+    let deactivate = change(
+        &org,
+        &app,
+        ChangeOp::Patch {
+            kind: ResourceKind::User,
+            id: gone_id.clone(),
+            body: patch_body(serde_json::json!([
+                {"op": "Replace", "path": "active", "value": "False"}
+            ])),
+            if_match: None,
+        },
+    );
+    assert_eq!(
+        apply_batch(&app, &[gone, deactivate]).await,
+        (true, vec![(201, 0), (200, 0)]),
+        "the welcome is withdrawn in the batch that revoked it"
     );
 
     for (email, active) in [
@@ -310,8 +344,17 @@ async fn changes_applied_together_end_as_they_would_alone(app: TestApp) {
         })
         .await
         .expect("outbox")
-        .iter()
+        .into_iter()
         .filter(|row| row.kind == "welcome")
-        .count();
-    assert_eq!(welcomes, 3, "kept, first and second are welcomed once each");
+        .collect::<Vec<_>>();
+    let gone_welcome = welcomes
+        .iter()
+        .find(|row| row.recipient == "gone@example.com")
+        .expect("gone's welcome row");
+    assert_eq!(gone_welcome.state, "cancelled", "withdrawn, never sent");
+    assert_eq!(
+        welcomes.len(),
+        4,
+        "kept, first, second and gone: one welcome each"
+    );
 }
