@@ -409,6 +409,23 @@ impl TestApp {
     }
 
     /// The organization's id.
+    /// The app's queue of changes, on a connection of the test's own.
+    pub async fn change_queue(&self) -> scimsync::jobs::Queue<scimsync::jobs::ScimChange> {
+        scimsync::jobs::Queue::connect(
+            &self.settings.queue_url().expect("url"),
+            &self.settings.queue.name,
+        )
+        .await
+        .expect("queue")
+    }
+
+    /// The app's mail queue, on a connection of the test's own.
+    pub async fn mail_queue(&self) -> scimsync::jobs::Queue<scimsync::jobs::mail::SendMail> {
+        self.change_queue()
+            .await
+            .sibling(&format!("{}-mail", self.settings.queue.name))
+    }
+
     pub async fn org_id(&self) -> String {
         let slug = self.org_slug.clone();
         self.store

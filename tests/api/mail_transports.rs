@@ -256,6 +256,29 @@ async fn resend_rejection_is_permanent_and_keeps_the_answer(backend: Backend) {
     assert_eq!(row.attempts, 3, "500, malformed 200, then accepted");
 }
 
+/// Creates a user the way a worker applies the change, through an
+/// applier of its own, and returns what it committed without sending the
+/// welcome it owes (a worker that died right after the commit).
+async fn commit_without_sending(app: &TestApp, user_name: &str) -> scimsync::reconcile::Committed {
+    let change = scimsync::jobs::ScimChange::new(
+        &app.org_id().await,
+        &app.scim,
+        scimsync::jobs::ChangeOp::Create {
+            kind: scimsync::scim::ResourceKind::User,
+            id: uuid::Uuid::new_v4().to_string(),
+            resource: scimsync::scim::resource::validate_resource(
+                scimsync::scim::ResourceKind::User,
+                user_body(user_name),
+            )
+            .expect("valid"),
+        },
+    );
+    let applier = scimsync::reconcile::Applier::start(app.store.clone(), &app.settings);
+    scimsync::reconcile::apply_with_retry(&applier, &app.settings, &change, 1)
+        .await
+        .expect("commit")
+}
+
 async fn owed_mail_whose_job_was_lost_is_sent_once_by_the_reconciler(backend: Backend) {
     let sink = SmtpSink::start().await.expect("sink");
     let mut env = test_env(backend);
@@ -266,23 +289,7 @@ async fn owed_mail_whose_job_was_lost_is_sent_once_by_the_reconciler(backend: Ba
     // Commit a change that owes a welcome, as a worker would, but never
     // send it: the process died between the commit and the send, holding
     // the claim the welcome was written with.
-    let change = scimsync::jobs::ScimChange::new(
-        &app.org_id().await,
-        &app.scim,
-        scimsync::jobs::ChangeOp::Create {
-            kind: scimsync::scim::ResourceKind::User,
-            id: uuid::Uuid::new_v4().to_string(),
-            resource: scimsync::scim::resource::validate_resource(
-                scimsync::scim::ResourceKind::User,
-                user_body("orphan@example.com"),
-            )
-            .expect("valid"),
-        },
-    );
-    let applier = scimsync::reconcile::Applier::start(app.store.clone(), &app.settings);
-    let committed = scimsync::reconcile::apply_with_retry(&applier, &app.settings, &change, 1)
-        .await
-        .expect("commit");
+    let committed = commit_without_sending(&app, "orphan@example.com").await;
     assert_eq!(committed.mail.len(), 1, "the change owes one welcome");
     if backend == Backend::PostgresRedis {
         // And the queue itself is flushed.
@@ -331,23 +338,7 @@ async fn welcome_handed_back_is_sent_once_through_the_queue(backend: Backend) {
     env.settings.reconciler.requeue_after_secs = 600;
     env.settings.reconciler.send_lease_secs = 600;
     let app = spawn_with(env, Role::All).await;
-    let change = scimsync::jobs::ScimChange::new(
-        &app.org_id().await,
-        &app.scim,
-        scimsync::jobs::ChangeOp::Create {
-            kind: scimsync::scim::ResourceKind::User,
-            id: uuid::Uuid::new_v4().to_string(),
-            resource: scimsync::scim::resource::validate_resource(
-                scimsync::scim::ResourceKind::User,
-                user_body("handed@example.com"),
-            )
-            .expect("valid"),
-        },
-    );
-    let applier = scimsync::reconcile::Applier::start(app.store.clone(), &app.settings);
-    let committed = scimsync::reconcile::apply_with_retry(&applier, &app.settings, &change, 1)
-        .await
-        .expect("commit");
+    let committed = commit_without_sending(&app, "handed@example.com").await;
     let [owed] = committed.mail.as_slice() else {
         panic!("the change owes one welcome, not {}", committed.mail.len());
     };
@@ -358,15 +349,7 @@ async fn welcome_handed_back_is_sent_once_through_the_queue(backend: Backend) {
         "written claimed"
     );
 
-    let changes: scimsync::jobs::Queue<scimsync::jobs::ScimChange> =
-        scimsync::jobs::Queue::connect(
-            &app.settings.queue_url().expect("url"),
-            &app.settings.queue.name,
-        )
-        .await
-        .expect("queue");
-    let mail = changes
-        .sibling::<scimsync::jobs::mail::SendMail>(&format!("{}-mail", app.settings.queue.name));
+    let mail = app.mail_queue().await;
     scimsync::jobs::mail::hand_back(
         &app.store,
         &mail,

@@ -111,15 +111,8 @@ async fn queue_stats_and_metrics_report_what_happened(app: TestApp) {
 }
 
 async fn finished_jobs_are_swept_from_the_queue(app: TestApp) {
-    let changes: scimsync::jobs::Queue<scimsync::jobs::ScimChange> =
-        scimsync::jobs::Queue::connect(
-            &app.settings.queue_url().expect("url"),
-            &app.settings.queue.name,
-        )
-        .await
-        .expect("queue");
-    let mail = changes
-        .sibling::<scimsync::jobs::mail::SendMail>(&format!("{}-mail", app.settings.queue.name));
+    let changes = app.change_queue().await;
+    let mail = app.mail_queue().await;
     for n in 0..3 {
         app.create_user(&format!("swept{n}@example.com")).await;
         // Welcomes go out from the worker that commits them; mail jobs are
