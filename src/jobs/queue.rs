@@ -65,6 +65,32 @@ fn redis_config(name: &str) -> apalis_redis::Config {
         .lock_tasks(false)
 }
 
+/// Prepares the SQLite queue file (journal mode, tables), which every
+/// process opening it does. Another process writing the file at that
+/// moment (a worker fetching, every poll) can make SQLite refuse at once
+/// with "database is locked" instead of waiting: a migration that read
+/// the file cannot then write it. That passes; try again for a few
+/// seconds before giving up.
+async fn setup_sqlite(pool: &sqlx::SqlitePool) -> anyhow::Result<()> {
+    let mut wait = Duration::from_millis(20);
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match SqliteStorage::setup(pool).await {
+            Ok(()) => return Ok(()),
+            Err(e)
+                if e.to_string().contains("database is locked")
+                    && tokio::time::Instant::now() + wait < give_up =>
+            {
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_millis(500));
+            }
+            Err(e) => {
+                return Err(anyhow::Error::new(e).context("cannot create the SQLite queue tables"));
+            }
+        }
+    }
+}
+
 /// Removes up to `max` finished jobs' ids, payloads and metadata from a
 /// Redis queue; returns how many. apalis-redis keeps them all otherwise,
 /// and its own vacuum reads the whole payload hash in one call.
@@ -202,9 +228,7 @@ impl<T: Job> Queue<T> {
                     .connect_with(options)
                     .await
                     .with_context(|| format!("cannot open the SQLite queue {}", path.display()))?;
-                SqliteStorage::setup(&pool)
-                    .await
-                    .context("cannot create the SQLite queue tables")?;
+                setup_sqlite(&pool).await?;
                 Backend::Sqlite(
                     SqliteStorage::new(&pool).with_config(
                         apalis_sqlite::Config::default()
