@@ -1073,24 +1073,7 @@ mod tests {
         let at = chrono::DateTime::from_timestamp(1_800_000_000 + secs, 0)
             .expect("time")
             .naive_utc();
-        LogRow {
-            change_id: id.to_owned(),
-            org_id: "org".into(),
-            operation: "create".into(),
-            resource_type: "User".into(),
-            resource_id: None,
-            subject: None,
-            outcome: "applied".into(),
-            status: 201,
-            response: None,
-            error: None,
-            attempts: 1,
-            received_at: at,
-            applied_at: at,
-            duration_ms: 1,
-            request: None,
-            resolution: None,
-        }
+        LogRow::applied_at(id, at)
     }
 
     #[test]

@@ -222,24 +222,9 @@ mod tests {
     use super::*;
 
     fn logged(change_id: &str, response: Option<String>) -> LogRow {
-        let at = chrono::DateTime::UNIX_EPOCH.naive_utc();
         LogRow {
-            change_id: change_id.into(),
-            org_id: "org".into(),
-            operation: "create".into(),
-            resource_type: "User".into(),
-            resource_id: None,
-            subject: None,
-            outcome: "applied".into(),
-            status: 201,
             response,
-            error: None,
-            attempts: 1,
-            received_at: at,
-            applied_at: at,
-            duration_ms: 0,
-            request: None,
-            resolution: None,
+            ..LogRow::applied_at(change_id, chrono::DateTime::UNIX_EPOCH.naive_utc())
         }
     }
 

@@ -28,6 +28,31 @@ pub struct LogRow {
     pub resolution: Option<String>,
 }
 
+#[cfg(test)]
+impl LogRow {
+    /// An applied user create answered 201 at `at`, for unit tests.
+    pub(crate) fn applied_at(change_id: &str, at: chrono::NaiveDateTime) -> LogRow {
+        LogRow {
+            change_id: change_id.to_owned(),
+            org_id: "org".into(),
+            operation: "create".into(),
+            resource_type: "User".into(),
+            resource_id: None,
+            subject: None,
+            outcome: "applied".into(),
+            status: 201,
+            response: None,
+            error: None,
+            attempts: 1,
+            received_at: at,
+            applied_at: at,
+            duration_ms: 1,
+            request: None,
+            resolution: None,
+        }
+    }
+}
+
 pub fn insert(conn: &mut Conn, row: &LogRow) -> QueryResult<()> {
     insert_all(conn, std::slice::from_ref(row))
 }
