@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Settings;
 use crate::email::Transport;
 use crate::http::{self, AppState};
-use crate::jobs::mail::{MailState, SendMail};
+use crate::jobs::mail::{MailState, SendMail, SentMarks};
 use crate::jobs::queue::Backend;
 use crate::jobs::reply::{Announcer, Replies, relay_from_redis};
 use crate::jobs::worker::{self, WorkerState};
@@ -152,6 +152,7 @@ impl Application {
             transport: self.transport.clone(),
             public_url: self.public_url.clone(),
             orgs: Default::default(),
+            sent: SentMarks::start(self.store.clone()),
         })
     }
 
@@ -178,7 +179,7 @@ impl Application {
                 shutdown.clone(),
             ));
         }
-        if let (true, Backend::Redis { client, .. }) = (self.role.web(), &self.queue.backend) {
+        if let (true, Backend::Redis { client, .. }) = (self.role.web(), &*self.queue.backend) {
             let relay = tokio::spawn(relay_from_redis(client.clone(), self.replies.clone()));
             let token = shutdown.clone();
             tokio::spawn(async move {
@@ -198,7 +199,7 @@ impl Application {
                     self.settings.server.rate_limit_per_second,
                     self.settings.server.rate_limit_burst,
                 )),
-                token_use: Arc::default(),
+                tokens: Arc::new(crate::http::auth::TokenLookups::start(self.store.clone())),
                 replies: self.replies.clone(),
                 settings: self.settings.clone(),
                 base_url: format!("{}/scim/v2", self.public_url),
@@ -220,7 +221,7 @@ impl Application {
             web_done.cancel();
         }
         if self.role.worker() {
-            let announcer = match &self.queue.backend {
+            let announcer = match &*self.queue.backend {
                 Backend::Redis { conn, .. } => Announcer::Redis {
                     local: self.replies.clone(),
                     conn: conn.clone(),

@@ -1,7 +1,7 @@
 //! Bearer-token authentication: a token maps to exactly one organization.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::extract::{Request, State};
@@ -13,7 +13,7 @@ use super::AppState;
 use super::error::Error;
 use crate::ops::tokens::hash_token;
 use crate::scim::error::ScimError;
-use crate::store::tokens;
+use crate::store::{self, Store, tokens};
 
 /// When this process last recorded the use of each token. `last_used_at`
 /// only needs minute precision, so the write (and its round trip) happens
@@ -39,6 +39,77 @@ impl TokenUse {
                 true
             }
         }
+    }
+}
+
+/// Looks tokens up for the requests of this process. The requests that
+/// arrive while one lookup runs share the next: one query answers them all,
+/// and as Entra ID sends every request of a tenant with the same token,
+/// usually for one row. Each request is still answered by a query that
+/// started after it arrived, so a token revoked before a request is refused
+/// by that request, as with a query of its own.
+pub struct TokenLookups {
+    waiting: tokio::sync::mpsc::UnboundedSender<Lookup>,
+}
+
+struct Lookup {
+    hash: String,
+    done: tokio::sync::oneshot::Sender<Result<Option<tokens::TokenRow>, store::Error>>,
+}
+
+impl TokenLookups {
+    /// Most requests one query answers.
+    const MOST: usize = 64;
+
+    /// Starts the lookups on the current runtime; they end with the last
+    /// handle.
+    pub fn start(store: Store) -> Self {
+        let (waiting, mut arrived) = tokio::sync::mpsc::unbounded_channel::<Lookup>();
+        let token_use = Arc::new(TokenUse::default());
+        tokio::spawn(async move {
+            let mut batch = Vec::with_capacity(Self::MOST);
+            while arrived.recv_many(&mut batch, Self::MOST).await > 0 {
+                let mut hashes: Vec<String> = batch.iter().map(|l| l.hash.clone()).collect();
+                hashes.sort_unstable();
+                hashes.dedup();
+                let token_use = token_use.clone();
+                let found = store
+                    .run(move |c| {
+                        let rows = tokens::find_live_by_hashes(c, &hashes)?;
+                        for row in &rows {
+                            if token_use.due(&row.id, Instant::now()) {
+                                tokens::touch(c, &row.id)?;
+                            }
+                        }
+                        Ok::<_, store::Error>(rows)
+                    })
+                    .await;
+                match found {
+                    Ok(rows) => {
+                        for lookup in batch.drain(..) {
+                            let row = rows.iter().find(|r| r.token_hash == lookup.hash);
+                            let _ = lookup.done.send(Ok(row.cloned()));
+                        }
+                    }
+                    Err(e) => {
+                        let text = e.to_string();
+                        for lookup in batch.drain(..) {
+                            let _ = lookup.done.send(Err(store::Error::Shared(text.clone())));
+                        }
+                    }
+                }
+            }
+        });
+        TokenLookups { waiting }
+    }
+
+    /// The live token whose hash is `hash`.
+    pub async fn find(&self, hash: String) -> Result<Option<tokens::TokenRow>, store::Error> {
+        let (done, found) = tokio::sync::oneshot::channel();
+        self.waiting
+            .send(Lookup { hash, done })
+            .map_err(|_| store::Error::Cancelled)?;
+        found.await.map_err(|_| store::Error::Cancelled)?
     }
 }
 
@@ -79,20 +150,7 @@ pub async fn require_token(
         }
         _ => return unauthorized("the Authorization header must be Bearer <token>"),
     };
-    let hash = hash_token(token);
-    let token_use = state.token_use.clone();
-    let found = state
-        .store
-        .run(move |c| {
-            let row = tokens::find_live_by_hash(c, &hash)?;
-            if let Some(row) = &row
-                && token_use.due(&row.id, Instant::now())
-            {
-                tokens::touch(c, &row.id)?;
-            }
-            Ok::<_, crate::store::Error>(row)
-        })
-        .await;
+    let found = state.tokens.find(hash_token(token)).await;
     match found {
         Ok(Some(row)) => {
             if let Err(wait) = state.limiter.check(&row.id) {

@@ -38,7 +38,7 @@ pub struct AppState {
     /// `<public_url>/scim/v2`
     pub base_url: String,
     pub limiter: Arc<ratelimit::RateLimiter>,
-    pub token_use: Arc<auth::TokenUse>,
+    pub tokens: Arc<auth::TokenLookups>,
     /// The admin pages' sessions; `None` when they are off.
     pub admin: Option<Arc<admin::AdminState>>,
 }

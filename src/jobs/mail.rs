@@ -48,6 +48,64 @@ pub struct MailState {
     pub public_url: String,
     /// Organizations as welcomes name them, read at most once a minute.
     pub orgs: OrgNames,
+    /// Records what was sent, several sends to a statement.
+    pub sent: SentMarks,
+}
+
+/// Records sent mail in the outbox. The sends that finish while one
+/// record is being written share the next: under load one UPDATE marks a
+/// burst of welcomes instead of one each. Each send still waits until its
+/// own row is marked, so a send that reports success is on record.
+pub struct SentMarks {
+    marks: tokio::sync::mpsc::UnboundedSender<Mark>,
+}
+
+struct Mark {
+    id: String,
+    payload: String,
+    done: tokio::sync::oneshot::Sender<Result<(), store::Error>>,
+}
+
+impl SentMarks {
+    /// Most sends one statement marks.
+    const MOST: usize = 64;
+
+    /// Starts the writer on the current runtime; it ends with the last
+    /// handle.
+    pub fn start(store: Store) -> Self {
+        let (marks, mut waiting) = tokio::sync::mpsc::unbounded_channel::<Mark>();
+        tokio::spawn(async move {
+            let mut batch = Vec::with_capacity(Self::MOST);
+            while waiting.recv_many(&mut batch, Self::MOST).await > 0 {
+                let (sent, done): (Vec<(String, String)>, Vec<_>) =
+                    batch.drain(..).map(|m| ((m.id, m.payload), m.done)).unzip();
+                let written = store
+                    .run_write(move |c| outbox::mark_all_sent(c, &sent).map_err(store::Error::from))
+                    .await;
+                match written {
+                    Ok(()) => done.into_iter().for_each(|d| {
+                        let _ = d.send(Ok(()));
+                    }),
+                    Err(e) => {
+                        let text = e.to_string();
+                        for d in done {
+                            let _ = d.send(Err(store::Error::Shared(text.clone())));
+                        }
+                    }
+                }
+            }
+        });
+        SentMarks { marks }
+    }
+
+    /// Marks the row `id` sent, its payload replaced by `payload`.
+    pub async fn record(&self, id: String, payload: String) -> Result<(), store::Error> {
+        let (done, marked) = tokio::sync::oneshot::channel();
+        self.marks
+            .send(Mark { id, payload, done })
+            .map_err(|_| store::Error::Cancelled)?;
+        marked.await.map_err(|_| store::Error::Cancelled)?
+    }
 }
 
 /// Organizations read recently, so that sending a welcome right after its
@@ -213,13 +271,7 @@ async fn send_claimed(
     match state.transport.send(&email).await {
         Ok(said) => {
             tracing::info!(parent: &span, server = %said, "mail sent");
-            let id = row.id.clone();
-            state
-                .store
-                .run_write(move |c| {
-                    outbox::mark_sent(c, &id, &sent_payload).map_err(store::Error::from)
-                })
-                .await?;
+            state.sent.record(row.id.clone(), sent_payload).await?;
             Ok(Delivery::Sent)
         }
         Err(e)

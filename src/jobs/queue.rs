@@ -106,8 +106,8 @@ return #ids
 
 /// A handle for pushing jobs of type `T`; cheap to clone.
 pub struct Queue<T> {
-    pub backend: Backend<T>,
-    name: String,
+    pub backend: Arc<Backend<T>>,
+    name: Arc<str>,
     nudges: Arc<Nudges>,
 }
 
@@ -128,7 +128,7 @@ pub trait Job: Serialize + DeserializeOwned + Clone + Send + Sync + Unpin + 'sta
 
 impl<T> std::fmt::Debug for Queue<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let kind = match self.backend {
+        let kind = match *self.backend {
             Backend::Redis { .. } => "Redis",
             Backend::Sqlite(_) => "SQLite",
         };
@@ -239,8 +239,8 @@ impl<T: Job> Queue<T> {
             }
         };
         Ok(Queue {
-            backend,
-            name: name.to_owned(),
+            backend: Arc::new(backend),
+            name: name.into(),
             nudges: Arc::new(Nudges::default()),
         })
     }
@@ -252,7 +252,7 @@ impl<T: Job> Queue<T> {
 
     /// A queue of another job type on the same connection.
     pub fn sibling<U: Job>(&self, name: &str) -> Queue<U> {
-        let backend = match &self.backend {
+        let backend = match &*self.backend {
             Backend::Redis { client, conn, .. } => Backend::Redis {
                 storage: Box::new(RedisStorage::new(conn.clone()).with_config(redis_config(name))),
                 client: client.clone(),
@@ -267,8 +267,8 @@ impl<T: Job> Queue<T> {
             ),
         };
         Queue {
-            backend,
-            name: name.to_owned(),
+            backend: Arc::new(backend),
+            name: name.into(),
             nudges: Arc::new(Nudges::default()),
         }
     }
@@ -284,7 +284,7 @@ impl<T: Job> Queue<T> {
             .task_id(TaskId::from_string(id.clone()))
             .max_attempts(max_deliveries as usize)
             .build();
-        match &self.backend {
+        match &*self.backend {
             Backend::Redis { storage, conn, .. } => {
                 (**storage)
                     .clone()
@@ -319,7 +319,7 @@ impl<T: Job> Queue<T> {
     /// Relays pushes announced on Redis by other processes to this process's
     /// workers, reconnecting after errors; returns at once for SQLite.
     pub async fn relay_pushes(self) {
-        let Backend::Redis { client, .. } = &self.backend else {
+        let Backend::Redis { client, .. } = &*self.backend else {
             return;
         };
         let channel = self.pushed_channel();
@@ -348,7 +348,7 @@ impl<T: Job> Queue<T> {
     /// finished job is only weight: Redis memory, or rows the SQLite
     /// queue's every fetch and count has to step over.
     pub async fn sweep_done(&self, max: u32) -> anyhow::Result<u64> {
-        match &self.backend {
+        match &*self.backend {
             Backend::Redis { storage, conn, .. } => {
                 let config = storage.get_config();
                 let mut conn = conn.clone();
@@ -377,7 +377,7 @@ impl<T: Job> Queue<T> {
 
     /// Round trip for `/readyz`.
     pub async fn ping(&self) -> anyhow::Result<()> {
-        match &self.backend {
+        match &*self.backend {
             Backend::Redis { conn, .. } => {
                 let mut conn = conn.clone();
                 let _: String = redis::cmd("PING").query_async(&mut conn).await?;
@@ -438,7 +438,7 @@ impl<T: Job> Queue<T> {
     /// Reads the queue's current depth.
     pub async fn depth(&self) -> anyhow::Result<Depth> {
         let now = chrono::Utc::now().timestamp();
-        match &self.backend {
+        match &*self.backend {
             Backend::Redis { storage, conn, .. } => {
                 let config = storage.get_config();
                 let mut conn = conn.clone();
@@ -490,7 +490,7 @@ impl<T: Job> Queue<T> {
                     .map(|(_, at)| now - *at as i64)
                     .filter(|age| *age >= 0);
                 Ok(Depth {
-                    queue: self.name.clone(),
+                    queue: self.name.to_string(),
                     pending: scheduled + active,
                     running,
                     dead,
@@ -508,7 +508,7 @@ impl<T: Job> Queue<T> {
                 .fetch_all(storage.pool())
                 .await?;
                 let mut depth = Depth {
-                    queue: self.name.clone(),
+                    queue: self.name.to_string(),
                     pending: 0,
                     running: 0,
                     dead: 0,

@@ -150,7 +150,7 @@ macro_rules! register {
         let queue = $queue.clone();
         let data = $data.clone();
         let strategy = move || Strategy::new().stream(queue.nudges()).interval($poll);
-        match $queue.backend.clone() {
+        match (*$queue.backend).clone() {
             Backend::Redis { storage, .. } => $monitor.register(move |_| {
                 WorkerBuilder::new(worker_name($kind))
                     .backend((*storage).clone().poll_with_strategy(strategy()))

@@ -38,14 +38,13 @@ pub fn insert(
     Ok(row)
 }
 
-/// The live (not revoked) token with this hash.
-pub fn find_live_by_hash(conn: &mut Conn, token_hash: &str) -> QueryResult<Option<TokenRow>> {
+/// The live tokens among these hashes, in one query.
+pub fn find_live_by_hashes(conn: &mut Conn, hashes: &[String]) -> QueryResult<Vec<TokenRow>> {
     scim_tokens::table
-        .filter(scim_tokens::token_hash.eq(token_hash))
+        .filter(scim_tokens::token_hash.eq_any(hashes))
         .filter(scim_tokens::revoked_at.is_null())
         .select(TokenRow::as_select())
-        .first(conn)
-        .optional()
+        .load(conn)
 }
 
 pub fn list_for_org(conn: &mut Conn, org_id: &str) -> QueryResult<Vec<TokenRow>> {

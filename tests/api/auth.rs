@@ -10,6 +10,7 @@ on_both_backends!(
     missing_or_bad_token_is_401_with_scim_body,
     revoked_token_is_refused_at_once,
     another_organization_can_neither_see_nor_change_resources,
+    requests_at_once_with_different_tokens_each_get_their_own_answer,
 );
 
 async fn missing_or_bad_token_is_401_with_scim_body(app: TestApp) {
@@ -125,4 +126,46 @@ async fn another_organization_can_neither_see_nor_change_resources(app: TestApp)
         app.get(&format!("/Groups/{group}")).await.body["members"][0]["value"],
         user.as_str()
     );
+}
+
+/// Requests that arrive together share one token lookup; each must still
+/// get the answer for its own token: its organization, or 401.
+async fn requests_at_once_with_different_tokens_each_get_their_own_answer(app: TestApp) {
+    app.create_user("ours@example.com").await;
+    let other = app.other_org_token("initech").await;
+    let revoked = scimsync::ops::tokens::create(&app.store, &app.org_slug, "gone")
+        .await
+        .expect("token");
+    scimsync::ops::tokens::revoke(&app.store, &revoked.info.id)
+        .await
+        .expect("revoke");
+    let tokens = [
+        Some(app.token.as_str()),
+        Some(other.as_str()),
+        Some(revoked.token.as_str()),
+        Some("scimsync_not-a-real-token"),
+    ];
+    let app = &app;
+    let requests = (0..32).map(|i| {
+        let token = tokens[i % tokens.len()];
+        async move {
+            let reply = app
+                .call_with_token(Method::GET, "/Users", None, token)
+                .await;
+            (i % tokens.len(), reply)
+        }
+    });
+    for (which, reply) in futures::future::join_all(requests).await {
+        match which {
+            0 => {
+                assert_eq!(reply.status, StatusCode::OK);
+                assert_eq!(reply.body["totalResults"], 1, "our one user");
+            }
+            1 => {
+                assert_eq!(reply.status, StatusCode::OK);
+                assert_eq!(reply.body["totalResults"], 0, "the other tenant is empty");
+            }
+            _ => assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{:?}", reply.body),
+        }
+    }
 }

@@ -75,6 +75,7 @@ both!(
     resend_rejection_is_permanent_and_keeps_the_answer,
     owed_mail_whose_job_was_lost_is_sent_once_by_the_reconciler,
     welcome_handed_back_is_sent_once_through_the_queue,
+    sends_recorded_together_each_keep_their_own_payload,
 );
 
 async fn smtp_one_welcome_per_active_user_none_for_inactive_or_deactivated(backend: Backend) {
@@ -374,4 +375,56 @@ async fn welcome_handed_back_is_sent_once_through_the_queue(backend: Backend) {
     );
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     assert_eq!(to(&sink, "handed@example.com").len(), 1, "exactly once");
+}
+
+/// Several sends recorded in one statement: each row marked sent with its
+/// own payload; a row that is not being sent is left as it is.
+async fn sends_recorded_together_each_keep_their_own_payload(backend: Backend) {
+    let sink = SmtpSink::start().await.expect("sink");
+    let mut env = test_env(backend);
+    env.settings.mail.url = sink.url();
+    env.settings.reconciler.requeue_after_secs = 600;
+    env.settings.reconciler.send_lease_secs = 600;
+    let app = spawn_with(env, Role::All).await;
+    let mut claimed = Vec::new();
+    for name in ["first@example.com", "second@example.com"] {
+        let committed = commit_without_sending(&app, name).await;
+        claimed.push(committed.mail[0].row.id.clone());
+    }
+    let third = commit_without_sending(&app, "third@example.com").await;
+    let third = third.mail[0].row.id.clone();
+    let (id, finished) = (third.clone(), "failed".to_owned());
+    app.store
+        .run(move |c| {
+            outbox::finish(c, &id, &finished, "given up").map_err(scimsync::store::Error::from)
+        })
+        .await
+        .expect("finish");
+
+    let sent: Vec<(String, String)> = claimed
+        .iter()
+        .chain([&third])
+        .map(|id| (id.clone(), json!({ "kept": id }).to_string()))
+        .collect();
+    app.store
+        .run(move |c| outbox::mark_all_sent(c, &sent).map_err(scimsync::store::Error::from))
+        .await
+        .expect("mark");
+
+    let rows = outbox_rows(&app).await;
+    for id in &claimed {
+        let row = rows.iter().find(|r| &r.id == id).expect("row");
+        assert_eq!(row.state, "sent");
+        assert!(row.sent_at.is_some() && row.locked_until.is_none());
+        let payload: serde_json::Value = serde_json::from_str(&row.payload).expect("json");
+        assert_eq!(
+            payload,
+            json!({ "kept": id }),
+            "its own payload, the token gone"
+        );
+    }
+    let untouched = rows.iter().find(|r| r.id == third).expect("row");
+    assert_eq!(untouched.state, "failed", "only rows being sent are marked");
+    assert!(untouched.sent_at.is_none());
+    assert!(untouched.payload.contains("token"), "payload kept");
 }
