@@ -7,6 +7,7 @@
 //! what keeps nothing stranded if a nudge is lost.
 
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -155,6 +156,54 @@ impl Nudges {
     pub fn nudge(&self) {
         if let Ok(mut subs) = self.subscribers.lock() {
             subs.retain(|tx| tx.unbounded_send(()).is_ok());
+        }
+    }
+}
+
+/// When a worker asks its queue for work: after a nudge (a push this
+/// process saw) and at every tick of an interval in any case.
+///
+/// apalis 1.0's own `Strategy` returns as soon as one of its sources is
+/// ready, without polling the others and without polling the ready one
+/// again, so a wake-up can leave no source holding the worker's waker:
+/// pushes then waited for the queue's next heartbeat. Measured at 16
+/// clients: 16 changes received within 2 ms were applied together 1.15 s
+/// later, by a 6 ms transaction; single creates stalled 1.5-5 s (the
+/// heartbeat is 5 s). This strategy polls every source until it is
+/// pending, so each always holds the waker: a push waits at most one
+/// interval even when its nudge is consumed by a fetch already running.
+pub struct Wakeups {
+    nudges: mpsc::UnboundedReceiver<()>,
+    tick: tokio::time::Interval,
+}
+
+impl Wakeups {
+    /// Needs a Tokio runtime.
+    pub fn new(nudges: mpsc::UnboundedReceiver<()>, every: Duration) -> Self {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Wakeups { nudges, tick }
+    }
+}
+
+impl PollStrategy for Wakeups {
+    fn poll_drive(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        _: &PollSnapshot,
+    ) -> Poll<Option<()>> {
+        let mut woke = false;
+        // Until pending (or closed: then only the interval wakes).
+        while let Poll::Ready(Some(())) = self.nudges.poll_next_unpin(cx) {
+            woke = true;
+        }
+        while self.tick.poll_tick(cx).is_ready() {
+            woke = true;
+        }
+        if woke {
+            Poll::Ready(Some(()))
+        } else {
+            Poll::Pending
         }
     }
 }
@@ -314,6 +363,11 @@ impl<T: Job> Queue<T> {
     /// A stream of nudges for one worker.
     pub fn nudges(&self) -> mpsc::UnboundedReceiver<()> {
         self.nudges.subscribe()
+    }
+
+    /// When one worker of this queue asks for work: see [`Wakeups`].
+    pub fn wakeups(&self, every: Duration) -> Wakeups {
+        Wakeups::new(self.nudges(), every)
     }
 
     /// Relays pushes announced on Redis by other processes to this process's
@@ -544,7 +598,62 @@ impl<T: Job> Queue<T> {
 
 #[cfg(test)]
 mod tests {
-    use super::WorkerSeen;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::{Context, Poll, Wake, Waker};
+    use std::time::Duration;
+
+    use apalis::prelude::{PollSnapshot, PollStrategy};
+    use futures::channel::mpsc;
+
+    use super::{Wakeups, WorkerSeen};
+
+    #[derive(Default)]
+    struct Count(AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn drive(w: &mut Wakeups, waker: &Waker) -> Poll<Option<()>> {
+        w.poll_drive(&mut Context::from_waker(waker), &PollSnapshot::default())
+    }
+
+    /// The worker must be woken by every later nudge and tick, also right
+    /// after a wake-up that a nudge caused (apalis's own strategy then held
+    /// no waker, and pushes waited for the next heartbeat).
+    #[tokio::test(start_paused = true)]
+    async fn every_nudge_and_tick_after_a_wake_up_wakes_the_worker_again() {
+        let count = Arc::new(Count::default());
+        let waker = Waker::from(count.clone());
+        let woken = || count.0.load(Ordering::SeqCst);
+        let (nudge, nudges) = mpsc::unbounded();
+        let mut wakeups = Wakeups::new(nudges, Duration::from_secs(1));
+        assert!(drive(&mut wakeups, &waker).is_ready(), "the first tick is at once");
+        assert!(drive(&mut wakeups, &waker).is_pending());
+
+        for round in 1..=3 {
+            nudge.unbounded_send(()).expect("send");
+            nudge.unbounded_send(()).expect("send");
+            assert_eq!(woken(), round, "a nudge wakes the worker");
+            assert!(drive(&mut wakeups, &waker).is_ready());
+            assert!(drive(&mut wakeups, &waker).is_pending(), "both nudges taken at once");
+        }
+
+        let before = woken();
+        tokio::time::advance(Duration::from_millis(1001)).await;
+        tokio::task::yield_now().await;
+        assert_eq!(woken(), before + 1, "the tick wakes the worker");
+        assert!(drive(&mut wakeups, &waker).is_ready());
+        nudge.unbounded_send(()).expect("send");
+        assert_eq!(woken(), before + 2, "a nudge right after a tick wakes it too");
+        assert!(drive(&mut wakeups, &waker).is_ready());
+        tokio::time::advance(Duration::from_millis(1001)).await;
+        tokio::task::yield_now().await;
+        assert_eq!(woken(), before + 3, "and so does the next tick");
+    }
 
     #[test]
     fn a_worker_is_up_since_the_ulid_in_its_name() {

@@ -149,7 +149,7 @@ macro_rules! register {
     ($monitor:expr, $queue:expr, $kind:expr, $poll:expr, $concurrency:expr, $data:expr, $handler:expr) => {{
         let queue = $queue.clone();
         let data = $data.clone();
-        let strategy = move || Strategy::new().stream(queue.nudges()).interval($poll);
+        let strategy = move || queue.wakeups($poll);
         match (*$queue.backend).clone() {
             Backend::Redis { storage, .. } => $monitor.register(move |_| {
                 WorkerBuilder::new(worker_name($kind))
