@@ -631,7 +631,10 @@ mod tests {
         let woken = || count.0.load(Ordering::SeqCst);
         let (nudge, nudges) = mpsc::unbounded();
         let mut wakeups = Wakeups::new(nudges, Duration::from_secs(1));
-        assert!(drive(&mut wakeups, &waker).is_ready(), "the first tick is at once");
+        assert!(
+            drive(&mut wakeups, &waker).is_ready(),
+            "the first tick is at once"
+        );
         assert!(drive(&mut wakeups, &waker).is_pending());
 
         for round in 1..=3 {
@@ -639,7 +642,10 @@ mod tests {
             nudge.unbounded_send(()).expect("send");
             assert_eq!(woken(), round, "a nudge wakes the worker");
             assert!(drive(&mut wakeups, &waker).is_ready());
-            assert!(drive(&mut wakeups, &waker).is_pending(), "both nudges taken at once");
+            assert!(
+                drive(&mut wakeups, &waker).is_pending(),
+                "both nudges taken at once"
+            );
         }
 
         let before = woken();
@@ -648,7 +654,11 @@ mod tests {
         assert_eq!(woken(), before + 1, "the tick wakes the worker");
         assert!(drive(&mut wakeups, &waker).is_ready());
         nudge.unbounded_send(()).expect("send");
-        assert_eq!(woken(), before + 2, "a nudge right after a tick wakes it too");
+        assert_eq!(
+            woken(),
+            before + 2,
+            "a nudge right after a tick wakes it too"
+        );
         assert!(drive(&mut wakeups, &waker).is_ready());
         tokio::time::advance(Duration::from_millis(1001)).await;
         tokio::task::yield_now().await;
