@@ -34,6 +34,17 @@ async fn app_with_mail(backend: Backend, url: String) -> TestApp {
     spawn_with(env, Role::All).await
 }
 
+/// An app that mails through a fresh SMTP sink, whose reconciler re-drives
+/// owed mail and takes back claims after `secs`.
+async fn app_with_sink_and_reconciler_after(backend: Backend, secs: u64) -> (SmtpSink, TestApp) {
+    let sink = SmtpSink::start().await.expect("sink");
+    let mut env = test_env(backend);
+    env.settings.mail.url = sink.url();
+    env.settings.reconciler.requeue_after_secs = secs;
+    env.settings.reconciler.send_lease_secs = secs;
+    (sink, spawn_with(env, Role::All).await)
+}
+
 async fn outbox_rows(app: &TestApp) -> Vec<OutboxRow> {
     let org = app.org_id().await;
     app.store
@@ -281,12 +292,7 @@ async fn commit_without_sending(app: &TestApp, user_name: &str) -> scimsync::rec
 }
 
 async fn owed_mail_whose_job_was_lost_is_sent_once_by_the_reconciler(backend: Backend) {
-    let sink = SmtpSink::start().await.expect("sink");
-    let mut env = test_env(backend);
-    env.settings.mail.url = sink.url();
-    env.settings.reconciler.requeue_after_secs = 1;
-    env.settings.reconciler.send_lease_secs = 1;
-    let app = spawn_with(env, Role::All).await;
+    let (sink, app) = app_with_sink_and_reconciler_after(backend, 1).await;
     // Commit a change that owes a welcome, as a worker would, but never
     // send it: the process died between the commit and the send, holding
     // the claim the welcome was written with.
@@ -332,13 +338,8 @@ async fn owed_mail_whose_job_was_lost_is_sent_once_by_the_reconciler(backend: Ba
 /// A worker with no sender free hands the welcome it wrote (claimed) back
 /// to the queue; a mail worker then sends it, as its first attempt.
 async fn welcome_handed_back_is_sent_once_through_the_queue(backend: Backend) {
-    let sink = SmtpSink::start().await.expect("sink");
-    let mut env = test_env(backend);
-    env.settings.mail.url = sink.url();
     // Only the queue may send it: the reconciler waits longer than the test.
-    env.settings.reconciler.requeue_after_secs = 600;
-    env.settings.reconciler.send_lease_secs = 600;
-    let app = spawn_with(env, Role::All).await;
+    let (sink, app) = app_with_sink_and_reconciler_after(backend, 600).await;
     let committed = commit_without_sending(&app, "handed@example.com").await;
     let [owed] = committed.mail.as_slice() else {
         panic!("the change owes one welcome, not {}", committed.mail.len());
@@ -380,12 +381,7 @@ async fn welcome_handed_back_is_sent_once_through_the_queue(backend: Backend) {
 /// Several sends recorded in one statement: each row marked sent with its
 /// own payload; a row that is not being sent is left as it is.
 async fn sends_recorded_together_each_keep_their_own_payload(backend: Backend) {
-    let sink = SmtpSink::start().await.expect("sink");
-    let mut env = test_env(backend);
-    env.settings.mail.url = sink.url();
-    env.settings.reconciler.requeue_after_secs = 600;
-    env.settings.reconciler.send_lease_secs = 600;
-    let app = spawn_with(env, Role::All).await;
+    let (_sink, app) = app_with_sink_and_reconciler_after(backend, 600).await;
     let mut claimed = Vec::new();
     for name in ["first@example.com", "second@example.com"] {
         let committed = commit_without_sending(&app, name).await;
