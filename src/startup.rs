@@ -224,7 +224,7 @@ impl Application {
             let announcer = match &*self.queue.backend {
                 Backend::Redis { conn, .. } => Announcer::Redis {
                     local: self.replies.clone(),
-                    conn: conn.clone(),
+                    publisher: crate::jobs::reply::Publisher::start(conn.clone()),
                 },
                 Backend::Sqlite(_) => Announcer::Local(self.replies.clone()),
             };

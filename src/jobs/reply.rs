@@ -61,13 +61,86 @@ impl Announcement {
         }
     }
 
-    /// Reads a published message; a bare change id (as older workers
+    /// Reads one announcement; a bare change id (as older workers
     /// published) is an announcement without an answer.
     fn parse(payload: &str) -> Self {
         serde_json::from_str(payload).unwrap_or_else(|_| Announcement {
             change_id: payload.to_owned(),
             outcome: None,
         })
+    }
+
+    /// Reads a published message: one announcement, or a JSON array of
+    /// them (see [`Publisher`]).
+    fn parse_all(payload: &str) -> Vec<Self> {
+        if payload.starts_with('[')
+            && let Ok(all) = serde_json::from_str::<Vec<Announcement>>(payload)
+        {
+            return all;
+        }
+        vec![Announcement::parse(payload)]
+    }
+}
+
+/// Publishes announcements on Redis. Those ready while one PUBLISH is on
+/// its way share the next message, a JSON array: the changes of a batch,
+/// committed together, cost one or two messages instead of one each. A
+/// web process of an older release reads an array as an unknown change
+/// id, and its requests then find their answers in the log (from 250 ms).
+#[derive(Clone)]
+pub struct Publisher {
+    ready: tokio::sync::mpsc::UnboundedSender<(Announcement, tokio::sync::oneshot::Sender<()>)>,
+}
+
+impl Publisher {
+    /// Most announcements in one message.
+    const MOST: usize = 32;
+
+    /// Starts publishing on the current runtime; it ends with the last handle.
+    pub fn start(conn: redis::aio::ConnectionManager) -> Self {
+        let (ready, mut queued) = tokio::sync::mpsc::unbounded_channel::<(
+            Announcement,
+            tokio::sync::oneshot::Sender<()>,
+        )>();
+        tokio::spawn(async move {
+            let mut batch = Vec::with_capacity(Self::MOST);
+            while queued.recv_many(&mut batch, Self::MOST).await > 0 {
+                let (announced, done): (Vec<Announcement>, Vec<_>) = batch.drain(..).unzip();
+                let message = match announced.as_slice() {
+                    [one] => serde_json::to_string(one),
+                    all => serde_json::to_string(all),
+                };
+                match message {
+                    Ok(message) => {
+                        let mut conn = conn.clone();
+                        let published: redis::RedisResult<i64> = redis::cmd("PUBLISH")
+                            .arg(APPLIED_CHANNEL)
+                            .arg(message)
+                            .query_async(&mut conn)
+                            .await;
+                        if let Err(e) = published {
+                            // The waiters' database polls still find the outcomes.
+                            tracing::warn!(changes = announced.len(), error = %e, "could not announce committed changes on Redis");
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not write an announcement");
+                    }
+                }
+                for done in done {
+                    let _ = done.send(());
+                }
+            }
+        });
+        Publisher { ready }
+    }
+
+    /// Publishes `announcement`, with whatever else is ready.
+    async fn publish(&self, announcement: Announcement) {
+        let (done, published) = tokio::sync::oneshot::channel();
+        if self.ready.send((announcement, done)).is_ok() {
+            let _ = published.await;
+        }
     }
 }
 
@@ -159,7 +232,7 @@ pub enum Announcer {
     /// Also publish on Redis for web processes elsewhere.
     Redis {
         local: Arc<Replies>,
-        conn: redis::aio::ConnectionManager,
+        publisher: Publisher,
     },
 }
 
@@ -169,22 +242,9 @@ impl Announcer {
         let change_id = log.change_id.as_str();
         match self {
             Announcer::Local(replies) => replies.wake(change_id, Some(Outcome::from(log))),
-            Announcer::Redis { local, conn } => {
+            Announcer::Redis { local, publisher } => {
                 local.wake(change_id, Some(Outcome::from(log)));
-                let message = match serde_json::to_string(&Announcement::of(log)) {
-                    Ok(message) => message,
-                    Err(_) => change_id.to_owned(),
-                };
-                let mut conn = conn.clone();
-                let published: redis::RedisResult<i64> = redis::cmd("PUBLISH")
-                    .arg(APPLIED_CHANNEL)
-                    .arg(message)
-                    .query_async(&mut conn)
-                    .await;
-                if let Err(e) = published {
-                    // The waiter's database poll still finds the outcome.
-                    tracing::warn!(change_id, error = %e, "could not announce a committed change on Redis");
-                }
+                publisher.publish(Announcement::of(log)).await;
             }
         }
     }
@@ -202,8 +262,9 @@ pub async fn relay_from_redis(client: redis::Client, replies: Arc<Replies>) {
                     let mut messages = pubsub.on_message();
                     while let Some(msg) = messages.next().await {
                         if let Ok(payload) = msg.get_payload::<String>() {
-                            let announced = Announcement::parse(&payload);
-                            replies.wake(&announced.change_id, announced.outcome);
+                            for announced in Announcement::parse_all(&payload) {
+                                replies.wake(&announced.change_id, announced.outcome);
+                            }
                         }
                     }
                     tracing::warn!("Redis announcement channel closed; reconnecting");
@@ -240,6 +301,16 @@ mod tests {
         let message = serde_json::to_string(&Announcement::of(&large)).expect("json");
         let read = Announcement::parse(&message);
         assert_eq!((read.change_id.as_str(), read.outcome), ("c2", None));
+
+        let together = serde_json::to_string(&[Announcement::of(&small), Announcement::of(&large)])
+            .expect("json");
+        let read: Vec<(String, bool)> = Announcement::parse_all(&together)
+            .into_iter()
+            .map(|a| (a.change_id, a.outcome.is_some()))
+            .collect();
+        assert_eq!(read, [("c1".to_owned(), true), ("c2".to_owned(), false)]);
+        let one = Announcement::parse_all(&message);
+        assert_eq!((one.len(), one[0].change_id.as_str()), (1, "c2"));
 
         let bare = Announcement::parse("01JBARECHANGEID");
         assert_eq!(
