@@ -123,8 +123,8 @@ impl Linger {
 /// when they are in flight at the same time (see [`apply::apply_together`]).
 ///
 /// Each lane takes whatever changes are waiting, up to [`MAX_BATCH`], and
-/// applies them while the next lane gathers the next batch. A lane whose
-/// last batch had [`BUSY`] changes or more may wait up to [`LINGER`] for
+/// applies them while the next lane gathers the next batch. A PostgreSQL
+/// lane whose last batch had [`BUSY`] changes or more may wait up to [`LINGER`] for
 /// more (see [`Linger`]); otherwise what is waiting is applied at once,
 /// so batching costs no latency when traffic is light.
 #[derive(Clone)]
@@ -141,17 +141,22 @@ struct Pending {
 impl Applier {
     /// Starts the lanes on the current runtime: two on PostgreSQL, so one
     /// batch gathers while another commits; one on SQLite, which lets a
-    /// single writer in at a time anyway.
+    /// single writer in at a time anyway. The one SQLite lane never waits
+    /// for more changes: while it waited nothing would be written, and
+    /// changes gather on their own while it commits (measured embedded,
+    /// against waiting as on PostgreSQL: at 4 clients 612-621 against
+    /// 420-442 creates/s, p50 4.7-4.8 against 7.3-7.7 ms; at 16 clients
+    /// the same).
     pub fn start(store: Store, settings: &Settings) -> Self {
-        let lanes = match store.backend() {
-            store::Backend::Postgres => 2,
-            store::Backend::Sqlite => 1,
+        let (lanes, waits) = match store.backend() {
+            store::Backend::Postgres => (2, true),
+            store::Backend::Sqlite => (1, false),
         };
         let policy = Arc::new(Policy::from_settings(settings));
         let (waiting, queue) = tokio::sync::mpsc::channel::<Pending>(MAX_BATCH * 4);
         let queue = Arc::new(tokio::sync::Mutex::new(queue));
         for _ in 0..lanes {
-            tokio::spawn(lane(store.clone(), policy.clone(), queue.clone()));
+            tokio::spawn(lane(store.clone(), policy.clone(), queue.clone(), waits));
         }
         Applier { waiting }
     }
@@ -180,6 +185,7 @@ async fn lane(
     store: Store,
     policy: Arc<Policy>,
     queue: Arc<tokio::sync::Mutex<tokio::sync::mpsc::Receiver<Pending>>>,
+    waits: bool,
 ) {
     let mut busy = false;
     let mut linger = Linger::new();
@@ -193,7 +199,7 @@ async fn lane(
             batch.push(first);
             // Under load wait a moment for more, while waiting brings
             // any: see [`Linger`].
-            let wait = linger.wait(busy);
+            let wait = waits && linger.wait(busy);
             let until = tokio::time::Instant::now() + LINGER;
             let mut brought = 0;
             while batch.len() < MAX_BATCH {
