@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::AppState;
 use super::error::Error;
+use crate::jobs::together::Together;
 use crate::ops::tokens::hash_token;
 use crate::scim::error::ScimError;
 use crate::store::{self, Store, tokens};
@@ -49,12 +50,7 @@ impl TokenUse {
 /// started after it arrived, so a token revoked before a request is refused
 /// by that request, as with a query of its own.
 pub struct TokenLookups {
-    waiting: tokio::sync::mpsc::UnboundedSender<Lookup>,
-}
-
-struct Lookup {
-    hash: String,
-    done: tokio::sync::oneshot::Sender<Result<Option<tokens::TokenRow>, store::Error>>,
+    lookups: Together<String, Result<Option<tokens::TokenRow>, store::Error>>,
 }
 
 impl TokenLookups {
@@ -64,15 +60,13 @@ impl TokenLookups {
     /// Starts the lookups on the current runtime; they end with the last
     /// handle.
     pub fn start(store: Store) -> Self {
-        let (waiting, mut arrived) = tokio::sync::mpsc::unbounded_channel::<Lookup>();
         let token_use = Arc::new(TokenUse::default());
-        tokio::spawn(async move {
-            let mut batch = Vec::with_capacity(Self::MOST);
-            while arrived.recv_many(&mut batch, Self::MOST).await > 0 {
-                let mut hashes: Vec<String> = batch.iter().map(|l| l.hash.clone()).collect();
+        let lookups = Together::start(Self::MOST, move |wanted: Vec<String>| {
+            let (store, token_use) = (store.clone(), token_use.clone());
+            async move {
+                let mut hashes = wanted.clone();
                 hashes.sort_unstable();
                 hashes.dedup();
-                let token_use = token_use.clone();
                 let found = store
                     .run(move |c| {
                         let rows = tokens::find_live_by_hashes(c, &hashes)?;
@@ -84,32 +78,24 @@ impl TokenLookups {
                         Ok::<_, store::Error>(rows)
                     })
                     .await;
-                match found {
-                    Ok(rows) => {
-                        for lookup in batch.drain(..) {
-                            let row = rows.iter().find(|r| r.token_hash == lookup.hash);
-                            let _ = lookup.done.send(Ok(row.cloned()));
-                        }
-                    }
-                    Err(e) => {
-                        let text = e.to_string();
-                        for lookup in batch.drain(..) {
-                            let _ = lookup.done.send(Err(store::Error::Shared(text.clone())));
-                        }
-                    }
-                }
+                wanted
+                    .iter()
+                    .map(|hash| match &found {
+                        Ok(rows) => Ok(rows.iter().find(|r| &r.token_hash == hash).cloned()),
+                        Err(e) => Err(e.shared()),
+                    })
+                    .collect()
             }
         });
-        TokenLookups { waiting }
+        TokenLookups { lookups }
     }
 
     /// The live token whose hash is `hash`.
     pub async fn find(&self, hash: String) -> Result<Option<tokens::TokenRow>, store::Error> {
-        let (done, found) = tokio::sync::oneshot::channel();
-        self.waiting
-            .send(Lookup { hash, done })
-            .map_err(|_| store::Error::Cancelled)?;
-        found.await.map_err(|_| store::Error::Cancelled)?
+        self.lookups
+            .call(hash)
+            .await
+            .unwrap_or(Err(store::Error::Cancelled))
     }
 }
 

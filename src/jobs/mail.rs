@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::queue::Job;
+use super::together::Together;
 use crate::config::Settings;
 use crate::email::templates::{self, Digest, FailureLine, Welcome};
 use crate::email::{Email, SendError, Transport};
@@ -57,13 +58,7 @@ pub struct MailState {
 /// burst of welcomes instead of one each. Each send still waits until its
 /// own row is marked, so a send that reports success is on record.
 pub struct SentMarks {
-    marks: tokio::sync::mpsc::UnboundedSender<Mark>,
-}
-
-struct Mark {
-    id: String,
-    payload: String,
-    done: tokio::sync::oneshot::Sender<Result<(), store::Error>>,
+    marks: Together<(String, String), Result<(), store::Error>>,
 }
 
 impl SentMarks {
@@ -73,26 +68,16 @@ impl SentMarks {
     /// Starts the writer on the current runtime; it ends with the last
     /// handle.
     pub fn start(store: Store) -> Self {
-        let (marks, mut waiting) = tokio::sync::mpsc::unbounded_channel::<Mark>();
-        tokio::spawn(async move {
-            let mut batch = Vec::with_capacity(Self::MOST);
-            while waiting.recv_many(&mut batch, Self::MOST).await > 0 {
-                let (sent, done): (Vec<(String, String)>, Vec<_>) =
-                    batch.drain(..).map(|m| ((m.id, m.payload), m.done)).unzip();
+        let marks = Together::start(Self::MOST, move |sent: Vec<(String, String)>| {
+            let store = store.clone();
+            async move {
+                let n = sent.len();
                 let written = store
                     .run_write(move |c| outbox::mark_all_sent(c, &sent).map_err(store::Error::from))
                     .await;
-                match written {
-                    Ok(()) => done.into_iter().for_each(|d| {
-                        let _ = d.send(Ok(()));
-                    }),
-                    Err(e) => {
-                        let text = e.to_string();
-                        for d in done {
-                            let _ = d.send(Err(store::Error::Shared(text.clone())));
-                        }
-                    }
-                }
+                (0..n)
+                    .map(|_| written.as_ref().map(|_| ()).map_err(store::Error::shared))
+                    .collect()
             }
         });
         SentMarks { marks }
@@ -100,11 +85,10 @@ impl SentMarks {
 
     /// Marks the row `id` sent, its payload replaced by `payload`.
     pub async fn record(&self, id: String, payload: String) -> Result<(), store::Error> {
-        let (done, marked) = tokio::sync::oneshot::channel();
         self.marks
-            .send(Mark { id, payload, done })
-            .map_err(|_| store::Error::Cancelled)?;
-        marked.await.map_err(|_| store::Error::Cancelled)?
+            .call((id, payload))
+            .await
+            .unwrap_or(Err(store::Error::Cancelled))
     }
 }
 

@@ -5,6 +5,7 @@ pub mod mail;
 pub mod queue;
 pub mod reply;
 pub mod retry;
+pub mod together;
 pub mod worker;
 
 pub use change::{ChangeOp, ScimChange};

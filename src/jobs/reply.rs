@@ -15,6 +15,7 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
+use super::together::Together;
 use crate::store::log::LogRow;
 
 /// Redis channel on which workers announce committed changes.
@@ -89,7 +90,7 @@ impl Announcement {
 /// id, and its requests then find their answers in the log (from 250 ms).
 #[derive(Clone)]
 pub struct Publisher {
-    ready: tokio::sync::mpsc::UnboundedSender<(Announcement, tokio::sync::oneshot::Sender<()>)>,
+    ready: Together<Announcement, ()>,
 }
 
 impl Publisher {
@@ -98,21 +99,15 @@ impl Publisher {
 
     /// Starts publishing on the current runtime; it ends with the last handle.
     pub fn start(conn: redis::aio::ConnectionManager) -> Self {
-        let (ready, mut queued) = tokio::sync::mpsc::unbounded_channel::<(
-            Announcement,
-            tokio::sync::oneshot::Sender<()>,
-        )>();
-        tokio::spawn(async move {
-            let mut batch = Vec::with_capacity(Self::MOST);
-            while queued.recv_many(&mut batch, Self::MOST).await > 0 {
-                let (announced, done): (Vec<Announcement>, Vec<_>) = batch.drain(..).unzip();
+        let ready = Together::start(Self::MOST, move |announced: Vec<Announcement>| {
+            let mut conn = conn.clone();
+            async move {
                 let message = match announced.as_slice() {
                     [one] => serde_json::to_string(one),
                     all => serde_json::to_string(all),
                 };
                 match message {
                     Ok(message) => {
-                        let mut conn = conn.clone();
                         let published: redis::RedisResult<i64> = redis::cmd("PUBLISH")
                             .arg(APPLIED_CHANNEL)
                             .arg(message)
@@ -123,13 +118,9 @@ impl Publisher {
                             tracing::warn!(changes = announced.len(), error = %e, "could not announce committed changes on Redis");
                         }
                     }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "could not write an announcement");
-                    }
+                    Err(e) => tracing::warn!(error = %e, "could not write an announcement"),
                 }
-                for done in done {
-                    let _ = done.send(());
-                }
+                vec![(); announced.len()]
             }
         });
         Publisher { ready }
@@ -137,10 +128,7 @@ impl Publisher {
 
     /// Publishes `announcement`, with whatever else is ready.
     async fn publish(&self, announcement: Announcement) {
-        let (done, published) = tokio::sync::oneshot::channel();
-        if self.ready.send((announcement, done)).is_ok() {
-            let _ = published.await;
-        }
+        self.ready.call(announcement).await;
     }
 }
 

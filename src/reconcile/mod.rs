@@ -277,9 +277,8 @@ async fn lane(
 
 /// Answers every change of a batch that failed for a passing reason.
 fn fail_all(batch: Vec<Pending>, e: &store::Error) {
-    let text = e.to_string();
     for pending in batch {
-        let _ = pending.done.send(Err(store::Error::Shared(text.clone())));
+        let _ = pending.done.send(Err(e.shared()));
     }
 }
 

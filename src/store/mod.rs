@@ -112,6 +112,12 @@ impl Error {
             Error::Corrupt(_) => false,
         }
     }
+
+    /// This failure as each of the callers whose work failed with it
+    /// sees it.
+    pub fn shared(&self) -> Error {
+        Error::Shared(self.to_string())
+    }
 }
 
 fn is_transient_diesel(e: &DieselError) -> bool {

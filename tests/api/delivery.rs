@@ -218,18 +218,26 @@ fn create_user(org: &str, app: &TestApp, body: serde_json::Value) -> ScimChange 
     )
 }
 
-fn rename_user(org: &str, app: &TestApp, id: &str) -> ScimChange {
+/// A PATCH of user `id` with the operation `op`.
+fn patch_user(org: &str, app: &TestApp, id: &str, op: serde_json::Value) -> ScimChange {
     change(
         org,
         app,
         ChangeOp::Patch {
             kind: ResourceKind::User,
             id: id.to_owned(),
-            body: patch_body(serde_json::json!([
-                {"op": "Replace", "path": "displayName", "value": "Renamed Together"}
-            ])),
+            body: patch_body(serde_json::json!([op])),
             if_match: None,
         },
+    )
+}
+
+fn rename_user(org: &str, app: &TestApp, id: &str) -> ScimChange {
+    patch_user(
+        org,
+        app,
+        id,
+        serde_json::json!({"op": "Replace", "path": "displayName", "value": "Renamed Together"}),
     )
 }
 
@@ -303,17 +311,11 @@ async fn changes_applied_together_end_as_they_would_alone(app: TestApp) {
     let ChangeOp::Create { id: gone_id, .. } = &gone.op else {
         unreachable!("a create")
     };
-    let deactivate = change(
+    let deactivate = patch_user(
         &org,
         &app,
-        ChangeOp::Patch {
-            kind: ResourceKind::User,
-            id: gone_id.clone(),
-            body: patch_body(serde_json::json!([
-                {"op": "Replace", "path": "active", "value": "False"}
-            ])),
-            if_match: None,
-        },
+        gone_id,
+        serde_json::json!({"op": "Replace", "path": "active", "value": "False"}),
     );
     assert_eq!(
         apply_batch(&app, &[gone, deactivate]).await,
