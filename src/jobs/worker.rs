@@ -107,17 +107,44 @@ async fn apply_delivery(
         }
         Err(e) if !e.is_transient() || delivery >= max => {
             tracing::error!(error = %e, "change failed for good; recording it as dead");
-            match reconcile::record_dead(&state.store, &change, delivery, &e).await {
-                Ok(row) => state.announcer.applied(&row).await,
-                Err(e2) => {
-                    tracing::error!(error = %e2, "could not record the dead change; it was never acknowledged")
-                }
+            if let Some(row) = record_dead(state, &change, delivery, &e).await {
+                state.announcer.applied(&row).await;
             }
             Err(AbortError::new(e).into())
         }
         Err(e) => {
             tracing::warn!(error = %e, "delivery failed; the queue will redeliver");
             Err(e.into())
+        }
+    }
+}
+
+/// Records a change dead, waiting out an outage of the database first: the
+/// record is all that keeps a dead change in sight (the provisioning log,
+/// the failure digest, `queue retry`), and the queue forgets the job once
+/// it is dead. So a transient failure to write it is retried, at the retry
+/// schedule's pace and then at its longest delay, for as long as this
+/// process runs. None when it cannot be recorded.
+async fn record_dead(
+    state: &WorkerState,
+    change: &ScimChange,
+    delivery: u32,
+    error: &crate::store::Error,
+) -> Option<crate::store::log::LogRow> {
+    let longest = Duration::from_millis(state.settings.retry.max_interval_ms.max(1));
+    let mut schedule = super::retry::schedule(&state.settings.retry);
+    loop {
+        match reconcile::record_dead(&state.store, change, delivery, error).await {
+            Ok(row) => return Some(row),
+            Err(e) if e.is_transient() => {
+                let delay = super::retry::next_delay(&mut schedule).unwrap_or(longest);
+                tracing::warn!(error = %e, ?delay, "could not record the dead change yet; retrying");
+                tokio::time::sleep(delay).await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "could not record the dead change; it is in the queue's dead set only");
+                return None;
+            }
         }
     }
 }

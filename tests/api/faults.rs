@@ -659,3 +659,55 @@ async fn postgres_outage_answers_503_and_changes_resume() {
         started.elapsed()
     );
 }
+
+/// The last delivery of a change fails while PostgreSQL is down, so the
+/// change cannot even be recorded dead then. It must still end up in the
+/// provisioning log once the database is back: the queue's dead set is no
+/// place an operator looks, and `queue retry` works from the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn change_dying_in_a_postgres_outage_is_recorded_dead_once_it_is_back() {
+    if !crate::helpers::postgres_redis_enabled() {
+        return;
+    }
+    let Some(pg) = PrivatePostgres::start() else {
+        panic!("a private PostgreSQL cluster could not be started (initdb/pg_ctl as postgres)");
+    };
+    let mut env = test_env(Backend::PostgresRedis);
+    env.settings.database.url = pg.url();
+    env.settings.database.connect_timeout_secs = 1;
+    env.settings.server.request_deadline_secs = 1;
+    env.settings.queue.max_deliveries = 1;
+    env.settings.retry.max_elapsed_ms = 300;
+    env.settings.retry.max_interval_ms = 200;
+    // Web only, so the change waits in the queue until PostgreSQL is down.
+    let app = spawn_with(env, Role::Web).await;
+    let queued = app.post("/Users", user_body("outage@example.com")).await;
+    assert_eq!(queued.status, StatusCode::SERVICE_UNAVAILABLE);
+    let worker = scimsync::startup::Application::build(app.settings.clone(), Role::Worker, false)
+        .await
+        .expect("worker builds");
+    assert!(pg.down(), "PostgreSQL stops");
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(worker.run_until(stop.clone()));
+    // Its one delivery fails and spends its retries in the outage.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(pg.up(), "PostgreSQL starts again");
+    let org = app.org_id().await;
+    eventually("the dead change is in the provisioning log", || {
+        let (store, org) = (app.store.clone(), org.clone());
+        async move {
+            store
+                .run(move |c| {
+                    scimsync::store::log::recent(c, &org, 5).map_err(scimsync::store::Error::from)
+                })
+                .await
+                .is_ok_and(|rows| {
+                    rows.iter().any(|r| {
+                        r.outcome == "dead" && r.subject.as_deref() == Some("outage@example.com")
+                    })
+                })
+        }
+    })
+    .await;
+    stop.cancel();
+}
