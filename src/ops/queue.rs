@@ -126,6 +126,11 @@ pub async fn retryable(store: &Store, change_id: &str) -> anyhow::Result<log::Lo
 
 /// Retries a dead change as a new change (a new id, so the idempotency
 /// rules apply to it like to any other); returns the new change id.
+///
+/// Refused when a later change to the same resource was applied: Entra ID
+/// sends its writes without preconditions, so the old one would overwrite
+/// the newer state (reactivate a user deactivated since, say), and Entra
+/// ID would not notice. Such a change is discarded instead.
 pub async fn retry(
     store: &Store,
     queue: &Queue<ScimChange>,
@@ -138,20 +143,58 @@ pub async fn retry(
         .as_deref()
         .and_then(|r| serde_json::from_str(r).ok())
         .ok_or_else(|| anyhow::anyhow!("change {change_id} has no stored request to retry"))?;
-    let again = ScimChange::new(&original.org_id, &original.base_url, original.op.clone());
-    let (old, note) = (
-        change_id.to_owned(),
-        format!("retried as {}", again.change_id),
-    );
-    let claimed = store
-        .run(move |c| log::resolve(c, &old, &note).map_err(store::Error::from))
-        .await?;
-    if !claimed {
-        anyhow::bail!("change {change_id} was retried or discarded meanwhile");
+    if let Some(later) = applied_since(store, &row).await? {
+        anyhow::bail!(
+            "change {change_id} is not retried: {} {} was changed again since ({} {}, applied {}), and retrying would overwrite that; discard it with `scimsync queue discard {change_id} --reason …`",
+            row.resource_type,
+            row.resource_id.as_deref().unwrap_or_default(),
+            later.operation,
+            later.change_id,
+            later.applied_at.format("%Y-%m-%d %H:%M:%S UTC"),
+        );
     }
-    queue.push(&again, max_deliveries).await?;
-    tracing::info!(change_id, retried_as = %again.change_id, "dead change retried");
-    Ok(again.change_id)
+    let again = ScimChange::new(&original.org_id, &original.base_url, original.op.clone());
+    // The claim and the push run as one task of their own, so an operator
+    // who goes away (a closed admin tab drops its request) cannot leave a
+    // change marked retried that was never queued.
+    let (store, queue) = (store.clone(), queue.clone());
+    let old = change_id.to_owned();
+    tokio::spawn(async move {
+        let note = format!("retried as {}", again.change_id);
+        let (id, claim) = (old.clone(), note.clone());
+        let claimed = store
+            .run(move |c| log::resolve(c, &id, &claim).map_err(store::Error::from))
+            .await?;
+        if !claimed {
+            anyhow::bail!("change {old} was retried or discarded meanwhile");
+        }
+        if let Err(e) = queue.push(&again, max_deliveries).await {
+            let id = old.clone();
+            if let Err(undo) = store
+                .run(move |c| log::unresolve(c, &id, &note).map_err(store::Error::from))
+                .await
+            {
+                tracing::error!(change_id = %old, error = %undo, "the retry was not queued and the change still reads as retried; discard its resolution by hand");
+            }
+            return Err(e.context(format!("change {old} was not retried")));
+        }
+        tracing::info!(change_id = %old, retried_as = %again.change_id, "dead change retried");
+        Ok(again.change_id)
+    })
+    .await?
+}
+
+/// A change applied to the resource of `dead` after it died, if any.
+async fn applied_since(store: &Store, dead: &log::LogRow) -> anyhow::Result<Option<log::LogRow>> {
+    let Some(resource) = dead.resource_id.clone() else {
+        return Ok(None);
+    };
+    let (org, after) = (dead.org_id.clone(), dead.applied_at);
+    Ok(store
+        .run(move |c| {
+            log::applied_to_resource_after(c, &org, &resource, after).map_err(store::Error::from)
+        })
+        .await?)
 }
 
 /// What `queue retry --dead` found or did.

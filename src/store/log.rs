@@ -226,6 +226,37 @@ pub fn resolve(conn: &mut Conn, change_id: &str, resolution: &str) -> QueryResul
     Ok(n == 1)
 }
 
+/// Takes back a resolution recorded by [`resolve`] (the retry it stood
+/// for could not be queued); returns whether it did.
+pub fn unresolve(conn: &mut Conn, change_id: &str, resolution: &str) -> QueryResult<bool> {
+    let n = diesel::update(
+        provisioning_log::table
+            .filter(provisioning_log::change_id.eq(change_id))
+            .filter(provisioning_log::resolution.eq(resolution)),
+    )
+    .set(provisioning_log::resolution.eq(None::<String>))
+    .execute(conn)?;
+    Ok(n == 1)
+}
+
+/// The newest change applied to a resource after `after`, if any.
+pub fn applied_to_resource_after(
+    conn: &mut Conn,
+    org_id: &str,
+    resource_id: &str,
+    after: chrono::NaiveDateTime,
+) -> QueryResult<Option<LogRow>> {
+    provisioning_log::table
+        .filter(provisioning_log::org_id.eq(org_id))
+        .filter(provisioning_log::resource_id.eq(resource_id))
+        .filter(provisioning_log::applied_at.gt(after))
+        .filter(provisioning_log::outcome.eq("applied"))
+        .order(provisioning_log::applied_at.desc())
+        .select(LogRow::as_select())
+        .first(conn)
+        .optional()
+}
+
 /// Dead changes nobody has dealt with, oldest first.
 pub fn unresolved_dead(
     conn: &mut Conn,

@@ -19,6 +19,8 @@ on_both_backends!(
     org_show_and_list_name_tokens_without_their_values,
     queue_stats_counts_applied_rejected_and_dead_changes,
     dead_changes_are_listed_shown_retried_and_discarded,
+    dead_change_overtaken_by_a_later_one_is_not_retried,
+    retry_that_cannot_be_queued_leaves_the_change_retryable,
     log_filters_by_org_user_outcome_and_age,
     doctor_passes_with_a_worker_and_names_a_bad_database,
 );
@@ -133,20 +135,23 @@ async fn org_id(app: &TestApp, slug: &str) -> String {
 /// Logs a create of `user_name` in `org` that died (as after a database
 /// outage outlasting every delivery); returns its change id.
 async fn record_dead_change(app: &TestApp, org: &str, user_name: &str) -> String {
+    let create = ChangeOp::Create {
+        kind: ResourceKind::User,
+        id: uuid::Uuid::new_v4().to_string(),
+        resource: scimsync::scim::resource::validate_resource(
+            ResourceKind::User,
+            user_body(user_name),
+        )
+        .expect("valid"),
+    };
+    record_dead(app, org, user_name, create).await
+}
+
+/// Logs `op` on `subject` as a change that died; returns its id.
+async fn record_dead(app: &TestApp, org: &str, subject: &str, op: ChangeOp) -> String {
     let org = org_id(app, org).await;
-    let change = ScimChange::new(
-        &org,
-        &app.scim,
-        ChangeOp::Create {
-            kind: ResourceKind::User,
-            id: uuid::Uuid::new_v4().to_string(),
-            resource: scimsync::scim::resource::validate_resource(
-                ResourceKind::User,
-                user_body(user_name),
-            )
-            .expect("valid"),
-        },
-    );
+    let change = ScimChange::new(&org, &app.scim, op);
+    let user_name = subject;
     let at = store::now();
     let row = log::LogRow {
         change_id: change.change_id.clone(),
@@ -588,6 +593,72 @@ async fn dead_changes_are_listed_shown_retried_and_discarded(app: TestApp) {
     );
 }
 
+async fn dead_change_overtaken_by_a_later_one_is_not_retried(app: TestApp) {
+    let id = app.create_user("stale@example.com").await;
+    let deactivate = ChangeOp::Patch {
+        kind: ResourceKind::User,
+        id: id.clone(),
+        body: crate::helpers::patch_body(serde_json::json!([
+            {"op": "Replace", "path": "active", "value": "False"}
+        ])),
+        if_match: None,
+    };
+    let dead = record_dead(&app, "acme", "stale@example.com", deactivate).await;
+    // Entra ID moves on: the user is changed again and that applies.
+    let later = app
+        .patch(
+            &format!("/Users/{id}"),
+            crate::helpers::patch_body(serde_json::json!([
+                {"op": "Replace", "path": "displayName", "value": "Still Here"}
+            ])),
+        )
+        .await;
+    assert_eq!(later.status, StatusCode::OK, "{:?}", later.body);
+
+    let refused = scimsync(&app, &["queue", "retry", &dead]).await;
+    let err = &refused.failed().stderr;
+    assert!(err.contains("was changed again since"), "{refused}");
+    assert!(err.contains("scimsync queue discard"), "{refused}");
+    let all = scimsync(&app, &["queue", "retry", "--dead"]).await;
+    assert!(
+        all.stdout.contains("was changed again since")
+            || all.stderr.contains("was changed again since"),
+        "{all}"
+    );
+    let row = logged(&app, &dead).await.expect("still logged");
+    assert_eq!(row.resolution, None, "left for the operator to discard");
+    let user = app.get(&format!("/Users/{id}")).await;
+    assert_eq!(user.body["active"], true, "{:?}", user.body);
+}
+
+async fn retry_that_cannot_be_queued_leaves_the_change_retryable(app: TestApp) {
+    use diesel::{Connection, RunQueryDsl};
+    let dead = record_dead_change(&app, "acme", "unqueued@example.com").await;
+    // A queue that cannot take jobs: its table is gone.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("broken-queue.db");
+    let broken: Queue<ScimChange> = Queue::connect(&QueueUrl::Sqlite(path.clone()), "broken")
+        .await
+        .expect("queue");
+    let mut conn = diesel::SqliteConnection::establish(&path.display().to_string()).expect("open");
+    diesel::sql_query("ALTER TABLE Jobs RENAME TO jobs_gone")
+        .execute(&mut conn)
+        .expect("break the queue");
+
+    let err = scimsync::ops::queue::retry(&app.store, &broken, &dead, 5)
+        .await
+        .expect_err("the push fails");
+    assert!(format!("{err:#}").contains("was not retried"), "{err:#}");
+    let row = logged(&app, &dead).await.expect("still logged");
+    assert_eq!(row.resolution, None, "not marked retried");
+    // So the operator can retry it once the queue is back.
+    let retried = scimsync(&app, &["queue", "retry", &dead]).await;
+    assert!(
+        retried.ok().starts_with(&format!("retried {dead} as ")),
+        "{retried}"
+    );
+}
+
 async fn log_filters_by_org_user_outcome_and_age(app: TestApp) {
     let globex = app.other_org_token("globex").await;
     app.create_user("ada@example.com").await;
@@ -756,7 +827,7 @@ async fn doctor_passes_with_a_worker_and_names_a_bad_database(app: TestApp) {
     for line in ["ok   database: reachable", "ok   migrations: all applied"] {
         assert!(out.lines().any(|l| l == line), "no line {line:?}: {out}");
     }
-    assert!(out.contains("worker(s) registered"), "{out}");
+    assert!(out.contains("worker(s) alive"), "{out}");
     assert!(out.trim_end().ends_with("everything looks right"), "{out}");
 
     // The same setup with only the database wrong: the database line says
