@@ -123,9 +123,13 @@ impl Error {
 fn is_transient_diesel(e: &DieselError) -> bool {
     match e {
         DieselError::DatabaseError(kind, info) => match kind {
+            // A foreign key violated by a row another transaction deleted
+            // meanwhile (a member removed as it is added): read again, the
+            // change gets its proper answer, such as an unknown member.
             DatabaseErrorKind::SerializationFailure
             | DatabaseErrorKind::ClosedConnection
-            | DatabaseErrorKind::UniqueViolation => true,
+            | DatabaseErrorKind::UniqueViolation
+            | DatabaseErrorKind::ForeignKeyViolation => true,
             _ => {
                 let msg = info.message().to_ascii_lowercase();
                 msg.contains("deadlock")
