@@ -6,6 +6,7 @@ use std::time::Duration;
 use apalis::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use tracing::Instrument;
 
 use super::queue::Job;
 use super::together::Together;
@@ -255,7 +256,9 @@ async fn send_claimed(
     match state.transport.send(&email).await {
         Ok(said) => {
             tracing::info!(parent: &span, server = %said, "mail sent");
-            state.sent.record(row.id.clone(), sent_payload).await?;
+            record_sent(state, &row.id, sent_payload)
+                .instrument(span)
+                .await?;
             Ok(Delivery::Sent)
         }
         Err(e)
@@ -285,6 +288,29 @@ async fn send_claimed(
     }
 }
 
+/// Records a message the server accepted. A transient failure to write
+/// that down is retried until the claim on the row runs out: left as it
+/// is, the row would be taken back and the message sent again.
+async fn record_sent(state: &MailState, id: &str, payload: String) -> Result<(), store::Error> {
+    let lease = Duration::from_secs(state.settings.reconciler.send_lease_secs);
+    let started = std::time::Instant::now();
+    let mut schedule = super::retry::schedule(&state.settings.retry);
+    loop {
+        match state.sent.record(id.to_owned(), payload.clone()).await {
+            Err(e) if e.is_transient() => {
+                let delay = super::retry::next_delay(&mut schedule)
+                    .unwrap_or(Duration::from_millis(state.settings.retry.max_interval_ms));
+                if started.elapsed() + delay >= lease {
+                    return Err(e);
+                }
+                tracing::warn!(error = %e, ?delay, "mail sent but not yet recorded; retrying");
+                tokio::time::sleep(delay).await;
+            }
+            done => return done,
+        }
+    }
+}
+
 fn secs(s: u64) -> i64 {
     i64::try_from(s).unwrap_or(i64::MAX)
 }
@@ -304,6 +330,7 @@ pub fn retry_delay(settings: &Settings, attempts: i32, error: &SendError) -> Dur
     let mut schedule = backoff::ExponentialBackoffBuilder::new()
         .with_initial_interval(Duration::from_secs(settings.mail.retry_initial_secs))
         .with_max_interval(Duration::from_secs(settings.mail.retry_max_secs))
+        .with_multiplier(growth(&settings.mail))
         .with_max_elapsed_time(None)
         .build();
     let mut delay = Duration::from_secs(settings.mail.retry_initial_secs);
@@ -317,6 +344,20 @@ pub fn retry_delay(settings: &Settings, attempts: i32, error: &SendError) -> Dur
         } => delay.max(*after),
         _ => delay,
     }
+}
+
+/// The factor between one retry's delay and the next, such that the last
+/// retry `max_attempts` allows waits `retry_max_secs`: an outage of the
+/// mail server is ridden out for as long as the settings say, not for the
+/// quarter hour a fixed factor of 1.5 would give with the defaults. 2 when
+/// the settings leave no room to grow.
+fn growth(mail: &crate::config::MailSettings) -> f64 {
+    let (first, last) = (mail.retry_initial_secs as f64, mail.retry_max_secs as f64);
+    let steps = f64::from(mail.max_attempts.saturating_sub(2));
+    if first <= 0.0 || last <= first || steps < 1.0 {
+        return 2.0;
+    }
+    (last / first).powf(steps.recip())
 }
 
 enum Rendered {
@@ -550,3 +591,49 @@ pub const RETRY_HINT: &str = "Entra ID sends failed changes again in its next pr
 (about every 40 minutes). Fix the cause (for a 409, the user or group that holds the name; for a \
 400, the attribute mapping in Entra ID) and the change applies then; each change id above is in \
 the provisioning log with its full answer.";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_spread_from_the_first_delay_to_the_largest() {
+        let settings = Settings::load(None).expect("default settings");
+        let (first, last) = (
+            settings.mail.retry_initial_secs,
+            settings.mail.retry_max_secs,
+        );
+        let refused = SendError::Transient {
+            reason: "421 try later".into(),
+            retry_after: None,
+        };
+        let retries = i32::try_from(settings.mail.max_attempts).expect("small") - 1;
+        // Jitter picks each delay within half of it either way.
+        for _ in 0..20 {
+            let d = retry_delay(&settings, 1, &refused).as_secs_f64();
+            assert!(
+                d >= first as f64 * 0.5 && d <= first as f64 * 1.5,
+                "first {d}"
+            );
+            let d = retry_delay(&settings, retries, &refused).as_secs_f64();
+            assert!(d >= last as f64 * 0.5 && d <= last as f64 * 1.5, "last {d}");
+        }
+        let without_jitter: f64 = (0..retries)
+            .map(|i| first as f64 * growth(&settings.mail).powi(i))
+            .sum();
+        assert!(
+            without_jitter > 3600.0,
+            "an hour's outage is ridden out: {without_jitter}"
+        );
+    }
+
+    #[test]
+    fn a_retry_after_is_a_floor() {
+        let settings = Settings::load(None).expect("default settings");
+        let busy = SendError::Transient {
+            reason: "429".into(),
+            retry_after: Some(Duration::from_secs(7200)),
+        };
+        assert!(retry_delay(&settings, 1, &busy) >= Duration::from_secs(7200));
+    }
+}
