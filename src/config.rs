@@ -67,6 +67,7 @@ pub struct ReconcilerSettings {
     pub interval_ms: u64,
     pub requeue_after_secs: u64,
     pub send_lease_secs: u64,
+    pub digest_settle_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -46,21 +46,22 @@ pub async fn pass(
     let interval = chrono::TimeDelta::seconds(
         i64::try_from(settings.mail.digest_interval_secs).unwrap_or(900),
     );
+    let settle = chrono::TimeDelta::seconds(
+        i64::try_from(settings.reconciler.digest_settle_secs).unwrap_or(60),
+    );
     let operator = Some(settings.mail.operator_email.trim().to_owned()).filter(|e| !e.is_empty());
-    // Mail still waiting in the queue is most likely the owed mail itself:
-    // sending it again would only lengthen the wait (a first cycle's
-    // welcomes can take minutes to drain). A queue that lost its jobs reads
-    // empty, and the owed rows are queued again then.
+    // Mail still waiting in the queue is most likely the owed mail whose
+    // jobs look late: queuing it again would only lengthen the wait (a
+    // first cycle's welcomes can take minutes to drain). So with a backlog
+    // only rows that never had a job are queued: digests, retries now due,
+    // rows taken back from a sender that died. A queue that lost its jobs
+    // reads empty, and every owed row is queued again then.
     let backlog = mail.depth().await.map(|d| d.pending).unwrap_or(0);
     let (released, digests, due) = store
         .run_write(move |c| {
             let released = outbox::release_expired(c)?;
-            let digests = write_digests(c, interval, operator.as_deref(), requeue)?;
-            let due = if backlog == 0 {
-                outbox::take_due(c, 1000, requeue)?
-            } else {
-                Vec::new()
-            };
+            let digests = write_digests(c, interval, settle, operator.as_deref(), requeue)?;
+            let due = outbox::take_due(c, 1000, requeue, backlog > 0)?;
             Ok::<_, store::Error>((released, digests, due))
         })
         .await?;
@@ -120,10 +121,12 @@ pub async fn run(
 }
 
 /// Writes one digest per organization whose failures are unreported and
-/// whose last digest is older than `interval`; returns how many rows.
+/// whose last digest is older than `interval`; returns how many rows. A
+/// digest covers failures older than `settle` (see `digest_settle_secs`).
 fn write_digests(
     c: &mut Conn,
     interval: chrono::TimeDelta,
+    settle: chrono::TimeDelta,
     operator: Option<&str>,
     queued_for: chrono::TimeDelta,
 ) -> Result<usize, store::Error> {
@@ -141,16 +144,19 @@ fn write_digests(
         if recipients.is_empty() {
             continue;
         }
-        let through = now();
         if let Some(last) = outbox::last_created(c, &org.id, "digest")?
-            && through - last < interval
+            && now() - last < interval
         {
             continue;
         }
+        let through = now() - settle;
         let since = org.digest_through.unwrap_or(org.created_at);
+        if through <= since {
+            continue;
+        }
         let mail_failures = outbox::failed_between(c, &org.id, since, through, DIGEST_LINES)?;
-        let change_total = log::count_failures_between(c, &org.id, since, through)?;
-        let total = change_total + i64::try_from(mail_failures.len()).unwrap_or(0);
+        let total = log::count_failures_between(c, &org.id, since, through)?
+            + outbox::count_failed_between(c, &org.id, since, through)?;
         if total == 0 {
             continue;
         }

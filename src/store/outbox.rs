@@ -9,7 +9,7 @@
 use diesel::prelude::*;
 
 use super::schema::outbox;
-use super::{Conn, now};
+use super::{Conn, Db, now};
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
 #[diesel(table_name = outbox)]
@@ -251,21 +251,30 @@ pub fn release_expired(conn: &mut Conn) -> QueryResult<usize> {
 }
 
 /// Pending rows that are due and have no send job queued (or whose job was
-/// lost), marked as queued for `queued_for`; returns their ids.
+/// lost), marked as queued for `queued_for`; returns their ids. With
+/// `never_queued`, only rows no job was ever queued for (digests, retries,
+/// rows taken back from a sender that died), not those whose job is late.
 pub fn take_due(
     conn: &mut Conn,
     limit: i64,
     queued_for: chrono::TimeDelta,
+    never_queued: bool,
 ) -> QueryResult<Vec<String>> {
     let at = now();
-    let ids: Vec<String> = outbox::table
+    let mut due = outbox::table
         .filter(outbox::state.eq("pending"))
         .filter(outbox::next_attempt_at.le(at))
-        .filter(
+        .into_boxed();
+    due = if never_queued {
+        due.filter(outbox::locked_until.is_null())
+    } else {
+        due.filter(
             outbox::locked_until
                 .is_null()
                 .or(outbox::locked_until.lt(at)),
         )
+    };
+    let ids: Vec<String> = due
         .order(outbox::next_attempt_at.asc())
         .limit(limit)
         .select(outbox::id)
@@ -309,16 +318,37 @@ pub fn failed_between(
     through: chrono::NaiveDateTime,
     limit: i64,
 ) -> QueryResult<Vec<OutboxRow>> {
+    failed_in(org_id, after, through)
+        .order(outbox::next_attempt_at.asc())
+        .limit(limit)
+        .select(OutboxRow::as_select())
+        .load(conn)
+}
+
+/// How many rows [`failed_between`] would find without a limit.
+pub fn count_failed_between(
+    conn: &mut Conn,
+    org_id: &str,
+    after: chrono::NaiveDateTime,
+    through: chrono::NaiveDateTime,
+) -> QueryResult<i64> {
+    failed_in(org_id, after, through).count().get_result(conn)
+}
+
+/// Failed mail of an organization, digests aside, that failed after
+/// `after` and up to `through`.
+fn failed_in<'a>(
+    org_id: &'a str,
+    after: chrono::NaiveDateTime,
+    through: chrono::NaiveDateTime,
+) -> outbox::BoxedQuery<'a, Db> {
     outbox::table
         .filter(outbox::org_id.eq(org_id))
         .filter(outbox::state.eq("failed"))
         .filter(outbox::kind.ne("digest"))
         .filter(outbox::next_attempt_at.gt(after))
         .filter(outbox::next_attempt_at.le(through))
-        .order(outbox::next_attempt_at.asc())
-        .limit(limit)
-        .select(OutboxRow::as_select())
-        .load(conn)
+        .into_boxed()
 }
 
 /// Rows per state, across organizations.

@@ -135,6 +135,7 @@ pub fn test_env(backend: Backend) -> TestEnv {
     settings.mail.retry_initial_secs = 0;
     settings.mail.retry_max_secs = 1;
     settings.mail.digest_interval_secs = 3600;
+    settings.reconciler.digest_settle_secs = 0;
     let suffix = ulid::Ulid::new().to_string().to_lowercase();
     let mut pg = None;
     let mut redis = None;

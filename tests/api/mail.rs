@@ -139,3 +139,94 @@ async fn failed_changes_are_reported_in_one_digest(app: TestApp) {
     assert!(digests[0].contains("TAKEN@example.com"));
     assert!(digests[0].contains("409"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failure_committed_after_a_digest_is_in_the_next_sqlite() {
+    failure_committed_after_a_digest_is_in_the_next(crate::helpers::Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failure_committed_after_a_digest_is_in_the_next_postgres_redis() {
+    if crate::helpers::postgres_redis_enabled() {
+        failure_committed_after_a_digest_is_in_the_next(crate::helpers::Backend::PostgresRedis)
+            .await;
+    }
+}
+
+/// A failure's time is taken before its transaction commits. One that
+/// commits just after a digest was written, stamped a second earlier, must
+/// be in the next digest, not in none.
+async fn failure_committed_after_a_digest_is_in_the_next(backend: crate::helpers::Backend) {
+    use scimsync::store::{self, log, outbox};
+    let mut env = crate::helpers::test_env(backend);
+    env.settings.mail.digest_interval_secs = 0;
+    env.settings.reconciler.digest_settle_secs = 2;
+    let app = crate::helpers::spawn_with(env, scimsync::startup::Role::All).await;
+    scimsync::ops::orgs::set_notify(&app.store, &app.org_slug, Some("admins@example.com"))
+        .await
+        .expect("notify");
+    let org = app.org_id().await;
+    let fail = |subject: &str, ago_ms: i64| {
+        let at = store::now() - chrono::TimeDelta::milliseconds(ago_ms);
+        log::LogRow {
+            change_id: ulid::Ulid::new().to_string(),
+            org_id: org.clone(),
+            operation: "create".into(),
+            resource_type: "User".into(),
+            resource_id: None,
+            subject: Some(subject.to_owned()),
+            outcome: "rejected".into(),
+            status: 409,
+            response: None,
+            error: Some("userName is taken".into()),
+            attempts: 1,
+            received_at: at,
+            applied_at: at,
+            duration_ms: 1,
+            request: None,
+            resolution: None,
+        }
+    };
+    let first = fail("early@example.com", 0);
+    app.store
+        .run(move |c| log::insert(c, &first).map_err(store::Error::from))
+        .await
+        .expect("first failure");
+    let digests = || {
+        let (store, org) = (app.store.clone(), org.clone());
+        async move {
+            store
+                .run(move |c| outbox::for_org(c, &org).map_err(store::Error::from))
+                .await
+                .expect("outbox")
+                .into_iter()
+                .filter(|r| r.kind == "digest")
+                .count()
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        while digests().await == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the first failure is reported");
+    // Right after that digest: a failure stamped a second before it commits.
+    let late = fail("late@example.com", 1_000);
+    app.store
+        .run(move |c| log::insert(c, &late).map_err(store::Error::from))
+        .await
+        .expect("late failure");
+    eventually("the late failure is reported", || async {
+        app.mails().iter().any(|m| m.contains("late@example.com"))
+    })
+    .await;
+    assert_eq!(
+        app.mails()
+            .iter()
+            .filter(|m| m.contains("early@example.com"))
+            .count(),
+        1,
+        "each failure is reported once"
+    );
+}
