@@ -781,6 +781,31 @@ impl Follow {
     }
 }
 
+/// The doctor's verdict on the queue's workers: alive means a heartbeat
+/// within [`crate::jobs::queue::WorkerSeen::ALIVE_WITHIN_SECS`], since a worker that was
+/// killed stays registered.
+fn check_workers(workers: &[crate::jobs::queue::WorkerSeen]) -> bool {
+    let alive = workers.iter().filter(|w| w.alive()).count();
+    let message = match (alive, workers.iter().map(|w| w.seen_secs_ago).min()) {
+        (0, None) => {
+            "reachable, but no worker is registered: start `scimsync work` (or `scimsync run`)"
+                .to_owned()
+        }
+        (0, Some(last)) => format!(
+            "reachable, but no worker is alive: {} registered, the last heartbeat {last}s ago; start `scimsync work` (or `scimsync run`)",
+            workers.len()
+        ),
+        (alive, _) => format!(
+            "reachable, {alive} worker(s) alive{}",
+            match workers.len() - alive {
+                0 => String::new(),
+                gone => format!(" ({gone} more registered without a recent heartbeat)"),
+            }
+        ),
+    };
+    check(alive > 0, "queue", &message)
+}
+
 /// One line of `doctor` output.
 fn check(ok: bool, what: &str, detail: &str) -> bool {
     println!("{} {what}: {detail}", if ok { "ok  " } else { "FAIL" });
@@ -847,16 +872,8 @@ async fn doctor(settings: &Settings) -> anyhow::Result<()> {
     {
         Ok(q) => match q.ping().await {
             Ok(()) => {
-                let workers = q.depth().await.map(|d| d.workers.len()).unwrap_or(0);
-                healthy &= check(
-                    workers > 0,
-                    "queue",
-                    &if workers > 0 {
-                        format!("reachable, {workers} worker(s) registered")
-                    } else {
-                        "reachable, but no worker is registered: start `scimsync work` (or `scimsync run`)".to_owned()
-                    },
-                );
+                let workers = q.depth().await.map(|d| d.workers).unwrap_or_default();
+                healthy &= check_workers(&workers);
             }
             Err(e) => healthy &= check(false, "queue", &format!("{e:#}")),
         },
@@ -1066,8 +1083,20 @@ async fn queue_command(settings: &Settings, cmd: QueueCommand) -> anyhow::Result
 
 #[cfg(test)]
 mod tests {
-    use super::Follow;
+    use super::{Follow, check_workers};
+    use crate::jobs::queue::WorkerSeen;
     use crate::store::log::LogRow;
+
+    #[test]
+    fn doctor_counts_only_workers_with_a_recent_heartbeat() {
+        let seen = |secs| WorkerSeen::new(format!("work-host-1-{secs}"), secs);
+        assert!(!check_workers(&[]), "none registered");
+        assert!(
+            !check_workers(&[seen(3600), seen(21)]),
+            "registered, all gone quiet"
+        );
+        assert!(check_workers(&[seen(3600), seen(4)]), "one alive");
+    }
 
     fn entry(id: &str, secs: i64) -> LogRow {
         let at = chrono::DateTime::from_timestamp(1_800_000_000 + secs, 0)

@@ -456,7 +456,17 @@ pub struct WorkerSeen {
 }
 
 impl WorkerSeen {
-    fn new(name: String, seen_secs_ago: i64) -> Self {
+    /// A worker whose heartbeat (every 5 s) is at most this old is taken
+    /// for alive. A killed worker stays registered until another one
+    /// clears it, if ever.
+    pub const ALIVE_WITHIN_SECS: i64 = 20;
+
+    /// Whether its heartbeats show it running.
+    pub fn alive(&self) -> bool {
+        self.seen_secs_ago <= Self::ALIVE_WITHIN_SECS
+    }
+
+    pub(crate) fn new(name: String, seen_secs_ago: i64) -> Self {
         let up_secs = name
             .rsplit('-')
             .next()
