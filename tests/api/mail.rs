@@ -12,6 +12,7 @@ on_both_backends!(
     inactive_user_gets_no_welcome_until_activated,
     deactivation_revokes_the_invitation,
     failed_changes_are_reported_in_one_digest,
+    every_failed_mail_is_counted_in_the_digest,
 );
 
 async fn welcome_for(app: &TestApp, email: &str) -> Vec<String> {
@@ -229,4 +230,49 @@ async fn failure_committed_after_a_digest_is_in_the_next(backend: crate::helpers
         1,
         "each failure is reported once"
     );
+}
+
+/// A relay that refuses a whole first cycle's welcomes: the digest lists
+/// some of them and counts them all.
+async fn every_failed_mail_is_counted_in_the_digest(app: TestApp) {
+    use scimsync::store::{self, outbox};
+    let org = app.org_id().await;
+    let rows: Vec<outbox::OutboxRow> = (0..60)
+        .map(|i| outbox::OutboxRow {
+            state: "failed".into(),
+            last_error: Some("550 5.7.1 relaying denied".into()),
+            locked_until: None,
+            ..outbox::OutboxRow::new(
+                &org,
+                "welcome",
+                None,
+                &format!("refused{i}@example.com"),
+                "{}".into(),
+                chrono::TimeDelta::zero(),
+            )
+        })
+        .collect();
+    app.store
+        .run(move |c| outbox::insert_all(c, &rows).map_err(store::Error::from))
+        .await
+        .expect("failed mail");
+    scimsync::ops::orgs::set_notify(&app.store, &app.org_slug, Some("admins@example.com"))
+        .await
+        .expect("notify");
+    let digest = || {
+        let (store, org) = (app.store.clone(), org.clone());
+        async move {
+            store
+                .run(move |c| outbox::for_org(c, &org).map_err(store::Error::from))
+                .await
+                .expect("outbox")
+                .into_iter()
+                .find(|r| r.kind == "digest")
+        }
+    };
+    eventually("a digest is written", || async { digest().await.is_some() }).await;
+    let row = digest().await.expect("digest");
+    let payload: serde_json::Value = serde_json::from_str(&row.payload).expect("payload");
+    assert_eq!(payload["total"], 60, "{payload}");
+    assert_eq!(payload["omitted"], 10, "{payload}");
 }
