@@ -4,8 +4,6 @@
 
 use reqwest::StatusCode;
 use reqwest::header::{COOKIE, LOCATION, SET_COOKIE};
-use scimsync::jobs::{ChangeOp, ScimChange};
-use scimsync::scim::ResourceKind;
 use scimsync::startup::{Application, Role};
 use scimsync::store::{self, log};
 use serde_json::json;
@@ -276,43 +274,7 @@ async fn wrong_password_is_refused_without_a_session(app: TestApp) {
 /// retry: a user create that would apply now.
 async fn record_dead_change(app: &TestApp, user_name: &str) -> String {
     let org = app.org_id().await;
-    let change = ScimChange::new(
-        &org,
-        &app.scim,
-        ChangeOp::Create {
-            kind: ResourceKind::User,
-            id: uuid::Uuid::new_v4().to_string(),
-            resource: scimsync::scim::resource::validate_resource(
-                ResourceKind::User,
-                user_body(user_name),
-            )
-            .expect("valid"),
-        },
-    );
-    let at = store::now();
-    let row = log::LogRow {
-        change_id: change.change_id.clone(),
-        org_id: org,
-        operation: change.op.name().to_owned(),
-        resource_type: "User".into(),
-        resource_id: Some(change.op.id().to_owned()),
-        subject: Some(user_name.to_owned()),
-        outcome: "dead".into(),
-        status: 500,
-        response: None,
-        error: Some("no such table: users".into()),
-        attempts: 5,
-        received_at: at,
-        applied_at: at,
-        duration_ms: 12,
-        request: Some(serde_json::to_string(&change).expect("json")),
-        resolution: None,
-    };
-    app.store
-        .run(move |c| log::insert(c, &row).map_err(store::Error::from))
-        .await
-        .expect("dead change recorded");
-    change.change_id
+    crate::helpers::record_dead(app, &org, user_name, crate::helpers::user_create(user_name)).await
 }
 
 async fn change(app: &TestApp, id: &str) -> log::LogRow {

@@ -12,7 +12,7 @@ use scimsync::scim::ResourceKind;
 use scimsync::store::{self, log};
 use serde_json::Value;
 
-use crate::helpers::{PG_VAR, TestApp, eventually, user_body};
+use crate::helpers::{PG_VAR, TestApp, eventually, user_body, user_create};
 use crate::on_both_backends;
 
 on_both_backends!(
@@ -135,47 +135,13 @@ async fn org_id(app: &TestApp, slug: &str) -> String {
 /// Logs a create of `user_name` in `org` that died (as after a database
 /// outage outlasting every delivery); returns its change id.
 async fn record_dead_change(app: &TestApp, org: &str, user_name: &str) -> String {
-    let create = ChangeOp::Create {
-        kind: ResourceKind::User,
-        id: uuid::Uuid::new_v4().to_string(),
-        resource: scimsync::scim::resource::validate_resource(
-            ResourceKind::User,
-            user_body(user_name),
-        )
-        .expect("valid"),
-    };
-    record_dead(app, org, user_name, create).await
+    record_dead(app, org, user_name, user_create(user_name)).await
 }
 
-/// Logs `op` on `subject` as a change that died; returns its id.
+/// Logs `op` on `subject` in `org` as a change that died; returns its id.
 async fn record_dead(app: &TestApp, org: &str, subject: &str, op: ChangeOp) -> String {
     let org = org_id(app, org).await;
-    let change = ScimChange::new(&org, &app.scim, op);
-    let user_name = subject;
-    let at = store::now();
-    let row = log::LogRow {
-        change_id: change.change_id.clone(),
-        org_id: org,
-        operation: change.op.name().to_owned(),
-        resource_type: "User".into(),
-        resource_id: Some(change.op.id().to_owned()),
-        subject: Some(user_name.to_owned()),
-        outcome: "dead".into(),
-        status: 500,
-        response: None,
-        error: Some("no such table: users".into()),
-        attempts: 5,
-        received_at: at,
-        applied_at: at,
-        duration_ms: 12,
-        request: Some(serde_json::to_string(&change).expect("json")),
-        resolution: None,
-    };
-    app.store
-        .run(move |c| log::insert(c, &row).map_err(store::Error::from))
-        .await
-        .expect("dead change recorded");
-    change.change_id
+    crate::helpers::record_dead(app, &org, subject, op).await
 }
 
 async fn logged(app: &TestApp, id: &str) -> Option<log::LogRow> {

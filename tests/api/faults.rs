@@ -616,16 +616,25 @@ impl Drop for PrivatePostgres {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_outage_answers_503_and_changes_resume() {
+/// A private PostgreSQL cluster, and test storage on it with Redis; None
+/// when the PostgreSQL + Redis suite is not enabled.
+fn on_private_postgres() -> Option<(PrivatePostgres, crate::helpers::TestEnv)> {
     if !crate::helpers::postgres_redis_enabled() {
-        return;
+        return None;
     }
     let Some(pg) = PrivatePostgres::start() else {
         panic!("a private PostgreSQL cluster could not be started (initdb/pg_ctl as postgres)");
     };
     let mut env = test_env(Backend::PostgresRedis);
     env.settings.database.url = pg.url();
+    Some((pg, env))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_outage_answers_503_and_changes_resume() {
+    let Some((pg, mut env)) = on_private_postgres() else {
+        return;
+    };
     env.settings.database.connect_timeout_secs = 2;
     env.settings.server.request_deadline_secs = 5;
     let app = spawn_with(env, Role::All).await;
@@ -666,14 +675,9 @@ async fn postgres_outage_answers_503_and_changes_resume() {
 /// place an operator looks, and `queue retry` works from the log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn change_dying_in_a_postgres_outage_is_recorded_dead_once_it_is_back() {
-    if !crate::helpers::postgres_redis_enabled() {
+    let Some((pg, mut env)) = on_private_postgres() else {
         return;
-    }
-    let Some(pg) = PrivatePostgres::start() else {
-        panic!("a private PostgreSQL cluster could not be started (initdb/pg_ctl as postgres)");
     };
-    let mut env = test_env(Backend::PostgresRedis);
-    env.settings.database.url = pg.url();
     env.settings.database.connect_timeout_secs = 1;
     env.settings.server.request_deadline_secs = 1;
     env.settings.queue.max_deliveries = 1;

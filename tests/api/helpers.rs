@@ -478,3 +478,53 @@ impl TestApp {
         self.scim.trim_end_matches("/scim/v2")
     }
 }
+
+/// A user create of `user_name` that would apply now.
+pub fn user_create(user_name: &str) -> scimsync::jobs::ChangeOp {
+    scimsync::jobs::ChangeOp::Create {
+        kind: scimsync::scim::ResourceKind::User,
+        id: uuid::Uuid::new_v4().to_string(),
+        resource: scimsync::scim::resource::validate_resource(
+            scimsync::scim::ResourceKind::User,
+            user_body(user_name),
+        )
+        .expect("valid"),
+    }
+}
+
+/// Logs `op` on `subject` in organization `org_id` as a change that died
+/// (as after a database outage outlasting every delivery), its request
+/// kept for a retry; returns its change id.
+pub async fn record_dead(
+    app: &TestApp,
+    org_id: &str,
+    subject: &str,
+    op: scimsync::jobs::ChangeOp,
+) -> String {
+    use scimsync::store::{self, log};
+    let change = scimsync::jobs::ScimChange::new(org_id, &app.scim, op);
+    let at = store::now();
+    let row = log::LogRow {
+        change_id: change.change_id.clone(),
+        org_id: org_id.to_owned(),
+        operation: change.op.name().to_owned(),
+        resource_type: "User".into(),
+        resource_id: Some(change.op.id().to_owned()),
+        subject: Some(subject.to_owned()),
+        outcome: "dead".into(),
+        status: 500,
+        response: None,
+        error: Some("no such table: users".into()),
+        attempts: 5,
+        received_at: at,
+        applied_at: at,
+        duration_ms: 12,
+        request: Some(serde_json::to_string(&change).expect("json")),
+        resolution: None,
+    };
+    app.store
+        .run(move |c| log::insert(c, &row).map_err(store::Error::from))
+        .await
+        .expect("dead change recorded");
+    change.change_id
+}

@@ -158,7 +158,7 @@ async fn failure_committed_after_a_digest_is_in_the_next_postgres_redis() {
 /// commits just after a digest was written, stamped a second earlier, must
 /// be in the next digest, not in none.
 async fn failure_committed_after_a_digest_is_in_the_next(backend: crate::helpers::Backend) {
-    use scimsync::store::{self, log, outbox};
+    use scimsync::store::{self, log};
     let mut env = crate::helpers::test_env(backend);
     env.settings.mail.digest_interval_secs = 0;
     env.settings.reconciler.digest_settle_secs = 2;
@@ -193,20 +193,8 @@ async fn failure_committed_after_a_digest_is_in_the_next(backend: crate::helpers
         .run(move |c| log::insert(c, &first).map_err(store::Error::from))
         .await
         .expect("first failure");
-    let digests = || {
-        let (store, org) = (app.store.clone(), org.clone());
-        async move {
-            store
-                .run(move |c| outbox::for_org(c, &org).map_err(store::Error::from))
-                .await
-                .expect("outbox")
-                .into_iter()
-                .filter(|r| r.kind == "digest")
-                .count()
-        }
-    };
     tokio::time::timeout(std::time::Duration::from_secs(20), async {
-        while digests().await == 0 {
+        while digests(&app).await.is_empty() {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
     })
@@ -259,20 +247,25 @@ async fn every_failed_mail_is_counted_in_the_digest(app: TestApp) {
     scimsync::ops::orgs::set_notify(&app.store, &app.org_slug, Some("admins@example.com"))
         .await
         .expect("notify");
-    let digest = || {
-        let (store, org) = (app.store.clone(), org.clone());
-        async move {
-            store
-                .run(move |c| outbox::for_org(c, &org).map_err(store::Error::from))
-                .await
-                .expect("outbox")
-                .into_iter()
-                .find(|r| r.kind == "digest")
-        }
-    };
-    eventually("a digest is written", || async { digest().await.is_some() }).await;
-    let row = digest().await.expect("digest");
+    eventually("a digest is written", || async {
+        !digests(&app).await.is_empty()
+    })
+    .await;
+    let row = digests(&app).await.remove(0);
     let payload: serde_json::Value = serde_json::from_str(&row.payload).expect("payload");
     assert_eq!(payload["total"], 60, "{payload}");
     assert_eq!(payload["omitted"], 10, "{payload}");
+}
+
+/// The digest rows of `app`'s organization in its outbox.
+async fn digests(app: &TestApp) -> Vec<scimsync::store::outbox::OutboxRow> {
+    use scimsync::store::{self, outbox};
+    let org = app.org_id().await;
+    app.store
+        .run(move |c| outbox::for_org(c, &org).map_err(store::Error::from))
+        .await
+        .expect("outbox")
+        .into_iter()
+        .filter(|r| r.kind == "digest")
+        .collect()
 }

@@ -275,15 +275,7 @@ async fn commit_without_sending(app: &TestApp, user_name: &str) -> scimsync::rec
     let change = scimsync::jobs::ScimChange::new(
         &app.org_id().await,
         &app.scim,
-        scimsync::jobs::ChangeOp::Create {
-            kind: scimsync::scim::ResourceKind::User,
-            id: uuid::Uuid::new_v4().to_string(),
-            resource: scimsync::scim::resource::validate_resource(
-                scimsync::scim::ResourceKind::User,
-                user_body(user_name),
-            )
-            .expect("valid"),
-        },
+        crate::helpers::user_create(user_name),
     );
     let applier = scimsync::reconcile::Applier::start(app.store.clone(), &app.settings);
     scimsync::reconcile::apply_with_retry(&applier, &app.settings, &change, 1)
