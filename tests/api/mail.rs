@@ -269,3 +269,58 @@ async fn digests(app: &TestApp) -> Vec<scimsync::store::outbox::OutboxRow> {
         .filter(|r| r.kind == "digest")
         .collect()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn digest_is_queued_behind_a_mail_backlog_sqlite() {
+    digest_is_queued_behind_a_mail_backlog(crate::helpers::Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn digest_is_queued_behind_a_mail_backlog_postgres_redis() {
+    if crate::helpers::postgres_redis_enabled() {
+        digest_is_queued_behind_a_mail_backlog(crate::helpers::Backend::PostgresRedis).await;
+    }
+}
+
+/// During a long first cycle the mail queue is never empty. A digest, which
+/// never had a job, is queued all the same; mail whose job is merely late
+/// is not queued twice.
+async fn digest_is_queued_behind_a_mail_backlog(backend: crate::helpers::Backend) {
+    use scimsync::jobs::mail::SendMail;
+    use scimsync::reconcile::periodic;
+    // Web only: nothing takes jobs off the mail queue.
+    let app = crate::helpers::spawn_with(
+        crate::helpers::test_env(backend),
+        scimsync::startup::Role::Web,
+    )
+    .await;
+    let mail = app.mail_queue().await;
+    mail.push(&SendMail::new("01ARZ3NDEKTSV4RRFFQ69G5FAV"), 3)
+        .await
+        .expect("a job in the backlog");
+    scimsync::ops::orgs::set_notify(&app.store, &app.org_slug, Some("admins@example.com"))
+        .await
+        .expect("notify");
+    let org = app.org_id().await;
+    crate::helpers::record_dead(
+        &app,
+        &org,
+        "stuck@example.com",
+        crate::helpers::user_create("stuck@example.com"),
+    )
+    .await;
+
+    let pass = periodic::pass(&app.store, &mail, &app.settings)
+        .await
+        .expect("pass");
+    assert_eq!((pass.digests, pass.queued), (1, 1), "{pass:?}");
+    let queued = digests(&app).await.remove(0);
+    assert!(
+        queued.locked_until.is_some(),
+        "its job is on record: {queued:?}"
+    );
+    let again = periodic::pass(&app.store, &mail, &app.settings)
+        .await
+        .expect("pass");
+    assert_eq!(again.queued, 0, "queued once: {again:?}");
+}
