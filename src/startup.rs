@@ -200,6 +200,9 @@ impl Application {
                     self.settings.server.rate_limit_burst,
                 )),
                 tokens: Arc::new(crate::http::auth::TokenLookups::start(self.store.clone())),
+                user_names: Arc::new(crate::http::lookups::UserNameLookups::start(
+                    self.store.clone(),
+                )),
                 replies: self.replies.clone(),
                 settings: self.settings.clone(),
                 base_url: format!("{}/scim/v2", self.public_url),

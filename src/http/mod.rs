@@ -5,6 +5,7 @@ pub mod auth;
 pub mod discovery;
 pub mod error;
 pub mod invitations;
+pub mod lookups;
 pub mod metrics;
 pub mod ratelimit;
 pub mod scim;
@@ -39,6 +40,8 @@ pub struct AppState {
     pub base_url: String,
     pub limiter: Arc<ratelimit::RateLimiter>,
     pub tokens: Arc<auth::TokenLookups>,
+    /// Users looked up by userName, shared by requests that arrive together.
+    pub user_names: Arc<lookups::UserNameLookups>,
     /// The admin pages' sessions; `None` when they are off.
     pub admin: Option<Arc<admin::AdminState>>,
 }

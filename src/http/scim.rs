@@ -572,23 +572,38 @@ async fn list(
     let with_members = projection.wants_members();
     let order = sort_order(kind, &params)?;
     let base = state.base_url.clone();
-    let page = state
-        .store
-        .run(move |c| -> Result<Page, crate::store::Error> {
-            let spec = ListSpec {
-                filter: filter.as_ref(),
-                order,
-                start,
-                count,
-                base: &base,
-                with_members,
-            };
-            match kind {
-                ResourceKind::User => list_users(c, &org.0, &spec),
-                ResourceKind::Group => list_teams(c, &org.0, &spec),
+    let page = match lone_user_name(kind, filter.as_ref()) {
+        Some(key) if start == 1 && count > 0 => {
+            let row = state.user_names.find(org.0.clone(), key).await?;
+            let resources = row
+                .iter()
+                .map(|r| render_user(r, &base))
+                .collect::<Result<Vec<_>, _>>()?;
+            Page {
+                total: i64::try_from(resources.len()).unwrap_or(1),
+                resources,
             }
-        })
-        .await?;
+        }
+        _ => {
+            state
+                .store
+                .run(move |c| -> Result<Page, crate::store::Error> {
+                    let spec = ListSpec {
+                        filter: filter.as_ref(),
+                        order,
+                        start,
+                        count,
+                        base: &base,
+                        with_members,
+                    };
+                    match kind {
+                        ResourceKind::User => list_users(c, &org.0, &spec),
+                        ResourceKind::Group => list_teams(c, &org.0, &spec),
+                    }
+                })
+                .await?
+        }
+    };
     let mut resources = page.resources;
     for r in &mut resources {
         projection.apply(kind, r);
@@ -601,6 +616,28 @@ async fn list(
         "Resources": resources,
     });
     Ok(scim_response(StatusCode::OK, &body))
+}
+
+/// The lower-cased userName when a filter on users is Entra ID's lookup,
+/// `userName eq "…"` and nothing else: at most one user matches.
+fn lone_user_name(kind: ResourceKind, filter: Option<&Filter>) -> Option<String> {
+    if kind != ResourceKind::User {
+        return None;
+    }
+    match user_query(filter) {
+        (
+            UserQuery {
+                user_name_key: Some(key),
+                id: None,
+                external_id: None,
+                display_name_key: None,
+                email_key: None,
+                active: None,
+            },
+            false,
+        ) => Some(key),
+        _ => None,
+    }
 }
 
 /// The total number of matches when the first page already holds them all

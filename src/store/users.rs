@@ -125,6 +125,27 @@ pub fn find_by_user_name_key(
         .optional()
 }
 
+/// The users holding any of `wanted`, (organization id, lower-cased
+/// userName) pairs. Organizations and names are matched as two lists, so
+/// a row may pair one organization with another's name: callers match
+/// each pair on the rows.
+pub fn find_by_user_name_keys(
+    conn: &mut Conn,
+    wanted: &[(String, String)],
+) -> QueryResult<Vec<UserRow>> {
+    let mut orgs: Vec<&str> = wanted.iter().map(|(org, _)| org.as_str()).collect();
+    let mut keys: Vec<&str> = wanted.iter().map(|(_, key)| key.as_str()).collect();
+    for list in [&mut orgs, &mut keys] {
+        list.sort_unstable();
+        list.dedup();
+    }
+    users::table
+        .filter(users::org_id.eq_any(orgs))
+        .filter(users::user_name_key.eq_any(keys))
+        .select(UserRow::as_select())
+        .load(conn)
+}
+
 /// Writes `row` if the stored version is still `expected_version`; returns
 /// whether it did. A concurrent writer makes it return false, and the caller
 /// retries its whole transaction instead of overwriting that change.

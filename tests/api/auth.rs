@@ -11,6 +11,7 @@ on_both_backends!(
     revoked_token_is_refused_at_once,
     another_organization_can_neither_see_nor_change_resources,
     requests_at_once_with_different_tokens_each_get_their_own_answer,
+    lookups_by_user_name_at_once_each_see_their_own_tenant,
 );
 
 async fn missing_or_bad_token_is_401_with_scim_body(app: TestApp) {
@@ -167,5 +168,68 @@ async fn requests_at_once_with_different_tokens_each_get_their_own_answer(app: T
             }
             _ => assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{:?}", reply.body),
         }
+    }
+}
+
+/// Entra ID looks every user up by userName before creating it; lookups
+/// that arrive together share a query. Two tenants holding the same
+/// userName, and names in the other tenant only, must each get their own
+/// tenant's answer, and a name's case must not matter.
+async fn lookups_by_user_name_at_once_each_see_their_own_tenant(app: TestApp) {
+    let ours = app.create_user("both@example.com").await;
+    let other = app.other_org_token("umbrella").await;
+    let as_other = |method: Method, path: &str, body: Option<serde_json::Value>| {
+        let (app, other) = (&app, other.clone());
+        let path = path.to_owned();
+        async move { app.call_with_token(method, &path, body, Some(&other)).await }
+    };
+    let theirs = as_other(
+        Method::POST,
+        "/Users",
+        Some(crate::helpers::user_body("both@example.com")),
+    )
+    .await;
+    assert_eq!(theirs.status, StatusCode::CREATED, "{:?}", theirs.body);
+    let theirs = theirs.body["id"].as_str().expect("id").to_owned();
+    let only_theirs = as_other(
+        Method::POST,
+        "/Users",
+        Some(crate::helpers::user_body("theirs@example.com")),
+    )
+    .await;
+    assert_eq!(only_theirs.status, StatusCode::CREATED);
+    let lookup = |name: &str| format!("/Users?filter=userName%20eq%20%22{name}%22");
+    let requests = (0..48).map(|i| {
+        let (app, other) = (&app, other.clone());
+        async move {
+            let (token, name) = match i % 4 {
+                0 => (app.token.clone(), "both%40example.com"),
+                1 => (other, "BOTH%40example.com"),
+                2 => (app.token.clone(), "theirs%40example.com"),
+                _ => (
+                    app.token.clone(),
+                    format!("nobody{i}%40example.com").leak() as &str,
+                ),
+            };
+            let reply = app
+                .call_with_token(Method::GET, &lookup(name), None, Some(&token))
+                .await;
+            (i % 4, reply)
+        }
+    });
+    for (which, reply) in futures::future::join_all(requests).await {
+        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+        let ids: Vec<&str> = reply.body["Resources"]
+            .as_array()
+            .expect("Resources")
+            .iter()
+            .filter_map(|r| r["id"].as_str())
+            .collect();
+        match which {
+            0 => assert_eq!(ids, [ours.as_str()], "ours"),
+            1 => assert_eq!(ids, [theirs.as_str()], "theirs, whatever the case"),
+            _ => assert!(ids.is_empty(), "another tenant's or nobody's: {ids:?}"),
+        }
+        assert_eq!(reply.body["totalResults"], ids.len());
     }
 }
