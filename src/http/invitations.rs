@@ -38,40 +38,45 @@ button{{font-size:1rem;padding:.7rem 1.4rem;border:0;border-radius:6px;backgroun
 
 async fn standing(state: &AppState, token: String, accept: bool) -> Result<Standing, store::Error> {
     let hash = hash_token(&token);
-    state
-        .store
-        .run_write(move |c| {
-            use diesel::Connection;
-            c.transaction::<Standing, store::Error, _>(|c| {
-                let Some(inv) = invitations::find_by_hash(c, &hash)? else {
-                    return Ok(Standing::Unknown);
-                };
-                let org = orgs::find(c, &inv.org_id)?
-                    .map(|o| o.name)
-                    .unwrap_or_default();
-                if inv.used_at.is_some() {
-                    return Ok(Standing::AlreadyUsed { org });
-                }
-                if inv.revoked_at.is_some() {
-                    return Ok(Standing::Revoked { org });
-                }
-                if inv.expires_at <= now() {
-                    return Ok(Standing::Expired { org });
-                }
-                if !accept {
-                    return Ok(Standing::Open {
-                        org,
-                        email: inv.email,
-                    });
-                }
-                if !invitations::mark_used(c, &inv.id)? {
-                    return Ok(Standing::AlreadyUsed { org });
-                }
-                users::mark_joined(c, &inv.org_id, &inv.user_id, now())?;
-                Ok(Standing::Accepted { org })
-            })
+    let read = move |c: &mut store::Conn| {
+        use diesel::Connection;
+        c.transaction::<Standing, store::Error, _>(|c| {
+            let Some(inv) = invitations::find_by_hash(c, &hash)? else {
+                return Ok(Standing::Unknown);
+            };
+            let org = orgs::find(c, &inv.org_id)?
+                .map(|o| o.name)
+                .unwrap_or_default();
+            if inv.used_at.is_some() {
+                return Ok(Standing::AlreadyUsed { org });
+            }
+            if inv.revoked_at.is_some() {
+                return Ok(Standing::Revoked { org });
+            }
+            if inv.expires_at <= now() {
+                return Ok(Standing::Expired { org });
+            }
+            if !accept {
+                return Ok(Standing::Open {
+                    org,
+                    email: inv.email,
+                });
+            }
+            if !invitations::mark_used(c, &inv.id)? {
+                return Ok(Standing::AlreadyUsed { org });
+            }
+            users::mark_joined(c, &inv.org_id, &inv.user_id, now())?;
+            Ok(Standing::Accepted { org })
         })
-        .await
+    };
+    // Showing the page only reads: on SQLite it must not queue behind
+    // (or hold up) the writers applying Entra ID's changes, since anyone
+    // can ask for any link.
+    if accept {
+        state.store.run_write(read).await
+    } else {
+        state.store.run(read).await
+    }
 }
 
 fn render(standing: Standing, token: &str) -> Response {

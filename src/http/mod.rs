@@ -126,13 +126,23 @@ pub fn router(state: AppState) -> Router {
                         "request",
                         request_id = %id,
                         method = %req.method(),
-                        path = %req.uri().path(),
+                        path = %loggable_path(req.uri().path()),
                         change_id = tracing::field::Empty
                     )
                 }),
         )
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+}
+
+/// A request path as logs may show it: an invitation link's path is its
+/// token, which whoever reads the logs could accept the invitation with.
+fn loggable_path(path: &str) -> &str {
+    if path.starts_with("/invitations/") {
+        "/invitations/…"
+    } else {
+        path
+    }
 }
 
 /// The process is up.
@@ -157,4 +167,19 @@ async fn readyz(State(state): State<AppState>) -> Response {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (status, body).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn logs_never_show_an_invitation_token() {
+        assert_eq!(
+            super::loggable_path("/invitations/inv_0123abcd"),
+            "/invitations/…"
+        );
+        assert_eq!(
+            super::loggable_path("/scim/v2/Users/42"),
+            "/scim/v2/Users/42"
+        );
+    }
 }

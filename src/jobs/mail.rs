@@ -249,7 +249,7 @@ async fn send_claimed(
         Rendered::Send(email, payload) => (email, payload),
         Rendered::Cancel(reason) => {
             tracing::info!(parent: &span, %reason, "mail no longer owed");
-            finish(state, &row.id, "cancelled", &reason).await?;
+            finish(state, &row, "cancelled", &reason).await?;
             return Ok(Delivery::Cancelled);
         }
     };
@@ -282,7 +282,7 @@ async fn send_claimed(
         }
         Err(e) => {
             tracing::error!(parent: &span, error = %e.reason(), "mail failed for good");
-            finish(state, &row.id, "failed", e.reason()).await?;
+            finish(state, &row, "failed", e.reason()).await?;
             Ok(Delivery::Failed)
         }
     }
@@ -315,11 +315,19 @@ fn secs(s: u64) -> i64 {
     i64::try_from(s).unwrap_or(i64::MAX)
 }
 
-async fn finish(state: &MailState, id: &str, st: &str, reason: &str) -> Result<(), store::Error> {
-    let (id, st, reason) = (id.to_owned(), st.to_owned(), reason.to_owned());
+async fn finish(
+    state: &MailState,
+    row: &OutboxRow,
+    st: &str,
+    reason: &str,
+) -> Result<(), store::Error> {
+    let (id, payload) = (row.id.clone(), row.payload.clone());
+    let (st, reason) = (st.to_owned(), reason.to_owned());
     state
         .store
-        .run_write(move |c| outbox::finish(c, &id, &st, &reason).map_err(store::Error::from))
+        .run_write(move |c| {
+            outbox::finish(c, &id, &st, &reason, &payload).map_err(store::Error::from)
+        })
         .await
 }
 

@@ -402,6 +402,7 @@ fn withdraw_revoked_welcomes(
                     &owed.row.id,
                     "cancelled",
                     "the invitation was revoked before it was sent",
+                    &owed.row.payload,
                 )?;
             }
         }

@@ -207,16 +207,42 @@ pub fn mark_retry(
 /// Ends a row for good: `failed` (with the server's answer) or `cancelled`.
 /// `next_attempt_at` then records when the last attempt ended, which the
 /// failure digest reads.
-pub fn finish(conn: &mut Conn, id: &str, state: &str, error: &str) -> QueryResult<()> {
+///
+/// `payload` is the row's payload; it is kept without its invitation token,
+/// which nothing will send any more and which is stored nowhere else in
+/// clear (invitations keep only its SHA-256).
+pub fn finish(
+    conn: &mut Conn,
+    id: &str,
+    state: &str,
+    error: &str,
+    payload: &str,
+) -> QueryResult<()> {
     diesel::update(outbox::table.filter(outbox::id.eq(id)))
         .set((
             outbox::state.eq(state),
             outbox::next_attempt_at.eq(now()),
             outbox::locked_until.eq(None::<chrono::NaiveDateTime>),
             outbox::last_error.eq(Some(error)),
+            outbox::payload.eq(without_token(payload)),
         ))
         .execute(conn)?;
     Ok(())
+}
+
+/// A payload without its invitation token, for keeping once the mail that
+/// carries the token was sent or will never be.
+pub fn without_token(payload: &str) -> String {
+    match serde_json::from_str::<serde_json::Value>(payload) {
+        Ok(mut value) => {
+            if let Some(obj) = value.as_object_mut() {
+                obj.remove("token");
+            }
+            value.to_string()
+        }
+        // Not ours to read: keep nothing rather than a token.
+        Err(_) => "{}".to_owned(),
+    }
 }
 
 /// Hands a row claimed by this process back unsent, marked as queued for

@@ -166,6 +166,11 @@ async fn smtp_permanent_failure_is_recorded_and_reported_in_the_next_digest(back
     let row = welcome_row(&app, "bounce@example.com").await.expect("row");
     assert_eq!(row.attempts, 1, "a permanent failure is not retried");
     assert!(
+        !row.payload.contains("inv_"),
+        "no token is kept for mail that will never be sent: {}",
+        row.payload
+    );
+    assert!(
         row.last_error
             .as_deref()
             .unwrap_or_default()
@@ -380,11 +385,15 @@ async fn sends_recorded_together_each_keep_their_own_payload(backend: Backend) {
         claimed.push(committed.mail[0].row.id.clone());
     }
     let third = commit_without_sending(&app, "third@example.com").await;
-    let third = third.mail[0].row.id.clone();
+    let (third, payload) = (
+        third.mail[0].row.id.clone(),
+        third.mail[0].row.payload.clone(),
+    );
     let (id, finished) = (third.clone(), "failed".to_owned());
     app.store
         .run(move |c| {
-            outbox::finish(c, &id, &finished, "given up").map_err(scimsync::store::Error::from)
+            outbox::finish(c, &id, &finished, "given up", &payload)
+                .map_err(scimsync::store::Error::from)
         })
         .await
         .expect("finish");
@@ -414,5 +423,13 @@ async fn sends_recorded_together_each_keep_their_own_payload(backend: Backend) {
     let untouched = rows.iter().find(|r| r.id == third).expect("row");
     assert_eq!(untouched.state, "failed", "only rows being sent are marked");
     assert!(untouched.sent_at.is_none());
-    assert!(untouched.payload.contains("token"), "payload kept");
+    assert!(
+        !untouched.payload.contains("kept"),
+        "its payload is not replaced"
+    );
+    assert!(
+        !untouched.payload.contains("token") && untouched.payload.contains("person"),
+        "finished: kept without its token: {}",
+        untouched.payload
+    );
 }
