@@ -267,15 +267,35 @@ fn scheme_of(url: &str) -> String {
     }
 }
 
-/// A URL with its password replaced, for logs and `doctor` output.
+/// A URL with its password replaced, for logs and `doctor` output. A URL
+/// that does not parse shows its scheme only: libpq accepts passwords that
+/// end a URL's authority early (`pa#ss`), which would otherwise be printed
+/// whole. Passwords in the query (`?password=`) are hidden too.
 pub fn redact_url(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            let _ = parsed.set_password(Some("***"));
-            parsed.to_string()
-        }
-        _ => url.to_owned(),
+    let Ok(mut parsed) = url::Url::parse(url) else {
+        return format!("{}…", scheme_of(url));
+    };
+    if parsed.password().is_some() {
+        let _ = parsed.set_password(Some("***"));
     }
+    if parsed.query().is_some() {
+        let query: Vec<(String, String)> = parsed
+            .query_pairs()
+            .map(|(k, v)| {
+                let secret = k.to_ascii_lowercase().contains("password");
+                (
+                    k.into_owned(),
+                    if secret {
+                        "***".to_owned()
+                    } else {
+                        v.into_owned()
+                    },
+                )
+            })
+            .collect();
+        parsed.query_pairs_mut().clear().extend_pairs(query);
+    }
+    parsed.to_string()
 }
 
 #[cfg(test)]
@@ -326,5 +346,26 @@ mod tests {
             redact_url("postgres://app:hunter2@db.example.com/scim"),
             "postgres://app:***@db.example.com/scim"
         );
+        assert_eq!(
+            redact_url("postgres://db.example.com/scim?sslmode=require"),
+            "postgres://db.example.com/scim?sslmode=require"
+        );
+    }
+
+    #[test]
+    fn redact_url_hides_what_it_cannot_parse_and_passwords_in_the_query() {
+        // libpq takes "pa#ss" as the password; the URL parser stops at '#'.
+        assert_eq!(
+            redact_url("postgres://app:pa#ss@db.example.com/scim"),
+            "postgres://…"
+        );
+        let shown = redact_url(
+            "postgres://app@db.example.com/scim?password=hunter2&sslpassword=x2&sslmode=require",
+        );
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("x2"),
+            "{shown}"
+        );
+        assert!(shown.contains("sslmode=require"), "{shown}");
     }
 }
