@@ -899,11 +899,14 @@ async fn doctor(settings: &Settings) -> anyhow::Result<()> {
             "admin pages",
             "off (set [admin] password or SCIMSYNC_ADMIN__PASSWORD to turn them on)",
         );
-    } else if admin.password.chars().count() < 12 {
+    } else if admin.password.chars().count() < crate::http::admin::auth::MIN_PASSWORD_CHARS {
         healthy &= check(
             false,
             "admin pages",
-            "the admin password is shorter than 12 characters; choose a longer one",
+            &format!(
+                "off: the admin password is shorter than {} characters; choose a longer one",
+                crate::http::admin::auth::MIN_PASSWORD_CHARS
+            ),
         );
     } else {
         check(

@@ -16,6 +16,7 @@ on_both_backends!(
     admin_pages_are_off_without_a_password,
     every_admin_page_needs_a_login,
     wrong_password_is_refused_without_a_session,
+    guessing_is_held_to_ten_wrong_passwords_a_minute,
     forms_without_the_csrf_token_change_nothing,
     dead_change_retried_from_its_page_is_applied,
     entra_data_is_shown_escaped_in_lookup_and_log,
@@ -245,6 +246,48 @@ async fn every_admin_page_needs_a_login(app: TestApp) {
     assert_eq!(out.status(), StatusCode::SEE_OTHER);
     let after = site.get("/admin", Some(&cookie)).await;
     assert_eq!(after.status(), StatusCode::SEE_OTHER, "the session ended");
+}
+
+async fn guessing_is_held_to_ten_wrong_passwords_a_minute(app: TestApp) {
+    let site = AdminSite::start(&app).await;
+    let guesses = (0..10).map(|i| {
+        let site = &site;
+        async move {
+            let guess = format!("guess number {i}");
+            site.post(
+                "/admin/login",
+                None,
+                &[("password", guess.as_str()), ("next", "/admin")],
+            )
+            .await
+            .status()
+        }
+    });
+    for status in futures::future::join_all(guesses).await {
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+    // Even the right password is not read now: a guess could be it.
+    let held = site
+        .post(
+            "/admin/login",
+            None,
+            &[("password", PASSWORD), ("next", "/admin")],
+        )
+        .await;
+    assert_eq!(held.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(held.headers().get(SET_COOKIE).is_none());
+    assert_eq!(
+        held.headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
+        Some("60")
+    );
+    assert!(
+        held.text()
+            .await
+            .expect("html")
+            .contains("Too many wrong passwords")
+    );
 }
 
 async fn wrong_password_is_refused_without_a_session(app: TestApp) {

@@ -43,7 +43,21 @@ pub struct AdminState {
     ttl: Duration,
     /// Whether cookies get `Secure` (the public URL is https).
     secure: bool,
+    /// When the recent wrong passwords were given, across all clients.
+    failures: Mutex<std::collections::VecDeque<Instant>>,
 }
+
+/// Shortest admin password the pages accept: the password opens every
+/// organization's tokens.
+pub const MIN_PASSWORD_CHARS: usize = 12;
+
+/// Wrong passwords accepted per [`FAILURE_WINDOW`], from everyone
+/// together: beyond them every login is refused unread until the window
+/// moves on, so guessing runs at 10 tries a minute however many clients
+/// try. The real operator is held up too while that lasts; their sessions
+/// are not.
+const MAX_FAILURES: usize = 10;
+const FAILURE_WINDOW: Duration = Duration::from_secs(60);
 
 struct SessionData {
     csrf: String,
@@ -76,12 +90,39 @@ impl AdminState {
         if !settings.admin.enabled() {
             return None;
         }
+        if settings.admin.password.chars().count() < MIN_PASSWORD_CHARS {
+            tracing::error!(
+                "the admin pages stay off: the admin password is shorter than {MIN_PASSWORD_CHARS} characters"
+            );
+            return None;
+        }
         Some(Arc::new(AdminState {
             password_digest: Sha256::digest(settings.admin.password.as_bytes()).into(),
             sessions: Mutex::new(HashMap::new()),
             ttl: Duration::from_secs(settings.admin.session_hours.max(1) * 3600),
             secure: settings.public_url().starts_with("https://"),
+            failures: Mutex::new(std::collections::VecDeque::new()),
         }))
+    }
+
+    /// Whether a login may be tried now: fewer than [`MAX_FAILURES`]
+    /// wrong passwords within the last [`FAILURE_WINDOW`].
+    fn may_try(&self, now: Instant) -> bool {
+        let mut failures = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
+        while failures
+            .front()
+            .is_some_and(|at| now.duration_since(*at) >= FAILURE_WINDOW)
+        {
+            failures.pop_front();
+        }
+        failures.len() < MAX_FAILURES
+    }
+
+    fn failed(&self, now: Instant) {
+        self.failures
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push_back(now);
     }
 
     fn password_matches(&self, given: &str) -> bool {
@@ -284,7 +325,20 @@ pub async fn login(
     Form(form): Form<LoginForm>,
 ) -> Response {
     let next = safe_next(form.next.as_deref()).to_owned();
+    let now = Instant::now();
+    if !admin.may_try(now) {
+        tracing::warn!("admin login refused unread: too many wrong passwords in the last minute");
+        let mut page = login_page(
+            StatusCode::TOO_MANY_REQUESTS,
+            &next,
+            Some("Too many wrong passwords. Try again in a minute."),
+        );
+        page.headers_mut()
+            .insert(header::RETRY_AFTER, FAILURE_WINDOW.as_secs().into());
+        return page;
+    }
     if !admin.password_matches(&form.password) {
+        admin.failed(now);
         tracing::warn!("admin login refused: wrong password");
         // Slows guessing a little without locking the real operator out.
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -341,9 +395,14 @@ mod tests {
     fn password_must_match_exactly() {
         let mut settings = Settings::load(None).expect("defaults");
         settings.admin.password = "s3cret".into();
+        assert!(
+            AdminState::from_settings(&settings).is_none(),
+            "too short: the pages stay off"
+        );
+        settings.admin.password = "s3cret-s3cret".into();
         let admin = AdminState::from_settings(&settings).expect("on");
-        assert!(admin.password_matches("s3cret"));
-        for wrong in ["", "s3cre", "s3cret ", "S3CRET"] {
+        assert!(admin.password_matches("s3cret-s3cret"));
+        for wrong in ["", "s3cret-s3cre", "s3cret-s3cret ", "S3CRET-S3CRET"] {
             assert!(!admin.password_matches(wrong), "{wrong:?}");
         }
     }
