@@ -203,6 +203,7 @@ impl Application {
                 user_names: Arc::new(crate::http::lookups::UserNameLookups::start(
                     self.store.clone(),
                 )),
+                figures: Arc::default(),
                 replies: self.replies.clone(),
                 settings: self.settings.clone(),
                 base_url: format!("{}/scim/v2", self.public_url),

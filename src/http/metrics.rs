@@ -61,6 +61,21 @@ fn gauge(name: &'static str, labels: &[(&'static str, String)], value: f64) {
     metrics::gauge!(name, labels).set(value);
 }
 
+/// When this process last read the queue and outcome figures. `/metrics`
+/// needs no credential and those figures take several aggregate queries
+/// over the provisioning log and the outbox, so they are read at most once
+/// per [`Figures::EVERY`], by one scrape at a time; scrapes in between
+/// get the figures last read. Scraping cannot load the database that
+/// Entra ID's writes need.
+#[derive(Default)]
+pub struct Figures {
+    read_at: tokio::sync::Mutex<Option<Instant>>,
+}
+
+impl Figures {
+    const EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+}
+
 /// `GET /metrics`
 pub async fn render(State(state): State<AppState>) -> Response {
     let Some(handle) = handle() else {
@@ -70,6 +85,21 @@ pub async fn render(State(state): State<AppState>) -> Response {
         )
             .into_response();
     };
+    let mut read_at = state.figures.read_at.lock().await;
+    if read_at.is_none_or(|at| at.elapsed() >= Figures::EVERY) {
+        read_figures(&state).await;
+        *read_at = Some(Instant::now());
+    }
+    drop(read_at);
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        handle.render(),
+    )
+        .into_response()
+}
+
+/// Reads the queue and outcome figures into the process's gauges.
+async fn read_figures(state: &AppState) {
     match ops::queue::stats(&state.store, &state.queue, &state.mail).await {
         Ok(stats) => {
             for q in &stats.queues {
@@ -133,9 +163,4 @@ pub async fn render(State(state): State<AppState>) -> Response {
             gauge("scimsync_up", &[], 0.0);
         }
     }
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        handle.render(),
-    )
-        .into_response()
 }

@@ -42,6 +42,8 @@ pub struct AppState {
     pub tokens: Arc<auth::TokenLookups>,
     /// Users looked up by userName, shared by requests that arrive together.
     pub user_names: Arc<lookups::UserNameLookups>,
+    /// When `/metrics` last read the queue and outcome figures.
+    pub figures: Arc<metrics::Figures>,
     /// The admin pages' sessions; `None` when they are off.
     pub admin: Option<Arc<admin::AdminState>>,
 }
