@@ -18,6 +18,7 @@ use crate::jobs::reply::Outcome;
 use crate::jobs::{ChangeOp, ScimChange};
 use crate::reconcile::apply::{render_team, render_team_with, render_user};
 use crate::scim::ResourceKind;
+use crate::scim::body::parse_body;
 use crate::scim::error::{ScimError, ScimType};
 use crate::scim::filter::{
     AttrPath, CompValue, Filter, matches, parse_attr_path, parse_filter, validate_filter,
@@ -39,7 +40,8 @@ pub const DEFAULT_PAGE_SIZE: i64 = 100;
 /// Rows read per batch when a filter must be evaluated outside SQL.
 const SCAN_BATCH: i64 = 500;
 
-/// Parses a request body as JSON, whatever its Content-Type says.
+/// Parses a request body as JSON, whatever its Content-Type says, refusing
+/// what no SCIM request may hold (see [`parse_body`]).
 fn json_body(body: &Bytes) -> Result<Value, Error> {
     if body.is_empty() {
         return Err(ScimError::bad_request(
@@ -48,13 +50,7 @@ fn json_body(body: &Bytes) -> Result<Value, Error> {
         )
         .into());
     }
-    serde_json::from_slice(body).map_err(|e| {
-        ScimError::bad_request(
-            ScimType::InvalidSyntax,
-            format!("the request body is not valid JSON: {e}"),
-        )
-        .into()
-    })
+    Ok(parse_body(body)?)
 }
 
 fn if_match(headers: &HeaderMap) -> Option<String> {
