@@ -60,6 +60,21 @@ fn if_match(headers: &HeaderMap) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// 404 for an id that names no resource whatever the database holds, so it
+/// is answered without a query and a write naming it is never queued: ids
+/// this service issues are UUIDs, and an id holding U+0000 could not even
+/// be compared in PostgreSQL.
+fn check_id(kind: ResourceKind, id: &str) -> Result<(), Error> {
+    if id.contains('\0') {
+        return Err(resource_not_found(kind));
+    }
+    Ok(())
+}
+
+fn resource_not_found(kind: ResourceKind) -> Error {
+    ScimError::not_found(format!("{} not found", kind.name())).into()
+}
+
 /// Validates a User or Group body at ingest, so bad input never reaches the queue.
 fn validated(kind: ResourceKind, body: &Bytes) -> Result<Value, Error> {
     let resource = validate_resource(kind, json_body(body)?)?;
@@ -180,6 +195,7 @@ async fn replace(
     body: Bytes,
 ) -> Result<Response, Error> {
     let resource = validated(kind, &body)?;
+    check_id(kind, &id)?;
     let change = ScimChange::new(
         &org.0,
         &state.base_url,
@@ -203,6 +219,7 @@ async fn patch(
 ) -> Result<Response, Error> {
     let body = json_body(&body)?;
     parse_patch(&body)?;
+    check_id(kind, &id)?;
     let change = ScimChange::new(
         &org.0,
         &state.base_url,
@@ -223,6 +240,7 @@ async fn delete(
     id: String,
     headers: HeaderMap,
 ) -> Result<Response, Error> {
+    check_id(kind, &id)?;
     let change = ScimChange::new(
         &org.0,
         &state.base_url,
@@ -321,6 +339,7 @@ async fn get_one(
 ) -> Result<Response, Error> {
     let params = Params::new(params);
     let projection = Projection::from_params(&params)?;
+    check_id(kind, &id)?;
     let with_members = projection.wants_members();
     let base = state.base_url.clone();
     let found = state
@@ -344,14 +363,7 @@ async fn get_one(
         )
         .await?;
     let Some((mut resource, version)) = found else {
-        return Err(ScimError::not_found(format!(
-            "{} not found",
-            match kind {
-                ResourceKind::User => "User",
-                ResourceKind::Group => "Group",
-            }
-        ))
-        .into());
+        return Err(resource_not_found(kind));
     };
     if let Some(tags) = headers
         .get(header::IF_NONE_MATCH)

@@ -4,7 +4,9 @@
 //! - nesting deeper than [`MAX_BODY_DEPTH`]: serde_json itself stops at 128
 //!   levels, and the queued change wraps the body in a few more, so a body
 //!   near that limit would be accepted here and then fail to decode in the
-//!   worker, forever.
+//!   worker, forever;
+//! - U+0000 in any string or member name: PostgreSQL `TEXT` cannot hold it,
+//!   so such a value could never be stored, nor even its log row written.
 //!
 //! The checks run while the value is built, instead of in a second walk
 //! over the tree.
@@ -25,7 +27,7 @@ pub const MAX_BODY_DEPTH: usize = 32;
 
 /// Parses a request body, refusing what no SCIM request may hold (see the
 /// module docs): 400 `invalidSyntax` for malformed JSON and nesting deeper
-/// than [`MAX_BODY_DEPTH`].
+/// than [`MAX_BODY_DEPTH`], 400 `invalidValue` for U+0000.
 pub fn parse_body(bytes: &[u8]) -> Result<Value, ScimError> {
     let refused = Cell::new(None);
     let mut de = serde_json::Deserializer::from_slice(bytes);
@@ -82,6 +84,17 @@ impl Node<'_> {
         }
         Ok(Node { depth, ..self })
     }
+
+    fn text<E: de::Error>(self, s: &str) -> Result<(), E> {
+        if s.as_bytes().contains(&0) {
+            return Err(self.refuse(ScimError::bad_request(
+                ScimType::InvalidValue,
+                "the request body contains the character U+0000 (NUL), which no attribute \
+                 can hold; remove it",
+            )));
+        }
+        Ok(())
+    }
 }
 
 impl<'de> DeserializeSeed<'de> for Node<'_> {
@@ -115,11 +128,13 @@ impl<'de> Visitor<'de> for Node<'_> {
         Ok(Number::from_f64(v).map_or(Value::Null, Value::Number))
     }
 
-    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Value, E> {
+        self.text(v)?;
         Ok(Value::String(v.to_owned()))
     }
 
-    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Value, E> {
+        self.text(&v)?;
         Ok(Value::String(v))
     }
 
@@ -140,6 +155,7 @@ impl<'de> Visitor<'de> for Node<'_> {
         let member = self.enter()?;
         let mut map = Map::new();
         while let Some(name) = access.next_key::<String>()? {
+            self.text(&name)?;
             let value = access.next_value_seed(member)?;
             map.insert(name, value);
         }
@@ -150,6 +166,7 @@ impl<'de> Visitor<'de> for Node<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn refused(body: &str) -> ScimError {
         parse_body(body.as_bytes()).expect_err("refused")
@@ -187,6 +204,29 @@ mod tests {
         assert!(refused(&deep).detail.contains("deeper than"));
         // Far beyond it, the same answer.
         assert!(refused(&nested(10_000)).detail.contains("deeper than"));
+    }
+
+    #[test]
+    fn nul_in_a_string_or_a_member_name_is_invalid_value() {
+        for body in [
+            r#"{"userName": "a\u0000b"}"#,
+            r#"{"emails": [{"value": "\u0000"}]}"#,
+            r#"{"a\u0000": 1}"#,
+            r#"["\u0000"]"#,
+        ] {
+            let e = refused(body);
+            assert_eq!(
+                (e.status, e.scim_type),
+                (400, Some(ScimType::InvalidValue)),
+                "{body}"
+            );
+            assert!(e.detail.contains("U+0000"), "{}", e.detail);
+        }
+        // Other control characters, escaped, are ordinary text.
+        assert_eq!(
+            parse_body(br#"{"a": "\u0001\t"}"#).expect("parses"),
+            json!({"a": "\u{1}\t"})
+        );
     }
 
     #[test]

@@ -9,7 +9,10 @@ use serde_json::json;
 use crate::helpers::{Reply, TestApp};
 use crate::on_both_backends;
 
-on_both_backends!(deeply_nested_bodies_are_refused_at_ingest);
+on_both_backends!(
+    deeply_nested_bodies_are_refused_at_ingest,
+    nul_characters_are_refused_before_the_database,
+);
 
 const USER: &str = "urn:ietf:params:scim:schemas:core:2.0:User";
 const PATCH_OP: &str = "urn:ietf:params:scim:api:messages:2.0:PatchOp";
@@ -83,4 +86,69 @@ async fn deeply_nested_bodies_are_refused_at_ingest(app: TestApp) {
         .get("/Users?filter=userName%20eq%20%22deep%40example.com%22")
         .await;
     assert_eq!(found.body["totalResults"], 0);
+}
+
+async fn nul_characters_are_refused_before_the_database(app: TestApp) {
+    let id = app.create_user("nul@example.com").await;
+    let team = app.create_group("Nul", &[]).await;
+    let nul_value = (400, "invalidValue", "U+0000");
+    let user = format!(r#"{{"schemas": ["{USER}"], "userName": "a\u0000b@example.com"}}"#);
+    refused(&app, Method::POST, "/Users", &user, nul_value).await;
+    refused(&app, Method::PUT, &format!("/Users/{id}"), &user, nul_value).await;
+    let patch = format!(
+        r#"{{"schemas": ["{PATCH_OP}"], "Operations": [{{"op": "replace",
+            "path": "displayName", "value": "a\u0000b"}}]}}"#
+    );
+    refused(
+        &app,
+        Method::PATCH,
+        &format!("/Users/{id}"),
+        &patch,
+        nul_value,
+    )
+    .await;
+    let search = r#"{"schemas": ["urn:ietf:params:scim:api:messages:2.0:SearchRequest"],
+        "filter": "userName eq \"a\u0000b\""}"#;
+    refused(&app, Method::POST, "/Users/.search", search, nul_value).await;
+
+    let filter = app.get("/Users?filter=userName%20eq%20%22a%00b%22").await;
+    assert_refusal(&filter, 400, "invalidFilter", "U+0000");
+
+    // An id with NUL names nothing: 404 at once, for every method.
+    let user = user.replace("a\\u0000b@", "ok@");
+    let group =
+        r#"{"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"], "displayName": "ok"}"#;
+    let ok_patch = patch.replace("a\\u0000b", "ok");
+    for (path, put) in [
+        ("/Users/a%00b", user.as_str()),
+        ("/Users/%00", user.as_str()),
+        ("/Groups/a%00b", group),
+    ] {
+        for (method, body) in [
+            (Method::GET, None),
+            (Method::DELETE, None),
+            (Method::PUT, Some(put)),
+            (Method::PATCH, Some(ok_patch.as_str())),
+        ] {
+            let started = Instant::now();
+            let reply = match body {
+                Some(body) => app.call_raw(method.clone(), path, body).await,
+                None => app.call(method.clone(), path, None).await,
+            };
+            assert_eq!(
+                reply.status.as_u16(),
+                404,
+                "{method} {path}: {:?}",
+                reply.body
+            );
+            assert_eq!(reply.body["status"], "404");
+            assert!(started.elapsed() < PROMPT, "{method} {path}");
+        }
+    }
+    let stored = app.get(&format!("/Users/{id}")).await;
+    assert_eq!(stored.body["userName"], "nul@example.com");
+    assert_eq!(
+        app.get(&format!("/Groups/{team}")).await.status.as_u16(),
+        200
+    );
 }
