@@ -60,12 +60,17 @@ fn if_match(headers: &HeaderMap) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// Longest id a resource can have. The ids this service issues are
+/// hyphenated UUIDs (36 bytes); the margin keeps the check from depending
+/// on that format.
+const MAX_ID_BYTES: usize = 64;
+
 /// 404 for an id that names no resource whatever the database holds, so it
-/// is answered without a query and a write naming it is never queued: ids
-/// this service issues are UUIDs, and an id holding U+0000 could not even
-/// be compared in PostgreSQL.
+/// is answered without a query and a write naming it is never queued: an id
+/// holding U+0000 could not even be compared in PostgreSQL, and one longer
+/// than [`MAX_ID_BYTES`] would not fit the provisioning log's index.
 fn check_id(kind: ResourceKind, id: &str) -> Result<(), Error> {
-    if id.contains('\0') {
+    if id.len() > MAX_ID_BYTES || id.contains('\0') {
         return Err(resource_not_found(kind));
     }
     Ok(())

@@ -4,14 +4,15 @@
 use std::time::{Duration, Instant};
 
 use reqwest::Method;
-use serde_json::json;
+use serde_json::{Value, json};
 
-use crate::helpers::{Reply, TestApp};
+use crate::helpers::{Reply, TestApp, patch_body, user_body};
 use crate::on_both_backends;
 
 on_both_backends!(
     deeply_nested_bodies_are_refused_at_ingest,
     nul_characters_are_refused_before_the_database,
+    overlong_indexed_values_and_ids_are_refused_before_the_database,
 );
 
 const USER: &str = "urn:ietf:params:scim:schemas:core:2.0:User";
@@ -42,13 +43,14 @@ async fn refused(
 }
 
 fn assert_refusal(reply: &Reply, status: u16, scim_type: &str, says: &str) {
-    assert_eq!(reply.status.as_u16(), status, "{:?}", reply.body);
+    let shown: String = reply.body.to_string().chars().take(300).collect();
+    assert_eq!(reply.status.as_u16(), status, "{shown}");
     assert_eq!(
         reply.body["schemas"],
         json!(["urn:ietf:params:scim:api:messages:2.0:Error"])
     );
     assert_eq!(reply.body["status"], status.to_string());
-    assert_eq!(reply.body["scimType"], scim_type, "{:?}", reply.body);
+    assert_eq!(reply.body["scimType"], scim_type, "{shown}");
     let detail = reply.body["detail"].as_str().unwrap_or_default();
     assert!(detail.contains(says), "{detail:?} should say {says:?}");
 }
@@ -149,6 +151,136 @@ async fn nul_characters_are_refused_before_the_database(app: TestApp) {
     assert_eq!(stored.body["userName"], "nul@example.com");
     assert_eq!(
         app.get(&format!("/Groups/{team}")).await.status.as_u16(),
+        200
+    );
+}
+
+/// `len` letters that do not compress: PostgreSQL compresses a large index
+/// entry, so a run of one letter would fit where real text does not.
+fn text(len: usize) -> String {
+    let mut state: u32 = 0x2545_f491;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            char::from(b'a' + u8::try_from(state % 26).unwrap_or(0))
+        })
+        .collect()
+}
+
+/// An address of exactly `bytes` bytes.
+fn address(bytes: usize) -> String {
+    let domain = "@example.com";
+    format!("{}{domain}", text(bytes - domain.len()))
+}
+
+async fn overlong_indexed_values_and_ids_are_refused_before_the_database(app: TestApp) {
+    // At the limit, everything is accepted and found again.
+    let longest = address(1024);
+    let mut body = user_body(&longest);
+    body["externalId"] = json!(text(1024));
+    body["displayName"] = json!(text(1024));
+    let created = app.post("/Users", body).await;
+    assert_eq!(created.status.as_u16(), 201, "{}", created.body["detail"]);
+    let id = created.body["id"].as_str().unwrap_or_default().to_owned();
+    let found = app
+        .get(&format!("/Users?filter=userName%20eq%20%22{longest}%22"))
+        .await;
+    assert_eq!(found.body["totalResults"], 1);
+
+    let too_long = (400, "invalidValue", "at most 1024 bytes");
+    let long = address(3000);
+    let mut bodies: Vec<Value> = Vec::new();
+    bodies.push(user_body(&long));
+    for (key, value) in [
+        ("displayName", json!(text(3000))),
+        ("externalId", json!(text(3000))),
+        ("emails", json!([{"type": "work", "value": long}])),
+    ] {
+        let mut body = user_body("ok@example.com");
+        body[key] = value;
+        bodies.push(body);
+    }
+    for body in &bodies {
+        refused(&app, Method::POST, "/Users", &body.to_string(), too_long).await;
+        let put = format!("/Users/{id}");
+        refused(&app, Method::PUT, &put, &body.to_string(), too_long).await;
+    }
+    let group = app.create_group("Short", &[]).await;
+    for key in ["displayName", "externalId"] {
+        let mut body = json!({
+            "schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"],
+            "displayName": "Long",
+        });
+        body[key] = json!(text(3000));
+        refused(&app, Method::POST, "/Groups", &body.to_string(), too_long).await;
+    }
+    for (path, value) in [
+        ("userName", json!(long)),
+        ("displayName", json!(text(3000))),
+        ("emails", json!([{"type": "home", "value": long}])),
+    ] {
+        let patch = patch_body(json!([{"op": "replace", "path": path, "value": value}]));
+        let reply = app.patch(&format!("/Users/{id}"), patch).await;
+        assert_refusal(&reply, 400, "invalidValue", "at most 1024 bytes");
+    }
+    // A value that a filter in the path creates is held to the same limit.
+    let created = patch_body(json!([{"op": "add",
+        "path": format!("emails[value eq \"{long}\"].type"), "value": "other"}]));
+    let reply = app.patch(&format!("/Users/{id}"), created).await;
+    assert_refusal(&reply, 400, "invalidValue", "at most 1024 bytes");
+    let stored = app.get(&format!("/Users/{id}")).await;
+    assert_eq!(stored.body["userName"], longest);
+    assert_eq!(stored.body["emails"].as_array().map(Vec::len), Some(1));
+
+    // An id longer than any this service issues names nothing.
+    let long_id = "7".repeat(3000);
+    let patch = patch_body(json!([{"op": "replace", "path": "displayName", "value": "x"}]));
+    for (kind, put) in [
+        ("Users", user_body("ok@example.com")),
+        (
+            "Groups",
+            json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"], "displayName": "x"}),
+        ),
+    ] {
+        let path = format!("/{kind}/{long_id}");
+        for (method, body) in [
+            (Method::GET, None),
+            (Method::DELETE, None),
+            (Method::PUT, Some(put.clone())),
+            (Method::PATCH, Some(patch.clone())),
+        ] {
+            let started = Instant::now();
+            let reply = app.call(method.clone(), &path, body).await;
+            assert_eq!(
+                reply.status.as_u16(),
+                404,
+                "{method} {kind}: {:?}",
+                reply.body
+            );
+            assert!(started.elapsed() < PROMPT, "{method} {kind}");
+        }
+    }
+
+    // A filter value longer than any stored value matches nothing.
+    let x = text(3000);
+    for query in [
+        format!("/Users?filter=userName%20eq%20%22{x}%22"),
+        format!("/Users?filter=externalId%20eq%20%22{x}%22"),
+        format!("/Users?filter=displayName%20eq%20%22{x}%22"),
+        format!("/Users?filter=emails.value%20eq%20%22{x}%22"),
+        format!("/Users?filter=id%20eq%20%22{x}%22"),
+        format!("/Groups?filter=displayName%20eq%20%22{x}%22"),
+        format!("/Groups?filter=externalId%20eq%20%22{x}%22"),
+        format!("/Groups?filter=members%20eq%20%22{x}%22"),
+    ] {
+        let reply = app.get(&query).await;
+        assert_eq!(reply.status.as_u16(), 200, "{}", reply.body["detail"]);
+        assert_eq!(reply.body["totalResults"], 0);
+    }
+    assert_eq!(
+        app.get(&format!("/Groups/{group}")).await.status.as_u16(),
         200
     );
 }
