@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use axum::Extension;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
@@ -262,12 +262,29 @@ async fn delete(
 struct Params(HashMap<String, String>);
 
 impl Params {
-    fn new(raw: HashMap<String, String>) -> Self {
-        Params(
-            raw.into_iter()
-                .map(|(k, v)| (k.to_ascii_lowercase(), v))
-                .collect(),
-        )
+    /// The parameters of a query string, decoded as a form (`+` is a space).
+    fn parse(query: Option<&str>) -> Result<Self, Error> {
+        let pairs = url::form_urlencoded::parse(query.unwrap_or_default().as_bytes());
+        Self::from_pairs(pairs.map(|(k, v)| (k.into_owned(), v.into_owned())))
+    }
+
+    /// A parameter named twice, in any case, is 400 invalidSyntax: which
+    /// one counts would be a guess (a map would keep either).
+    fn from_pairs(pairs: impl IntoIterator<Item = (String, String)>) -> Result<Self, Error> {
+        let mut params = HashMap::new();
+        for (name, value) in pairs {
+            if params.insert(name.to_ascii_lowercase(), value).is_some() {
+                return Err(ScimError::bad_request(
+                    ScimType::InvalidSyntax,
+                    format!(
+                        "the parameter \"{name}\" is given more than once (parameter names are \
+                         case-insensitive); send it once"
+                    ),
+                )
+                .into());
+            }
+        }
+        Ok(Params(params))
     }
 
     fn get(&self, name: &str) -> Option<&str> {
@@ -339,10 +356,9 @@ async fn get_one(
     state: AppState,
     org: OrgId,
     id: String,
-    params: HashMap<String, String>,
+    params: Params,
     headers: HeaderMap,
 ) -> Result<Response, Error> {
-    let params = Params::new(params);
     let projection = Projection::from_params(&params)?;
     check_id(kind, &id)?;
     let with_members = projection.wants_members();
@@ -565,9 +581,8 @@ async fn list(
     kind: ResourceKind,
     state: AppState,
     org: OrgId,
-    params: HashMap<String, String>,
+    params: Params,
 ) -> Result<Response, Error> {
-    let params = Params::new(params);
     let filter = match params.get("filter") {
         Some(f) if !f.trim().is_empty() => {
             let filter = parse_filter(f)?;
@@ -789,7 +804,7 @@ fn names_members(filter: &Filter) -> bool {
 
 /// Turns a SearchRequest body (RFC 7644 §3.4.3) into the parameters a GET
 /// list takes, so both run the same code.
-fn search_params(body: &Bytes) -> Result<HashMap<String, String>, Error> {
+fn search_params(body: &Bytes) -> Result<Params, Error> {
     let body = json_body(body)?;
     let Some(obj) = body.as_object() else {
         return Err(ScimError::bad_request(
@@ -809,7 +824,7 @@ fn search_params(body: &Bytes) -> Result<HashMap<String, String>, Error> {
         )
         .into());
     }
-    let mut params = HashMap::new();
+    let mut params = Vec::with_capacity(obj.len());
     for (key, value) in obj {
         let text = match (key.as_str(), value) {
             ("schemas", _) | (_, Value::Null) => continue,
@@ -837,9 +852,9 @@ fn search_params(body: &Bytes) -> Result<HashMap<String, String>, Error> {
                 .into());
             }
         };
-        params.insert(key.clone(), text);
+        params.push((key.clone(), text));
     }
-    Ok(params)
+    Params::from_pairs(params)
 }
 
 pub async fn search_users(
@@ -865,7 +880,7 @@ pub async fn search_all(
     Extension(org): Extension<OrgId>,
     body: Bytes,
 ) -> Result<Response, Error> {
-    let params = Params::new(search_params(&body)?);
+    let params = search_params(&body)?;
     let filter = match params.get("filter") {
         Some(f) if !f.trim().is_empty() => Some(parse_filter(f)?),
         _ => None,
@@ -969,37 +984,53 @@ pub async fn create_group(
 pub async fn list_user_resources(
     State(s): State<AppState>,
     Extension(o): Extension<OrgId>,
-    Query(p): Query<HashMap<String, String>>,
+    RawQuery(q): RawQuery,
 ) -> Result<Response, Error> {
-    list(ResourceKind::User, s, o, p).await
+    list(ResourceKind::User, s, o, Params::parse(q.as_deref())?).await
 }
 
 pub async fn list_group_resources(
     State(s): State<AppState>,
     Extension(o): Extension<OrgId>,
-    Query(p): Query<HashMap<String, String>>,
+    RawQuery(q): RawQuery,
 ) -> Result<Response, Error> {
-    list(ResourceKind::Group, s, o, p).await
+    list(ResourceKind::Group, s, o, Params::parse(q.as_deref())?).await
 }
 
 pub async fn get_user(
     State(s): State<AppState>,
     Extension(o): Extension<OrgId>,
     Path(id): Path<String>,
-    Query(p): Query<HashMap<String, String>>,
+    RawQuery(q): RawQuery,
     h: HeaderMap,
 ) -> Result<Response, Error> {
-    get_one(ResourceKind::User, s, o, id, p, h).await
+    get_one(
+        ResourceKind::User,
+        s,
+        o,
+        id,
+        Params::parse(q.as_deref())?,
+        h,
+    )
+    .await
 }
 
 pub async fn get_group(
     State(s): State<AppState>,
     Extension(o): Extension<OrgId>,
     Path(id): Path<String>,
-    Query(p): Query<HashMap<String, String>>,
+    RawQuery(q): RawQuery,
     h: HeaderMap,
 ) -> Result<Response, Error> {
-    get_one(ResourceKind::Group, s, o, id, p, h).await
+    get_one(
+        ResourceKind::Group,
+        s,
+        o,
+        id,
+        Params::parse(q.as_deref())?,
+        h,
+    )
+    .await
 }
 
 pub async fn replace_user(

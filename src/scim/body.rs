@@ -6,12 +6,16 @@
 //!   near that limit would be accepted here and then fail to decode in the
 //!   worker, forever;
 //! - U+0000 in any string or member name: PostgreSQL `TEXT` cannot hold it,
-//!   so such a value could never be stored, nor even its log row written.
+//!   so such a value could never be stored, nor even its log row written;
+//! - a member name given twice in one object, compared ignoring ASCII case
+//!   as SCIM attribute names are: serde_json keeps the last one silently,
+//!   so `"Operations"` twice would apply only the second list.
 //!
 //! The checks run while the value is built, instead of in a second walk
-//! over the tree.
+//! over the tree: one comparison per member and one byte scan per string.
 
 use std::cell::Cell;
+use std::collections::HashSet;
 use std::fmt;
 
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
@@ -25,9 +29,14 @@ use crate::scim::error::{ScimError, ScimType};
 /// four more, far below serde_json's 128.
 pub const MAX_BODY_DEPTH: usize = 32;
 
+/// Objects up to this many members are searched for a repeated name one by
+/// one; larger ones keep a set of folded names instead.
+const SCAN_MEMBERS: usize = 16;
+
 /// Parses a request body, refusing what no SCIM request may hold (see the
-/// module docs): 400 `invalidSyntax` for malformed JSON and nesting deeper
-/// than [`MAX_BODY_DEPTH`], 400 `invalidValue` for U+0000.
+/// module docs): 400 `invalidSyntax` for malformed JSON, nesting deeper
+/// than [`MAX_BODY_DEPTH`] and repeated member names, 400 `invalidValue`
+/// for U+0000.
 pub fn parse_body(bytes: &[u8]) -> Result<Value, ScimError> {
     let refused = Cell::new(None);
     let mut de = serde_json::Deserializer::from_slice(bytes);
@@ -154,13 +163,34 @@ impl<'de> Visitor<'de> for Node<'_> {
     fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Value, A::Error> {
         let member = self.enter()?;
         let mut map = Map::new();
+        let mut folded = None;
         while let Some(name) = access.next_key::<String>()? {
             self.text(&name)?;
+            if is_repeated(&map, &mut folded, &name) {
+                return Err(self.refuse(ScimError::bad_request(
+                    ScimType::InvalidSyntax,
+                    format!(
+                        "the member \"{name}\" is given more than once in one object (member \
+                         names are case-insensitive); send it once"
+                    ),
+                )));
+            }
             let value = access.next_value_seed(member)?;
             map.insert(name, value);
         }
         Ok(Value::Object(map))
     }
+}
+
+/// Whether `name` matches, ignoring ASCII case, a member already in `map`.
+/// `folded` holds the lower-cased names once the object is large, so a
+/// body of many members costs linear time, not quadratic.
+fn is_repeated(map: &Map<String, Value>, folded: &mut Option<HashSet<String>>, name: &str) -> bool {
+    if map.len() < SCAN_MEMBERS {
+        return map.keys().any(|k| k.eq_ignore_ascii_case(name));
+    }
+    let seen = folded.get_or_insert_with(|| map.keys().map(|k| k.to_ascii_lowercase()).collect());
+    !seen.insert(name.to_ascii_lowercase())
 }
 
 #[cfg(test)]
@@ -227,6 +257,42 @@ mod tests {
             parse_body(br#"{"a": "\u0001\t"}"#).expect("parses"),
             json!({"a": "\u{1}\t"})
         );
+    }
+
+    #[test]
+    fn a_repeated_member_is_invalid_syntax_naming_it_at_any_level() {
+        for (body, name) in [
+            (r#"{"Operations": [], "Operations": []}"#, "Operations"),
+            (r#"{"userName": "a", "USERNAME": "b"}"#, "USERNAME"),
+            (r#"{"x": [{"value": "a", "Value": "b"}]}"#, "Value"),
+        ] {
+            let e = refused(body);
+            assert_eq!(
+                (e.status, e.scim_type),
+                (400, Some(ScimType::InvalidSyntax))
+            );
+            assert!(e.detail.contains(&format!("\"{name}\"")), "{}", e.detail);
+            assert!(e.detail.contains("line 1"), "{}", e.detail);
+        }
+        // The same name in different objects is not a repeat.
+        parse_body(br#"[{"value": "a"}, {"value": "b"}]"#).expect("parses");
+    }
+
+    #[test]
+    fn repeats_are_found_in_large_objects_too() {
+        let members: Vec<String> = (0..100).map(|i| format!("\"m{i}\": {i}")).collect();
+        let body = format!("{{{}}}", members.join(","));
+        assert_eq!(
+            parse_body(body.as_bytes())
+                .expect("parses")
+                .as_object()
+                .map(Map::len),
+            Some(100)
+        );
+        for repeat in ["m3", "M3", "m99"] {
+            let body = format!("{{{}, \"{repeat}\": 0}}", members.join(","));
+            assert!(refused(&body).detail.contains(repeat));
+        }
     }
 
     #[test]

@@ -13,6 +13,7 @@ on_both_backends!(
     deeply_nested_bodies_are_refused_at_ingest,
     nul_characters_are_refused_before_the_database,
     overlong_indexed_values_and_ids_are_refused_before_the_database,
+    repeated_members_and_parameters_are_refused,
 );
 
 const USER: &str = "urn:ietf:params:scim:schemas:core:2.0:User";
@@ -283,4 +284,71 @@ async fn overlong_indexed_values_and_ids_are_refused_before_the_database(app: Te
         app.get(&format!("/Groups/{group}")).await.status.as_u16(),
         200
     );
+}
+
+async fn repeated_members_and_parameters_are_refused(app: TestApp) {
+    let id = app.create_user("twice@example.com").await;
+    let repeated = |name: &'static str| (400, "invalidSyntax", name);
+    // serde_json would keep the last "Operations" and apply only it.
+    let patch = format!(
+        r#"{{"schemas": ["{PATCH_OP}"],
+            "Operations": [{{"op": "replace", "path": "displayName", "value": "First"}}],
+            "Operations": [{{"op": "replace", "path": "title", "value": "Second"}}]}}"#
+    );
+    let path = format!("/Users/{id}");
+    refused(
+        &app,
+        Method::PATCH,
+        &path,
+        &patch,
+        repeated("\"Operations\""),
+    )
+    .await;
+    let patch = format!(
+        r#"{{"schemas": ["{PATCH_OP}"], "Operations": [{{"op": "replace",
+            "path": "displayName", "value": "First", "Value": "Second"}}]}}"#
+    );
+    refused(&app, Method::PATCH, &path, &patch, repeated("\"Value\"")).await;
+    for (body, name) in [
+        (
+            format!(
+                r#"{{"schemas": ["{USER}"], "userName": "a@example.com", "userName": "b@example.com"}}"#
+            ),
+            "\"userName\"",
+        ),
+        (
+            format!(
+                r#"{{"schemas": ["{USER}"], "userName": "a@example.com", "USERNAME": "b@example.com"}}"#
+            ),
+            "\"USERNAME\"",
+        ),
+        (
+            format!(
+                r#"{{"schemas": ["{USER}"], "userName": "a@example.com",
+                "emails": [{{"value": "a@example.com", "value": "b@example.com"}}]}}"#
+            ),
+            "\"value\"",
+        ),
+    ] {
+        refused(&app, Method::POST, "/Users", &body, repeated(name)).await;
+        refused(&app, Method::PUT, &path, &body, repeated(name)).await;
+    }
+    let stored = app.get(&path).await;
+    assert_eq!(stored.body["userName"], "twice@example.com");
+    assert!(stored.body.get("displayName").is_none_or(|d| d != "First"));
+    assert!(stored.body.get("title").is_none());
+    let none = app
+        .get("/Users?filter=userName%20eq%20%22b%40example.com%22")
+        .await;
+    assert_eq!(none.body["totalResults"], 0);
+
+    // A query parameter named twice, in any case, would be a guess.
+    for query in [
+        "/Users?filter=userName%20eq%20%22x%22&Filter=userName%20eq%20%22y%22".to_owned(),
+        "/Groups?count=1&count=2".to_owned(),
+        format!("{path}?attributes=userName&ATTRIBUTES=id"),
+    ] {
+        let reply = app.get(&query).await;
+        assert_refusal(&reply, 400, "invalidSyntax", "more than once");
+    }
 }
