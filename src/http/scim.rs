@@ -53,11 +53,21 @@ fn json_body(body: &Bytes) -> Result<Value, Error> {
     Ok(parse_body(body)?)
 }
 
-fn if_match(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get(header::IF_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
+/// The entity tags of `If-Match`, its lines joined as one list (RFC 9110
+/// §5.3). A value that is not visible ASCII is 400 invalidSyntax: taken as
+/// no header, it would let the write apply unconditionally.
+fn if_match(headers: &HeaderMap) -> Result<Option<String>, Error> {
+    let mut tags: Vec<&str> = Vec::new();
+    for value in headers.get_all(header::IF_MATCH) {
+        tags.push(value.to_str().map_err(|_| {
+            ScimError::bad_request(
+                ScimType::InvalidSyntax,
+                "If-Match must hold entity tags in visible ASCII, such as W/\"3\" from \
+                 meta.version",
+            )
+        })?);
+    }
+    Ok((!tags.is_empty()).then(|| tags.join(", ")))
 }
 
 /// Longest id a resource can have. The ids this service issues are
@@ -208,7 +218,7 @@ async fn replace(
             kind,
             id,
             resource,
-            if_match: if_match(&headers),
+            if_match: if_match(&headers)?,
         },
     );
     submit(&state, change).await
@@ -232,7 +242,7 @@ async fn patch(
             kind,
             id,
             body,
-            if_match: if_match(&headers),
+            if_match: if_match(&headers)?,
         },
     );
     submit(&state, change).await
@@ -252,7 +262,7 @@ async fn delete(
         ChangeOp::Delete {
             kind,
             id,
-            if_match: if_match(&headers),
+            if_match: if_match(&headers)?,
         },
     );
     submit(&state, change).await
@@ -1126,7 +1136,18 @@ pub async fn scim_errors(response: Response) -> Response {
         "" => status.canonical_reason().unwrap_or("error").to_owned(),
         t => t.to_owned(),
     };
-    let mut rebuilt = Error::Scim(ScimError::new(status.as_u16(), None, detail)).into_response();
+    // axum's own 400s are requests it could not read (an id that is not
+    // UTF-8 once percent-decoded, say): malformed, as invalidSyntax means.
+    let (scim_type, detail) = if status == StatusCode::BAD_REQUEST {
+        (
+            Some(ScimType::InvalidSyntax),
+            format!("the request cannot be read: {detail}"),
+        )
+    } else {
+        (None, detail)
+    };
+    let mut rebuilt =
+        Error::Scim(ScimError::new(status.as_u16(), scim_type, detail)).into_response();
     for (name, value) in &parts.headers {
         if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
             rebuilt.headers_mut().insert(name.clone(), value.clone());

@@ -14,6 +14,7 @@ on_both_backends!(
     nul_characters_are_refused_before_the_database,
     overlong_indexed_values_and_ids_are_refused_before_the_database,
     repeated_members_and_parameters_are_refused,
+    unreadable_if_match_and_urls_are_invalid_syntax,
 );
 
 const USER: &str = "urn:ietf:params:scim:schemas:core:2.0:User";
@@ -350,5 +351,51 @@ async fn repeated_members_and_parameters_are_refused(app: TestApp) {
     ] {
         let reply = app.get(&query).await;
         assert_refusal(&reply, 400, "invalidSyntax", "more than once");
+    }
+}
+
+async fn unreadable_if_match_and_urls_are_invalid_syntax(app: TestApp) {
+    let id = app.create_user("ifmatch@example.com").await;
+    let url = format!("{}/Users/{id}", app.scim);
+    // Not visible ASCII: it used to count as no If-Match at all, and the
+    // write applied unconditionally.
+    let tag = reqwest::header::HeaderValue::from_bytes(b"W/\"1\xff\"").expect("obs-text");
+    let patch = patch_body(json!([{"op": "replace", "path": "displayName", "value": "Changed"}]));
+    let sent = app
+        .client
+        .patch(&url)
+        .bearer_auth(&app.token)
+        .header("if-match", tag.clone())
+        .header("content-type", "application/scim+json")
+        .body(patch.to_string())
+        .send()
+        .await
+        .expect("request");
+    let reply = crate::helpers::read(sent).await;
+    assert_refusal(&reply, 400, "invalidSyntax", "If-Match");
+    let sent = app
+        .client
+        .delete(&url)
+        .bearer_auth(&app.token)
+        .header("if-match", tag)
+        .send()
+        .await
+        .expect("request");
+    let reply = crate::helpers::read(sent).await;
+    assert_refusal(&reply, 400, "invalidSyntax", "If-Match");
+    let stored = app.get(&format!("/Users/{id}")).await;
+    assert_eq!(stored.status.as_u16(), 200);
+    assert!(
+        stored
+            .body
+            .get("displayName")
+            .is_none_or(|d| d != "Changed")
+    );
+
+    // An id that is not UTF-8 once percent-decoded: axum refuses it, and
+    // the answer is a SCIM error like any other.
+    for path in ["/Users/%FF", "/Groups/a%C3"] {
+        let reply = app.get(path).await;
+        assert_refusal(&reply, 400, "invalidSyntax", "UTF-8");
     }
 }
