@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use axum::Extension;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
@@ -18,6 +18,7 @@ use crate::jobs::reply::Outcome;
 use crate::jobs::{ChangeOp, ScimChange};
 use crate::reconcile::apply::{render_team, render_team_with, render_user};
 use crate::scim::ResourceKind;
+use crate::scim::body::parse_body;
 use crate::scim::error::{ScimError, ScimType};
 use crate::scim::filter::{
     AttrPath, CompValue, Filter, matches, parse_attr_path, parse_filter, validate_filter,
@@ -39,7 +40,8 @@ pub const DEFAULT_PAGE_SIZE: i64 = 100;
 /// Rows read per batch when a filter must be evaluated outside SQL.
 const SCAN_BATCH: i64 = 500;
 
-/// Parses a request body as JSON, whatever its Content-Type says.
+/// Parses a request body as JSON, whatever its Content-Type says, refusing
+/// what no SCIM request may hold (see [`parse_body`]).
 fn json_body(body: &Bytes) -> Result<Value, Error> {
     if body.is_empty() {
         return Err(ScimError::bad_request(
@@ -48,20 +50,44 @@ fn json_body(body: &Bytes) -> Result<Value, Error> {
         )
         .into());
     }
-    serde_json::from_slice(body).map_err(|e| {
-        ScimError::bad_request(
-            ScimType::InvalidSyntax,
-            format!("the request body is not valid JSON: {e}"),
-        )
-        .into()
-    })
+    Ok(parse_body(body)?)
 }
 
-fn if_match(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get(header::IF_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
+/// The entity tags of `If-Match`, its lines joined as one list (RFC 9110
+/// §5.3). A value that is not visible ASCII is 400 invalidSyntax: taken as
+/// no header, it would let the write apply unconditionally.
+fn if_match(headers: &HeaderMap) -> Result<Option<String>, Error> {
+    let mut tags: Vec<&str> = Vec::new();
+    for value in headers.get_all(header::IF_MATCH) {
+        tags.push(value.to_str().map_err(|_| {
+            ScimError::bad_request(
+                ScimType::InvalidSyntax,
+                "If-Match must hold entity tags in visible ASCII, such as W/\"3\" from \
+                 meta.version",
+            )
+        })?);
+    }
+    Ok((!tags.is_empty()).then(|| tags.join(", ")))
+}
+
+/// Longest id a resource can have. The ids this service issues are
+/// hyphenated UUIDs (36 bytes); the margin keeps the check from depending
+/// on that format.
+const MAX_ID_BYTES: usize = 64;
+
+/// 404 for an id that names no resource whatever the database holds, so it
+/// is answered without a query and a write naming it is never queued: an id
+/// holding U+0000 could not even be compared in PostgreSQL, and one longer
+/// than [`MAX_ID_BYTES`] would not fit the provisioning log's index.
+fn check_id(kind: ResourceKind, id: &str) -> Result<(), Error> {
+    if id.len() > MAX_ID_BYTES || id.contains('\0') {
+        return Err(resource_not_found(kind));
+    }
+    Ok(())
+}
+
+fn resource_not_found(kind: ResourceKind) -> Error {
+    ScimError::not_found(format!("{} not found", kind.name())).into()
 }
 
 /// Validates a User or Group body at ingest, so bad input never reaches the queue.
@@ -184,6 +210,7 @@ async fn replace(
     body: Bytes,
 ) -> Result<Response, Error> {
     let resource = validated(kind, &body)?;
+    check_id(kind, &id)?;
     let change = ScimChange::new(
         &org.0,
         &state.base_url,
@@ -191,7 +218,7 @@ async fn replace(
             kind,
             id,
             resource,
-            if_match: if_match(&headers),
+            if_match: if_match(&headers)?,
         },
     );
     submit(&state, change).await
@@ -207,6 +234,7 @@ async fn patch(
 ) -> Result<Response, Error> {
     let body = json_body(&body)?;
     parse_patch(&body)?;
+    check_id(kind, &id)?;
     let change = ScimChange::new(
         &org.0,
         &state.base_url,
@@ -214,7 +242,7 @@ async fn patch(
             kind,
             id,
             body,
-            if_match: if_match(&headers),
+            if_match: if_match(&headers)?,
         },
     );
     submit(&state, change).await
@@ -227,13 +255,14 @@ async fn delete(
     id: String,
     headers: HeaderMap,
 ) -> Result<Response, Error> {
+    check_id(kind, &id)?;
     let change = ScimChange::new(
         &org.0,
         &state.base_url,
         ChangeOp::Delete {
             kind,
             id,
-            if_match: if_match(&headers),
+            if_match: if_match(&headers)?,
         },
     );
     submit(&state, change).await
@@ -243,12 +272,29 @@ async fn delete(
 struct Params(HashMap<String, String>);
 
 impl Params {
-    fn new(raw: HashMap<String, String>) -> Self {
-        Params(
-            raw.into_iter()
-                .map(|(k, v)| (k.to_ascii_lowercase(), v))
-                .collect(),
-        )
+    /// The parameters of a query string, decoded as a form (`+` is a space).
+    fn parse(query: Option<&str>) -> Result<Self, Error> {
+        let pairs = url::form_urlencoded::parse(query.unwrap_or_default().as_bytes());
+        Self::from_pairs(pairs.map(|(k, v)| (k.into_owned(), v.into_owned())))
+    }
+
+    /// A parameter named twice, in any case, is 400 invalidSyntax: which
+    /// one counts would be a guess (a map would keep either).
+    fn from_pairs(pairs: impl IntoIterator<Item = (String, String)>) -> Result<Self, Error> {
+        let mut params = HashMap::new();
+        for (name, value) in pairs {
+            if params.insert(name.to_ascii_lowercase(), value).is_some() {
+                return Err(ScimError::bad_request(
+                    ScimType::InvalidSyntax,
+                    format!(
+                        "the parameter \"{name}\" is given more than once (parameter names are \
+                         case-insensitive); send it once"
+                    ),
+                )
+                .into());
+            }
+        }
+        Ok(Params(params))
     }
 
     fn get(&self, name: &str) -> Option<&str> {
@@ -320,11 +366,11 @@ async fn get_one(
     state: AppState,
     org: OrgId,
     id: String,
-    params: HashMap<String, String>,
+    params: Params,
     headers: HeaderMap,
 ) -> Result<Response, Error> {
-    let params = Params::new(params);
     let projection = Projection::from_params(&params)?;
+    check_id(kind, &id)?;
     let with_members = projection.wants_members();
     let base = state.base_url.clone();
     let found = state
@@ -348,14 +394,7 @@ async fn get_one(
         )
         .await?;
     let Some((mut resource, version)) = found else {
-        return Err(ScimError::not_found(format!(
-            "{} not found",
-            match kind {
-                ResourceKind::User => "User",
-                ResourceKind::Group => "Group",
-            }
-        ))
-        .into());
+        return Err(resource_not_found(kind));
     };
     if let Some(tags) = headers
         .get(header::IF_NONE_MATCH)
@@ -552,9 +591,8 @@ async fn list(
     kind: ResourceKind,
     state: AppState,
     org: OrgId,
-    params: HashMap<String, String>,
+    params: Params,
 ) -> Result<Response, Error> {
-    let params = Params::new(params);
     let filter = match params.get("filter") {
         Some(f) if !f.trim().is_empty() => {
             let filter = parse_filter(f)?;
@@ -813,7 +851,7 @@ fn names_members(filter: &Filter) -> bool {
 
 /// Turns a SearchRequest body (RFC 7644 §3.4.3) into the parameters a GET
 /// list takes, so both run the same code.
-fn search_params(body: &Bytes) -> Result<HashMap<String, String>, Error> {
+fn search_params(body: &Bytes) -> Result<Params, Error> {
     let body = json_body(body)?;
     let Some(obj) = body.as_object() else {
         return Err(ScimError::bad_request(
@@ -833,7 +871,7 @@ fn search_params(body: &Bytes) -> Result<HashMap<String, String>, Error> {
         )
         .into());
     }
-    let mut params = HashMap::new();
+    let mut params = Vec::with_capacity(obj.len());
     for (key, value) in obj {
         let text = match (key.as_str(), value) {
             ("schemas", _) | (_, Value::Null) => continue,
@@ -861,9 +899,9 @@ fn search_params(body: &Bytes) -> Result<HashMap<String, String>, Error> {
                 .into());
             }
         };
-        params.insert(key.clone(), text);
+        params.push((key.clone(), text));
     }
-    Ok(params)
+    Params::from_pairs(params)
 }
 
 pub async fn search_users(
@@ -889,7 +927,7 @@ pub async fn search_all(
     Extension(org): Extension<OrgId>,
     body: Bytes,
 ) -> Result<Response, Error> {
-    let params = Params::new(search_params(&body)?);
+    let params = search_params(&body)?;
     let filter = match params.get("filter") {
         Some(f) if !f.trim().is_empty() => Some(parse_filter(f)?),
         _ => None,
@@ -993,37 +1031,53 @@ pub async fn create_group(
 pub async fn list_user_resources(
     State(s): State<AppState>,
     Extension(o): Extension<OrgId>,
-    Query(p): Query<HashMap<String, String>>,
+    RawQuery(q): RawQuery,
 ) -> Result<Response, Error> {
-    list(ResourceKind::User, s, o, p).await
+    list(ResourceKind::User, s, o, Params::parse(q.as_deref())?).await
 }
 
 pub async fn list_group_resources(
     State(s): State<AppState>,
     Extension(o): Extension<OrgId>,
-    Query(p): Query<HashMap<String, String>>,
+    RawQuery(q): RawQuery,
 ) -> Result<Response, Error> {
-    list(ResourceKind::Group, s, o, p).await
+    list(ResourceKind::Group, s, o, Params::parse(q.as_deref())?).await
 }
 
 pub async fn get_user(
     State(s): State<AppState>,
     Extension(o): Extension<OrgId>,
     Path(id): Path<String>,
-    Query(p): Query<HashMap<String, String>>,
+    RawQuery(q): RawQuery,
     h: HeaderMap,
 ) -> Result<Response, Error> {
-    get_one(ResourceKind::User, s, o, id, p, h).await
+    get_one(
+        ResourceKind::User,
+        s,
+        o,
+        id,
+        Params::parse(q.as_deref())?,
+        h,
+    )
+    .await
 }
 
 pub async fn get_group(
     State(s): State<AppState>,
     Extension(o): Extension<OrgId>,
     Path(id): Path<String>,
-    Query(p): Query<HashMap<String, String>>,
+    RawQuery(q): RawQuery,
     h: HeaderMap,
 ) -> Result<Response, Error> {
-    get_one(ResourceKind::Group, s, o, id, p, h).await
+    get_one(
+        ResourceKind::Group,
+        s,
+        o,
+        id,
+        Params::parse(q.as_deref())?,
+        h,
+    )
+    .await
 }
 
 pub async fn replace_user(
@@ -1119,7 +1173,18 @@ pub async fn scim_errors(response: Response) -> Response {
         "" => status.canonical_reason().unwrap_or("error").to_owned(),
         t => t.to_owned(),
     };
-    let mut rebuilt = Error::Scim(ScimError::new(status.as_u16(), None, detail)).into_response();
+    // axum's own 400s are requests it could not read (an id that is not
+    // UTF-8 once percent-decoded, say): malformed, as invalidSyntax means.
+    let (scim_type, detail) = if status == StatusCode::BAD_REQUEST {
+        (
+            Some(ScimType::InvalidSyntax),
+            format!("the request cannot be read: {detail}"),
+        )
+    } else {
+        (None, detail)
+    };
+    let mut rebuilt =
+        Error::Scim(ScimError::new(status.as_u16(), scim_type, detail)).into_response();
     for (name, value) in &parts.headers {
         if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
             rebuilt.headers_mut().insert(name.clone(), value.clone());

@@ -507,6 +507,7 @@ fn lex(input: &str) -> Result<Vec<Token>, ScimError> {
                         "the string starting at position {pos} is not closed with '\"'"
                     )));
                 }
+                refuse_nul(&s, pos)?;
                 tokens.push(Token {
                     tok: Tok::Str(s),
                     pos,
@@ -521,6 +522,7 @@ fn lex(input: &str) -> Result<Vec<Token>, ScimError> {
                     w.push(c);
                     chars.next();
                 }
+                refuse_nul(&w, pos)?;
                 tokens.push(Token {
                     tok: Tok::Word(w),
                     pos,
@@ -529,6 +531,19 @@ fn lex(input: &str) -> Result<Vec<Token>, ScimError> {
         }
     }
     Ok(tokens)
+}
+
+/// Refuses U+0000 in a token, sent as is or as `\u0000`: no stored value
+/// holds it (PostgreSQL TEXT cannot), and the database would refuse the
+/// query rather than match nothing.
+fn refuse_nul(token: &str, pos: usize) -> Result<(), ScimError> {
+    if token.contains('\0') {
+        return Err(filter_error(format!(
+            "the value at position {pos} contains the character U+0000 (NUL), which no value \
+             can hold; remove it"
+        )));
+    }
+    Ok(())
 }
 
 fn decode_unicode_escape(
@@ -1538,6 +1553,18 @@ mod tests {
             "userName eq (",
         ] {
             perr(bad);
+        }
+    }
+
+    #[test]
+    fn nul_in_a_filter_is_invalid_filter_however_it_is_written() {
+        for f in [
+            "userName eq \"a\u{0}b\"",
+            r#"userName eq "a\u0000b""#,
+            "id eq a\u{0}",
+        ] {
+            let e = perr(f);
+            assert!(e.detail.contains("U+0000"), "{f}: {}", e.detail);
         }
     }
 

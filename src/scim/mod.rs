@@ -17,6 +17,7 @@
     )
 )]
 
+pub mod body;
 pub mod error;
 pub mod filter;
 pub mod patch;

@@ -23,8 +23,8 @@ use crate::scim::filter::{
     self, AttrPath, CompValue, CompareOp, Filter, get_ci, parse_patch_path_parts,
 };
 use crate::scim::resource::{
-    check_member_count, check_unique_types, coerce_bool, describe, is_manager, member_ids,
-    merge_into, normalize_manager, normalize_value,
+    TYPE_UNIQUE_ATTRIBUTES, check_member_count, check_unique_types, coerce_bool, describe,
+    is_manager, member_ids, merge_into, normalize_manager, normalize_value,
 };
 use crate::scim::schema::{
     self, AttrType, AttributeDef, PATCH_OP_SCHEMA, ResolvedAttr, ResourceKind, SchemaDef,
@@ -797,12 +797,14 @@ fn is_primary(e: &Value) -> bool {
     get_ci(e, "primary").and_then(coerce_bool) == Some(true)
 }
 
-/// Adds `new` elements to `items`: an element whose `type` an existing one
-/// already has is merged into it (Entra requires unique types), an exact
-/// duplicate is skipped, anything else is appended. Returns the index of
-/// the last added element marked primary.
+/// Adds `new` elements to `items`: in the attributes whose types are
+/// unique ([`TYPE_UNIQUE_ATTRIBUTES`]: Entra requires it there), an element
+/// whose `type` an existing one already has is merged into it; an exact
+/// duplicate is skipped; anything else is appended, so several roles of
+/// one type stay apart as POST keeps them. Returns the index of the last
+/// added element marked primary.
 fn merge_items(attr: &AttributeDef, items: &mut Vec<Value>, new: Vec<Value>) -> Option<usize> {
-    let typed = attr.is_complex() && schema::find_sub_attribute(attr, "type").is_some();
+    let typed = TYPE_UNIQUE_ATTRIBUTES.contains(&attr.name);
     let mut preferred = None;
     for n in new {
         let primary = is_primary(&n);
@@ -1481,6 +1483,31 @@ mod tests {
             u["roles"],
             json!([{"value": "{\"id\":\"06b07648\",\"value\":\"Admin\",\"displayName\":\"Admin\"}"}])
         );
+    }
+
+    #[test]
+    fn roles_and_entitlements_of_one_type_are_all_kept() {
+        // Entra sends several roles of one type; POST keeps them, and so
+        // must PATCH (only emails, phoneNumbers and addresses have one
+        // element per type).
+        for attr in ["roles", "entitlements"] {
+            let two = json!([
+                {"value": "Admin", "type": "WindowsAzureActiveDirectoryRole"},
+                {"value": "Reader", "type": "WindowsAzureActiveDirectoryRole"}
+            ]);
+            let mut u = user();
+            patch_user(
+                &mut u,
+                json!([{"op": "replace", "path": attr, "value": two}]),
+            );
+            assert_eq!(u[attr], two, "{attr}");
+            let mut u = user();
+            patch_user(&mut u, json!([{"op": "add", "path": attr, "value": two}]));
+            assert_eq!(u[attr], two, "{attr}");
+            let third = json!([{"value": "Writer", "type": "WindowsAzureActiveDirectoryRole"}]);
+            patch_user(&mut u, json!([{"op": "Add", "path": attr, "value": third}]));
+            assert_eq!(u[attr].as_array().map(Vec::len), Some(3), "{attr}");
+        }
     }
 
     #[test]

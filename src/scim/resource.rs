@@ -18,6 +18,13 @@ use crate::scim::schema::{
 /// Most member ids one request may carry (POST/PUT body or one PATCH).
 pub const MAX_MEMBER_IDS: usize = 10_000;
 
+/// Longest value, in UTF-8 bytes, of an attribute the store indexes
+/// (userName, displayName, externalId, emails.value). PostgreSQL refuses an
+/// index entry over 2,704 bytes; 1,024 leaves room for the other columns
+/// of an index and for lower-casing, which can lengthen text, and is far
+/// above real values (an email address has at most 254).
+pub const MAX_INDEXED_BYTES: usize = 1024;
+
 /// Multi-valued attributes whose `type` values must be unique: Entra ID
 /// ("The 'type' subattribute values of multivalued complex attributes must
 /// be unique") addresses one element per type with `emails[type eq "work"]`.
@@ -111,6 +118,10 @@ fn normalize_single(
         },
         AttrType::String | AttrType::DateTime | AttrType::Reference | AttrType::Binary => {
             match value {
+                Value::String(s) if def.indexed => {
+                    check_indexed_len(label, &s)?;
+                    Ok(Some(Value::String(s)))
+                }
                 Value::String(_) => Ok(Some(value)),
                 other => Err(invalid_value(format!(
                     "'{label}' must be a string, not {}",
@@ -180,6 +191,19 @@ fn normalize_complex(
     } else {
         Ok(Some(Value::Object(out)))
     }
+}
+
+/// Refuses a value of an indexed attribute that no index entry could hold
+/// (see [`MAX_INDEXED_BYTES`]).
+pub(crate) fn check_indexed_len(label: &str, value: &str) -> Result<(), ScimError> {
+    if value.len() > MAX_INDEXED_BYTES {
+        return Err(invalid_value(format!(
+            "'{label}' is {} bytes long; the service stores at most {MAX_INDEXED_BYTES} bytes in \
+             userName, displayName, externalId and emails.value",
+            value.len()
+        )));
+    }
+    Ok(())
 }
 
 /// A short description of a client value for error details (never the
@@ -608,12 +632,24 @@ pub fn looks_like_email(s: &str) -> bool {
         && !domain.ends_with('.')
 }
 
+/// A string attribute the store indexes, refused when no index entry
+/// could hold it. Normalisation checks what a client sends; this checks
+/// what is stored, which a PATCH may also build from a path's filter
+/// (`emails[value eq "..."].type`).
+fn indexed_string(resource: &Value, key: &str) -> Result<Option<String>, ScimError> {
+    let value = opt_string(resource, key);
+    if let Some(v) = &value {
+        check_indexed_len(key, v)?;
+    }
+    Ok(value)
+}
+
 /// Derives the indexed User columns from a normalised resource.
 ///
 /// `email` is the primary email's value, else the `type: "work"` email's,
 /// else the first email's, else `userName` when it looks like an address.
 pub fn user_fields(resource: &Value) -> Result<UserFields, ScimError> {
-    let user_name = opt_string(resource, "userName")
+    let user_name = indexed_string(resource, "userName")?
         .filter(|s| !s.trim().is_empty())
         .ok_or_else(|| {
             invalid_value("userName is required: send a non-empty \"userName\" string")
@@ -631,6 +667,9 @@ pub fn user_fields(resource: &Value) -> Result<UserFields, ScimError> {
         Some(Value::Array(items)) => items.iter().collect(),
         _ => Vec::new(),
     };
+    for value in emails.iter().filter_map(|e| get_ci(e, "value")?.as_str()) {
+        check_indexed_len("emails.value", value)?;
+    }
     let value_of = |e: &&Value| {
         get_ci(e, "value")
             .and_then(Value::as_str)
@@ -656,8 +695,8 @@ pub fn user_fields(resource: &Value) -> Result<UserFields, ScimError> {
         .or_else(|| emails.iter().find_map(value_of))
         .or_else(|| looks_like_email(&user_name).then(|| user_name.clone()));
     Ok(UserFields {
-        external_id: opt_string(resource, "externalId"),
-        display_name: opt_string(resource, "displayName"),
+        external_id: indexed_string(resource, "externalId")?,
+        display_name: indexed_string(resource, "displayName")?,
         active,
         email,
         user_name,
@@ -686,14 +725,14 @@ pub struct GroupFields {
 
 /// Derives the indexed Group columns from a normalised resource.
 pub fn group_fields(resource: &Value) -> Result<GroupFields, ScimError> {
-    let display_name = opt_string(resource, "displayName")
+    let display_name = indexed_string(resource, "displayName")?
         .filter(|s| !s.trim().is_empty())
         .ok_or_else(|| {
             invalid_value("displayName is required: send a non-empty \"displayName\" string")
         })?;
     Ok(GroupFields {
         display_name,
-        external_id: opt_string(resource, "externalId"),
+        external_id: indexed_string(resource, "externalId")?,
     })
 }
 
@@ -1245,6 +1284,41 @@ mod tests {
             "roles": [{"value": "Admin", "type": "Role"}, {"value": "Reader", "type": "Role"}]
         });
         validate_resource(ResourceKind::User, body).unwrap();
+    }
+
+    #[test]
+    fn indexed_values_are_limited_to_max_indexed_bytes() {
+        let user = |key: &str, value: Value| {
+            let mut body = json!({"schemas": [USER_SCHEMA], "userName": "a@b.c"});
+            body[key] = value;
+            validate_resource(ResourceKind::User, body)
+        };
+        let at_limit = "é".repeat(MAX_INDEXED_BYTES / 2);
+        let over = format!("{at_limit}x");
+        for key in ["userName", "displayName", "externalId"] {
+            user(key, json!(at_limit)).unwrap();
+            let e = assert_err(user(key, json!(over)), 400, ScimType::InvalidValue);
+            assert!(e.detail.contains("at most 1024 bytes"), "{}", e.detail);
+        }
+        assert_err(
+            user("emails", json!([{"value": over}])),
+            400,
+            ScimType::InvalidValue,
+        );
+        // Attributes that are not indexed may be longer.
+        user("title", json!("t".repeat(3000))).unwrap();
+        user("emails", json!([{"value": "a@b.c", "display": over}])).unwrap();
+        // What is stored is checked too, however it was built.
+        let stored = json!({"userName": "a@b.c", "emails": [{"value": over}]});
+        assert_eq!(
+            user_fields(&stored).unwrap_err().scim_type,
+            Some(ScimType::InvalidValue)
+        );
+        let group = json!({"displayName": "T", "externalId": over});
+        assert_eq!(
+            group_fields(&group).unwrap_err().scim_type,
+            Some(ScimType::InvalidValue)
+        );
     }
 
     #[test]

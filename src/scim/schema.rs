@@ -206,6 +206,9 @@ pub struct AttributeDef {
     pub canonical_values: &'static [&'static str],
     /// What a reference may point to ("User", "Group", "external", "uri").
     pub reference_types: &'static [&'static str],
+    /// Whether the store keeps the value in an index, which bounds its
+    /// length (see `resource::MAX_INDEXED_BYTES`).
+    pub indexed: bool,
 }
 
 // Const builders keep the tables below readable: each attribute line states
@@ -224,6 +227,7 @@ const fn attr(name: &'static str, ty: AttrType, description: &'static str) -> At
         sub_attributes: &[],
         canonical_values: &[],
         reference_types: &[],
+        indexed: false,
     }
 }
 
@@ -276,6 +280,10 @@ impl AttributeDef {
     }
     const fn refs(mut self, types: &'static [&'static str]) -> Self {
         self.reference_types = types;
+        self
+    }
+    const fn indexed(mut self) -> Self {
+        self.indexed = true;
         self
     }
 
@@ -333,7 +341,7 @@ static NAME_SUBS: [AttributeDef; 6] = [
 ];
 
 static EMAIL_SUBS: [AttributeDef; 4] = [
-    string("value", "The email address.").required(),
+    string("value", "The email address.").required().indexed(),
     string("display", "A label for display purposes."),
     string("type", "The kind of address, e.g. 'work' or 'home'.").canonical(PLURAL_TYPES_EMAIL),
     attr(
@@ -445,15 +453,17 @@ static USER_ATTRIBUTES: [AttributeDef; 22] = [
         "externalId",
         "The client's identifier of the resource (Entra's objectId or mailNickname).",
     )
-    .case_exact(),
+    .case_exact()
+    .indexed(),
     string(
         "userName",
         "The unique login name of the user; compared case-insensitively.",
     )
     .required()
-    .unique_server(),
+    .unique_server()
+    .indexed(),
     complex("name", "The components of the user's name.", &NAME_SUBS),
-    string("displayName", "The name shown for the user."),
+    string("displayName", "The name shown for the user.").indexed(),
     string("nickName", "The casual name of the user."),
     attr(
         "profileUrl",
@@ -564,14 +574,16 @@ static GROUP_ATTRIBUTES: [AttributeDef; 4] = [
         "externalId",
         "The client's identifier of the group (Entra's objectId).",
     )
-    .case_exact(),
+    .case_exact()
+    .indexed(),
     // Entra ID requires unique group names although SCIM does not.
     string(
         "displayName",
         "The group's name; unique, compared case-insensitively.",
     )
     .required()
-    .unique_server(),
+    .unique_server()
+    .indexed(),
     complex("members", "The members of the group.", &MEMBER_SUBS).multi(),
 ];
 

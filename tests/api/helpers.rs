@@ -267,6 +267,21 @@ impl TestApp {
         read(response).await
     }
 
+    /// Sends `body` exactly as given: for bodies a `Value` cannot hold,
+    /// such as a member named twice.
+    pub async fn call_raw(&self, method: Method, path: &str, body: &str) -> Reply {
+        let response = self
+            .client
+            .request(method, format!("{}{path}", self.scim))
+            .bearer_auth(&self.token)
+            .header("content-type", "application/scim+json")
+            .body(body.to_owned())
+            .send()
+            .await
+            .expect("request reaches the server");
+        read(response).await
+    }
+
     pub async fn get(&self, path: &str) -> Reply {
         self.call(Method::GET, path, None).await
     }

@@ -8,6 +8,7 @@ mod faults;
 mod groups;
 mod helpers;
 mod http_stub;
+mod input;
 mod limits;
 mod load;
 mod mail;
