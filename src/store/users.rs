@@ -146,9 +146,14 @@ pub fn find_by_user_name_keys(
         .load(conn)
 }
 
-/// Writes `row` if the stored version is still `expected_version`; returns
-/// whether it did. A concurrent writer makes it return false, and the caller
-/// retries its whole transaction instead of overwriting that change.
+/// Writes `row`'s SCIM attributes if the stored version is still
+/// `expected_version`; returns whether it did. A concurrent writer makes it
+/// return false, and the caller retries its whole transaction instead of
+/// overwriting that change.
+///
+/// When the person joined is not written: accepting an invitation sets it
+/// without a new version (the SCIM representation does not change), so a
+/// change that read the user just before would otherwise erase it.
 pub fn update(conn: &mut Conn, row: &UserRow, expected_version: i64) -> QueryResult<bool> {
     let n = diesel::update(
         users::table
@@ -156,7 +161,18 @@ pub fn update(conn: &mut Conn, row: &UserRow, expected_version: i64) -> QueryRes
             .filter(users::id.eq(&row.id))
             .filter(users::version.eq(expected_version)),
     )
-    .set(row)
+    .set((
+        users::user_name.eq(&row.user_name),
+        users::user_name_key.eq(&row.user_name_key),
+        users::external_id.eq(&row.external_id),
+        users::display_name.eq(&row.display_name),
+        users::display_name_key.eq(&row.display_name_key),
+        users::email.eq(&row.email),
+        users::active.eq(row.active),
+        users::resource.eq(&row.resource),
+        users::version.eq(row.version),
+        users::updated_at.eq(row.updated_at),
+    ))
     .execute(conn)?;
     Ok(n == 1)
 }

@@ -7,6 +7,7 @@ use crate::helpers::{TestApp, patch_body, user_body};
 use crate::on_both_backends;
 
 on_both_backends!(
+    a_change_read_before_the_person_joined_keeps_them_joined,
     test_connection_filter_for_unknown_user_is_an_empty_list,
     created_user_is_returned_with_id_meta_and_location,
     user_is_found_by_filter_on_user_name_in_any_case,
@@ -416,4 +417,31 @@ async fn concurrent_patches_of_one_user_lose_no_update(app: TestApp) {
         };
         assert_eq!(value, &json!(format!("v{i}")), "{path} kept its update");
     }
+}
+
+/// The person accepts their invitation while a change to them, which read
+/// them just before, is being written: they stay joined.
+async fn a_change_read_before_the_person_joined_keeps_them_joined(app: TestApp) {
+    use scimsync::store::{self, users};
+    let id = app.create_user("joiner@example.com").await;
+    let org = app.org_id().await;
+    let joined = app
+        .store
+        .run(move |c| {
+            let read = users::find(c, &org, &id)?.expect("user");
+            users::mark_joined(c, &org, &id, store::now())?;
+            let changed = users::UserRow {
+                display_name: Some("Changed".into()),
+                version: read.version + 1,
+                ..read.clone()
+            };
+            assert!(
+                users::update(c, &changed, read.version)?,
+                "the version still matches"
+            );
+            Ok::<_, store::Error>(users::find(c, &org, &id)?.expect("user").joined_at)
+        })
+        .await
+        .expect("store");
+    assert!(joined.is_some(), "the change did not erase the join");
 }
