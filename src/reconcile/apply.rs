@@ -656,6 +656,7 @@ fn apply_op(c: &mut Conn, change: &ScimChange, policy: &Policy) -> Result<Applie
             let old = find_user(c, org, id)?;
             check_version(if_match.as_deref(), old.version)?;
             invitations::revoke_pending(c, id)?;
+            teams::bump_versions_of_member(c, org, id)?;
             users::delete(c, org, id)?;
             Ok(Applied {
                 status: 204,

@@ -133,6 +133,27 @@ pub fn bump_version(conn: &mut Conn, org_id: &str, id: &str) -> QueryResult<()> 
     Ok(())
 }
 
+/// Advances the version of every team `user_id` is a member of, before
+/// that user is deleted and the memberships go with it: the members of
+/// those teams change.
+pub fn bump_versions_of_member(conn: &mut Conn, org_id: &str, user_id: &str) -> QueryResult<usize> {
+    use super::schema::team_members;
+    diesel::update(
+        teams::table.filter(teams::org_id.eq(org_id)).filter(
+            teams::id.eq_any(
+                team_members::table
+                    .filter(team_members::user_id.eq(user_id))
+                    .select(team_members::team_id),
+            ),
+        ),
+    )
+    .set((
+        teams::version.eq(teams::version + 1),
+        teams::updated_at.eq(now()),
+    ))
+    .execute(conn)
+}
+
 pub fn delete(conn: &mut Conn, org_id: &str, id: &str) -> QueryResult<bool> {
     let n = diesel::delete(
         teams::table

@@ -7,6 +7,7 @@ use crate::helpers::{TestApp, patch_body};
 use crate::on_both_backends;
 
 on_both_backends!(
+    deleting_a_member_gives_the_group_a_new_version,
     group_lifecycle_as_entra_drives_it,
     duplicate_group_name_in_another_case_is_409,
     concurrent_member_patches_lose_no_member,
@@ -143,4 +144,27 @@ async fn concurrent_member_patches_lose_no_member(app: TestApp) {
         got.body["members"].as_array().map(Vec::len),
         Some(users.len())
     );
+}
+
+/// A deleted user leaves every group it was in: those groups' members
+/// changed, so their versions (ETags) do too.
+async fn deleting_a_member_gives_the_group_a_new_version(app: TestApp) {
+    let user = app.create_user("leaving@example.com").await;
+    let group = app.create_group("Left behind", &[&user]).await;
+    let before = app.get(&format!("/Groups/{group}")).await;
+    assert_eq!(before.body["members"].as_array().map(Vec::len), Some(1));
+    let deleted = app.delete(&format!("/Users/{user}")).await;
+    assert_eq!(deleted.status, reqwest::StatusCode::NO_CONTENT);
+    let after = app.get(&format!("/Groups/{group}")).await;
+    assert_eq!(
+        after.body["members"].as_array().map(Vec::len).unwrap_or(0),
+        0,
+        "{:?}",
+        after.body
+    );
+    assert_ne!(
+        after.body["meta"]["version"], before.body["meta"]["version"],
+        "a new version for new members"
+    );
+    assert_ne!(after.header("etag"), before.header("etag"));
 }
