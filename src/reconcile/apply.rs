@@ -629,11 +629,7 @@ fn apply_op(c: &mut Conn, change: &ScimChange, policy: &Policy) -> Result<Applie
                     MemberChange::Add(ids) => add_members(c, org, id, ids)? > 0,
                     MemberChange::Remove(ids) => teams::remove_members(c, id, ids)? > 0,
                     MemberChange::RemoveAll => teams::remove_all_members(c, id)? > 0,
-                    MemberChange::ReplaceAll(ids) => {
-                        let removed = teams::remove_all_members(c, id)?;
-                        let added = add_members(c, org, id, ids)?;
-                        removed > 0 || added > 0
-                    }
+                    MemberChange::ReplaceAll(ids) => replace_members(c, org, id, ids)?,
                 };
             }
             if members_changed && !changed {
@@ -812,11 +808,53 @@ pub(crate) fn new_user_row(org: &str, id: &str, resource: Value) -> Result<UserR
 /// and the user's state as it was: only an explicit `active` changes who
 /// can sign in. (Giving it the default that creation uses, true, would let
 /// a deactivated user back in.)
+/// Makes `ids` the team's members, touching only the memberships that
+/// change (those kept keep when they began); returns whether any did. A
+/// replace with the members the team has changes nothing, version included
+/// (RFC 7644 §3.5.2).
+fn replace_members(
+    c: &mut Conn,
+    org: &str,
+    team: &str,
+    ids: &[String],
+) -> Result<bool, ApplyError> {
+    let current: std::collections::HashSet<String> = teams::members(c, team)?
+        .into_iter()
+        .map(|m| m.user_id)
+        .collect();
+    let wanted: std::collections::HashSet<&String> = ids.iter().collect();
+    let gone: Vec<String> = current
+        .iter()
+        .filter(|m| !wanted.contains(m))
+        .cloned()
+        .collect();
+    let new: Vec<String> = ids
+        .iter()
+        .filter(|m| !current.contains(*m))
+        .cloned()
+        .collect();
+    let removed = if gone.is_empty() {
+        0
+    } else {
+        teams::remove_members(c, team, &gone)?
+    };
+    let added = if new.is_empty() {
+        0
+    } else {
+        add_members(c, org, team, &new)?
+    };
+    Ok(removed > 0 || added > 0)
+}
+
 fn update_user(c: &mut Conn, old: &UserRow, mut resource: Value) -> Result<UserRow, ApplyError> {
     let assigned = assigns_active(&mut resource);
     let mut row = new_user_row(&old.org_id, &old.id, resource)?;
     if !assigned {
         row.active = old.active;
+    }
+    if row.resource == old.resource && row.active == old.active {
+        // A PUT of what is stored changes nothing, version included.
+        return Ok(old.clone());
     }
     ensure_user_name_free(
         c,

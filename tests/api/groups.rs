@@ -7,6 +7,7 @@ use crate::helpers::{TestApp, patch_body};
 use crate::on_both_backends;
 
 on_both_backends!(
+    writes_that_change_nothing_keep_the_version,
     deleting_a_member_gives_the_group_a_new_version,
     group_lifecycle_as_entra_drives_it,
     duplicate_group_name_in_another_case_is_409,
@@ -167,4 +168,48 @@ async fn deleting_a_member_gives_the_group_a_new_version(app: TestApp) {
         "a new version for new members"
     );
     assert_ne!(after.header("etag"), before.header("etag"));
+}
+
+/// Entra ID re-sends what it sent before; a write that changes nothing
+/// keeps the version (ETag) and when the resource was last modified.
+async fn writes_that_change_nothing_keep_the_version(app: TestApp) {
+    let a = app.create_user("same-a@example.com").await;
+    let b = app.create_user("same-b@example.com").await;
+    let group = app.create_group("Unchanged", &[&a, &b]).await;
+    let path = format!("/Groups/{group}");
+    let before = app.get(&path).await;
+    let same = patch_body(json!([
+        {"op": "replace", "path": "members", "value": [{"value": b}, {"value": a}]}
+    ]));
+    assert_eq!(app.patch(&path, same).await.status, StatusCode::NO_CONTENT);
+    let after = app.get(&path).await;
+    assert_eq!(after.body["meta"], before.body["meta"], "the same members");
+    assert_eq!(after.body["members"].as_array().map(Vec::len), Some(2));
+
+    let user = app.get(&format!("/Users/{a}")).await;
+    let mut put = user.body.clone();
+    put.as_object_mut().expect("object").remove("meta");
+    let replaced = app.put(&format!("/Users/{a}"), put).await;
+    assert_eq!(replaced.status, StatusCode::OK, "{:?}", replaced.body);
+    assert_eq!(
+        replaced.body["meta"], user.body["meta"],
+        "a PUT of what is stored"
+    );
+
+    let fewer = patch_body(json!([
+        {"op": "replace", "path": "members", "value": [{"value": b}]}
+    ]));
+    assert_eq!(app.patch(&path, fewer).await.status, StatusCode::NO_CONTENT);
+    let changed = app.get(&path).await;
+    assert_ne!(
+        changed.body["meta"]["version"],
+        before.body["meta"]["version"]
+    );
+    let members: Vec<&str> = changed.body["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .filter_map(|m| m["value"].as_str())
+        .collect();
+    assert_eq!(members, [b.as_str()]);
 }
