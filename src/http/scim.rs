@@ -23,7 +23,7 @@ use crate::scim::error::{ScimError, ScimType};
 use crate::scim::filter::{
     AttrPath, CompValue, Filter, matches, parse_attr_path, parse_filter, validate_filter,
 };
-use crate::scim::patch::parse_patch;
+use crate::scim::patch::{check_patch, parse_patch};
 use crate::scim::render::{etag, etag_matches};
 use crate::scim::resource::{
     group_fields, group_member_ids, project, require_email, user_fields, validate_resource,
@@ -233,7 +233,9 @@ async fn patch(
     body: Bytes,
 ) -> Result<Response, Error> {
     let body = json_body(&body)?;
-    parse_patch(&body)?;
+    // What is wrong whatever is stored is answered now; the worker parses
+    // and applies again, and makes the checks that need the stored values.
+    check_patch(kind, &parse_patch(&body)?)?;
     check_id(kind, &id)?;
     let change = ScimChange::new(
         &org.0,

@@ -1,6 +1,7 @@
 //! SCIM PATCH (RFC 7644 §3.5.2) with Microsoft Entra ID's dialects.
 //!
-//! [`parse_patch`] turns a request body into [`PatchOp`]s; [`apply_patch`]
+//! [`parse_patch`] turns a request body into [`PatchOp`]s; [`check_patch`]
+//! checks them at ingest as far as the schema decides; [`apply_patch`]
 //! applies them to a stored, normalised resource (see
 //! `crate::scim::resource`) all-or-nothing. Group membership is not applied
 //! to the JSON: it comes back as [`MemberChange`]s for the store, which keeps
@@ -275,11 +276,60 @@ pub fn parse_patch_path(input: &str) -> Result<PatchPath, ScimError> {
 // Applying
 // ---------------------------------------------------------------------------
 
+/// How much applying operations can check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scope {
+    /// Applying them to the stored resource (the worker): every check.
+    Stored,
+    /// Checking them at ingest on an empty resource that stands for any
+    /// stored one: only what the schema and the operations decide. A check
+    /// whose answer depends on the stored values (noTarget, one element
+    /// per type, one value of a single-valued attribute, required
+    /// attributes) passes here and is left to the worker.
+    Schema,
+}
+
 /// Mutable state while applying one request.
 struct Ctx {
     kind: ResourceKind,
+    scope: Scope,
     changes: Vec<MemberChange>,
     member_ids: usize,
+}
+
+impl Ctx {
+    fn new(kind: ResourceKind, scope: Scope) -> Self {
+        Ctx {
+            kind,
+            scope,
+            changes: Vec::new(),
+            member_ids: 0,
+        }
+    }
+
+    /// Applies `ops` to `doc` in order; an error names its operation.
+    fn apply_all(
+        &mut self,
+        doc: &mut Map<String, Value>,
+        ops: &[PatchOp],
+    ) -> Result<(), ScimError> {
+        let many = ops.len() > 1;
+        for (i, op) in ops.iter().enumerate() {
+            apply_op(self, doc, op).map_err(|e| number_error(e, i, many))?;
+        }
+        Ok(())
+    }
+}
+
+/// Checks parsed operations at ingest, without the stored resource, so that
+/// what is wrong whatever is stored is answered before anything is queued:
+/// unknown or read-only paths, values of the wrong type or too long, member
+/// filters other than `value eq`, more than 10,000 member ids. Each error
+/// is the one [`apply_patch`] gives for the same operation, and a PATCH
+/// that [`apply_patch`] accepts on some stored resource always passes; what
+/// depends on the stored values is left to [`apply_patch`] (see `Scope`).
+pub fn check_patch(kind: ResourceKind, ops: &[PatchOp]) -> Result<(), ScimError> {
+    Ctx::new(kind, Scope::Schema).apply_all(&mut Map::new(), ops)
 }
 
 /// Applies parsed operations to a stored resource, all or nothing: the work
@@ -305,15 +355,8 @@ pub fn apply_patch(
         ));
     };
     let mut doc = original.clone();
-    let mut ctx = Ctx {
-        kind,
-        changes: Vec::new(),
-        member_ids: 0,
-    };
-    let many = ops.len() > 1;
-    for (i, op) in ops.iter().enumerate() {
-        apply_op(&mut ctx, &mut doc, op).map_err(|e| number_error(e, i, many))?;
-    }
+    let mut ctx = Ctx::new(kind, Scope::Stored);
+    ctx.apply_all(&mut doc, ops)?;
     finish(kind, &mut doc)?;
     *resource = Value::Object(doc);
     Ok(ctx.changes)
@@ -497,8 +540,14 @@ fn apply_at(
         return apply_members(ctx, op, path, r, value);
     }
     match path {
-        PatchPath::Attr(_) => apply_plain(doc, op, r, value, path),
+        PatchPath::Attr(_) => apply_plain(doc, op, r, value, path, ctx.scope),
         PatchPath::Filtered { filter, sub, .. } => {
+            if !r.attr.is_complex() || r.sub.is_some() {
+                return Err(invalid_path(format!(
+                    "'{path}': '[...]' filters apply to complex attributes such as emails or \
+                     addresses"
+                )));
+            }
             let sub_def = match sub {
                 Some(s) => Some(schema::find_sub_attribute(r.attr, s).ok_or_else(|| {
                     invalid_path(format!(
@@ -514,7 +563,8 @@ fn apply_at(
                     format!("'{path}' is read-only and cannot be changed"),
                 ));
             }
-            apply_filtered(doc, op, r, filter, sub_def, value, path)
+            let r = ResolvedAttr { sub: sub_def, ..r };
+            apply_filtered(doc, op, r, filter, value, path, ctx.scope)
         }
     }
 }
@@ -606,6 +656,7 @@ fn apply_plain(
     r: ResolvedAttr,
     value: Option<&Value>,
     label: &PatchPath,
+    scope: Scope,
 ) -> Result<(), ScimError> {
     let label = label.to_string();
     let Some(map) = container(doc, &r, op != OpKind::Remove) else {
@@ -613,7 +664,7 @@ fn apply_plain(
     };
     let name = r.attr.name;
     let current = take_ci(map, name);
-    let new = plain_value(op, r, current, value, &label)?;
+    let new = plain_value(op, r, current, value, &label, scope)?;
     put(map, name, new);
     Ok(())
 }
@@ -624,6 +675,7 @@ fn plain_value(
     current: Option<Value>,
     value: Option<&Value>,
     label: &str,
+    scope: Scope,
 ) -> Result<Option<Value>, ScimError> {
     let attr = r.attr;
     if is_manager(attr) {
@@ -673,7 +725,7 @@ fn plain_value(
                             }
                         }
                     }
-                    finish_items(attr, &mut items, None)?;
+                    finish_items(attr, &mut items, None, scope)?;
                 }
             }
             Ok(Some(Value::Array(items)))
@@ -691,7 +743,7 @@ fn plain_value(
             }
             Ok(Some(Value::Object(obj)))
         }
-        None => whole_attribute_value(op, attr, current, value, label),
+        None => whole_attribute_value(op, attr, current, value, label, scope),
     }
 }
 
@@ -712,6 +764,7 @@ fn whole_attribute_value(
     current: Option<Value>,
     value: Option<&Value>,
     label: &str,
+    scope: Scope,
 ) -> Result<Option<Value>, ScimError> {
     let value = match (op, value) {
         (OpKind::Remove, None | Some(Value::Null)) => return Ok(None),
@@ -732,7 +785,7 @@ fn whole_attribute_value(
             _ => Vec::new(),
         };
         let preferred = merge_items(attr, &mut items, new);
-        finish_items(attr, &mut items, preferred)?;
+        finish_items(attr, &mut items, preferred, scope)?;
         return Ok(Some(Value::Array(items)));
     }
     if attr.is_complex() {
@@ -826,13 +879,14 @@ fn merge_items(attr: &AttributeDef, items: &mut Vec<Value>, new: Vec<Value>) -> 
     preferred
 }
 
-/// Final checks on a multi-valued attribute after a change: unique types,
-/// and at most one `primary: true` (RFC 7643 §2.4; the element the request
-/// made primary wins, RFC 7644 §3.5.2.1).
+/// Final checks on a multi-valued attribute after a change: unique types
+/// (in [`Scope::Stored`]), and at most one `primary: true` (RFC 7643 §2.4;
+/// the element the request made primary wins, RFC 7644 §3.5.2.1).
 fn finish_items(
     attr: &AttributeDef,
     items: &mut Vec<Value>,
     preferred: Option<usize>,
+    scope: Scope,
 ) -> Result<(), ScimError> {
     items.retain(|e| !e.is_null() && !e.as_object().is_some_and(Map::is_empty));
     let primaries: Vec<usize> = items
@@ -852,6 +906,9 @@ fn finish_items(
                 obj.insert("primary".to_owned(), Value::Bool(false));
             }
         }
+    }
+    if scope == Scope::Schema {
+        return Ok(());
     }
     // Moved out and back rather than cloned: the check needs a Value.
     let list = Value::Array(std::mem::take(items));
@@ -888,22 +945,18 @@ fn element_from_filter(attr: &'static AttributeDef, filter: &Filter) -> Option<M
     Some(m)
 }
 
-/// An operation on `attr[filter]` or `attr[filter].sub`.
+/// An operation on `attr[filter]` or `attr[filter].sub`; `r.sub` is the
+/// sub-attribute after the filter.
 fn apply_filtered(
     doc: &mut Map<String, Value>,
     op: OpKind,
     r: ResolvedAttr,
     filter: &Filter,
-    sub: Option<&'static AttributeDef>,
     value: Option<&Value>,
     label: &PatchPath,
+    scope: Scope,
 ) -> Result<(), ScimError> {
-    let attr = r.attr;
-    if !attr.is_complex() || r.sub.is_some() {
-        return Err(invalid_path(format!(
-            "'{label}': '[...]' filters apply to complex attributes such as emails or addresses"
-        )));
-    }
+    let (attr, sub) = (r.attr, r.sub);
     let label = label.to_string();
     let Some(map) = container(doc, &r, op != OpKind::Remove) else {
         return Ok(());
@@ -917,17 +970,11 @@ fn apply_filtered(
             .is_some_and(|m| filter::matches_value(filter, attr, m));
         let new = match op {
             OpKind::Remove if matched => match sub {
-                Some(s) if s.name != "value" => plain_value(
-                    op,
-                    ResolvedAttr { sub: Some(s), ..r },
-                    current,
-                    value,
-                    &label,
-                )?,
+                Some(s) if s.name != "value" => plain_value(op, r, current, value, &label, scope)?,
                 _ => None,
             },
             OpKind::Remove => current,
-            _ => plain_value(op, ResolvedAttr { sub, ..r }, current, value, &label)?,
+            _ => plain_value(op, r, current, value, &label, scope)?,
         };
         put(map, attr.name, new);
         return Ok(());
@@ -966,9 +1013,9 @@ fn apply_filtered(
                 // Entra ID sends add/replace on `emails[type eq "work"].value`
                 // for a user without a work email and expects it created;
                 // RFC 7644's noTarget would make that sync fail forever.
-                let mut elem =
-                    element_from_filter(attr, filter).ok_or_else(|| no_target(&label))?;
-                if let Some(v) = v {
+                if let (Some(mut elem), Some(v)) =
+                    (element_to_create(attr, filter, &label, scope)?, v)
+                {
                     elem.insert(sub.name.to_owned(), v);
                     items.push(Value::Object(elem));
                 }
@@ -1000,15 +1047,15 @@ fn apply_filtered(
             };
             if let Some(elem) = elem {
                 if hits.is_empty() {
-                    let mut created = Value::Object(
-                        element_from_filter(attr, filter).ok_or_else(|| no_target(&label))?,
-                    );
-                    merge_into(&mut created, elem);
-                    items.push(created);
-                    preferred = items
-                        .len()
-                        .checked_sub(1)
-                        .filter(|i| items.get(*i).is_some_and(is_primary));
+                    if let Some(created) = element_to_create(attr, filter, &label, scope)? {
+                        let mut created = Value::Object(created);
+                        merge_into(&mut created, elem);
+                        items.push(created);
+                        preferred = items
+                            .len()
+                            .checked_sub(1)
+                            .filter(|i| items.get(*i).is_some_and(is_primary));
+                    }
                 } else {
                     let make_primary = is_primary(&elem);
                     for i in &hits {
@@ -1023,9 +1070,9 @@ fn apply_filtered(
             }
         }
     }
-    finish_items(attr, &mut items, preferred)?;
+    finish_items(attr, &mut items, preferred, scope)?;
     if single {
-        if items.len() > 1 {
+        if items.len() > 1 && scope == Scope::Stored {
             return Err(invalid_value(format!(
                 "'{label}' would give the single-valued '{}' more than one value",
                 attr.name
@@ -1036,6 +1083,23 @@ fn apply_filtered(
         put(map, attr.name, Some(Value::Array(items)));
     }
     Ok(())
+}
+
+/// The element to create when `filter` matches nothing: the one it
+/// describes, else noTarget. In [`Scope::Schema`] there is nothing to match
+/// and a stored element might, so an element the filter cannot describe is
+/// neither created nor refused.
+fn element_to_create(
+    attr: &'static AttributeDef,
+    filter: &Filter,
+    label: &str,
+    scope: Scope,
+) -> Result<Option<Map<String, Value>>, ScimError> {
+    match element_from_filter(attr, filter) {
+        Some(elem) => Ok(Some(elem)),
+        None if scope == Scope::Schema => Ok(None),
+        None => Err(no_target(label)),
+    }
 }
 
 fn no_target(label: &str) -> ScimError {
@@ -1194,6 +1258,24 @@ mod tests {
         json!({"schemas": [GROUP_SCHEMA], "id": "a99962b9", "displayName": "Team", "externalId": "8aa1"})
     }
 
+    /// A user with something in every multi-valued attribute a PATCH can
+    /// match, so that checks of stored values have something to find.
+    fn rich_user() -> Value {
+        json!({
+            "schemas": [USER_SCHEMA, ENT],
+            "id": "u2",
+            "userName": "rich@x.com",
+            "name": {"givenName": "Ann", "familyName": "Lee"},
+            "emails": [
+                {"value": "work@x.com", "type": "work", "primary": true},
+                {"value": "home@x.com", "type": "home"}
+            ],
+            "phoneNumbers": [{"value": "1", "type": "work"}],
+            "roles": [{"value": "Admin", "type": "R"}, {"value": "Reader", "type": "R"}],
+            ENT: {"department": "Ops", "manager": {"value": "m"}}
+        })
+    }
+
     /// Parses and applies `ops` to `resource`; panics on error.
     fn patch(kind: ResourceKind, resource: &mut Value, ops: Value) -> Vec<MemberChange> {
         let parsed = parse_patch(&body(ops)).unwrap();
@@ -1220,6 +1302,94 @@ mod tests {
 
     fn assert_scim(e: &ScimError, status: u16, t: ScimType) {
         assert_eq!((e.status, e.scim_type), (status, Some(t)), "{}", e.detail);
+    }
+
+    // --- Checking at ingest ------------------------------------------------
+
+    /// The error `check_patch` gives, asserting that applying the same
+    /// operations to `stored` gives the very same one.
+    fn check_err(kind: ResourceKind, stored: &Value, ops: Value) -> ScimError {
+        let parsed = parse_patch(&body(ops)).unwrap();
+        let e = check_patch(kind, &parsed).unwrap_err();
+        assert_eq!(
+            apply_patch(kind, &mut stored.clone(), &parsed),
+            Err(e.clone())
+        );
+        e
+    }
+
+    #[test]
+    fn schema_errors_are_found_without_the_stored_resource() {
+        let u = user();
+        let e = check_err(
+            ResourceKind::User,
+            &u,
+            json!([{"op": "replace", "path": "shoeSize", "value": "9"}]),
+        );
+        assert_scim(&e, 400, ScimType::InvalidPath);
+        let e = check_err(
+            ResourceKind::User,
+            &u,
+            json!([{"op": "replace", "path": "id", "value": "x"}]),
+        );
+        assert_scim(&e, 400, ScimType::Mutability);
+        let e = check_err(
+            ResourceKind::User,
+            &u,
+            json!([
+            {"op": "replace", "path": "displayName", "value": "ok"},
+            {"op": "Replace", "path": "active", "value": "maybe"}]),
+        );
+        assert_scim(&e, 400, ScimType::InvalidValue);
+        assert!(e.detail.starts_with("operation 2:"), "{}", e.detail);
+        let e = check_err(
+            ResourceKind::User,
+            &u,
+            json!([{"op": "replace", "value": {"name": {"givenName": 7}}}]),
+        );
+        assert_scim(&e, 400, ScimType::InvalidValue);
+        let e = check_err(
+            ResourceKind::User,
+            &u,
+            json!([{"op": "add", "path": "emails[type eq \"work\"].value", "value": ["a", "b"]}]),
+        );
+        assert_scim(&e, 400, ScimType::InvalidValue);
+        let g = group();
+        let e = check_err(
+            ResourceKind::Group,
+            &g,
+            json!([{"op": "remove", "path": "members[display eq \"Ann\"]"}]),
+        );
+        assert_scim(&e, 400, ScimType::InvalidFilter);
+        let half: Vec<Value> = (0..6000).map(|i| json!({"value": i.to_string()})).collect();
+        let e = check_err(
+            ResourceKind::Group,
+            &g,
+            json!([
+            {"op": "add", "path": "members", "value": half},
+            {"op": "remove", "path": "members", "value": half}]),
+        );
+        assert_scim(&e, 400, ScimType::TooMany);
+    }
+
+    #[test]
+    fn checks_that_need_the_stored_values_are_left_to_applying() {
+        let cases = [
+            // No element matches on this user, and the filter cannot describe one.
+            json!([{"op": "replace", "path": "emails[value co \"nobody\"].display", "value": "x"}]),
+            // Required, but a later operation may set it again.
+            json!([{"op": "remove", "path": "userName"}]),
+            // Two emails would then have type work.
+            json!([{"op": "replace", "path": "emails.type", "value": "work"}]),
+            // A second value for the single-valued name.
+            json!([{"op": "add", "path": "name[givenName eq \"Bo\"]", "value": {"familyName": "X"}}]),
+        ];
+        for ops in cases {
+            let parsed = parse_patch(&body(ops.clone())).unwrap();
+            check_patch(ResourceKind::User, &parsed).unwrap();
+            let e = apply_patch(ResourceKind::User, &mut rich_user(), &parsed).unwrap_err();
+            assert_eq!(e.status, 400, "{ops}");
+        }
     }
 
     // --- ENTRA.md §2.4: user updates -------------------------------------
@@ -2188,6 +2358,12 @@ mod tests {
             "id",
             "groups",
             "roles",
+            "roles[type eq \"R\"]",
+            "emails.type",
+            "emails[value co \"x\"].display",
+            "emails[type eq \"work\" or type eq \"home\"]",
+            "phoneNumbers[type eq \"work\"]",
+            "name[givenName eq \"Ann\"].familyName",
             "bogus",
         ]));
         (op, path, prop::option::of(arb_json())).prop_map(|(op, path, value)| {
@@ -2227,6 +2403,31 @@ mod tests {
                         let v = crate::scim::resource::validate_resource(kind, r.clone());
                         prop_assert!(v.is_ok(), "{:?} -> {}", v, r);
                     }
+                }
+            }
+        }
+
+        #[test]
+        fn checking_never_refuses_what_applying_accepts(
+            ops in prop::collection::vec(arb_op(), 1..6),
+            stored in 0..4usize,
+        ) {
+            let (kind, mut resource) = match stored {
+                0 => (ResourceKind::User, user()),
+                1 => (ResourceKind::User, bare_user()),
+                2 => (ResourceKind::User, rich_user()),
+                _ => (ResourceKind::Group, group()),
+            };
+            if let Ok(parsed) = parse_patch(&body(Value::Array(ops))) {
+                let checked = check_patch(kind, &parsed);
+                let applied = apply_patch(kind, &mut resource, &parsed).map(|_| ());
+                if applied.is_ok() {
+                    prop_assert!(checked.is_ok(), "{:?}", checked);
+                }
+                // With one operation nothing earlier can fail first: the
+                // refusal is the very one the worker would give.
+                if parsed.len() == 1 && checked.is_err() {
+                    prop_assert_eq!(checked, applied);
                 }
             }
         }

@@ -4,9 +4,10 @@
 use std::time::{Duration, Instant};
 
 use reqwest::Method;
+use scimsync::startup::Role;
 use serde_json::{Value, json};
 
-use crate::helpers::{Reply, TestApp, patch_body, user_body};
+use crate::helpers::{Backend, Reply, TestApp, patch_body, spawn_with, test_env, user_body};
 use crate::on_both_backends;
 
 on_both_backends!(
@@ -397,5 +398,67 @@ async fn unreadable_if_match_and_urls_are_invalid_syntax(app: TestApp) {
     for path in ["/Users/%FF", "/Groups/a%C3"] {
         let reply = app.get(path).await;
         assert_refusal(&reply, 400, "invalidSyntax", "UTF-8");
+    }
+}
+
+/// With no worker running (or a backlog), a PATCH that is wrong whatever
+/// is stored must still be answered at once, not with 503 at the deadline.
+async fn patch_content_is_checked_without_a_worker(backend: Backend) {
+    let mut env = test_env(backend);
+    env.settings.server.request_deadline_secs = 3;
+    let app = spawn_with(env, Role::Web).await;
+    let user = "/Users/2819c223-7f76-453a-919d-413861904646";
+    for (ops, expected) in [
+        (
+            json!([{"op": "replace", "path": "shoeSize", "value": "9"}]),
+            (
+                400,
+                "invalidPath",
+                "'shoeSize' is not an attribute of User resources",
+            ),
+        ),
+        (
+            json!([{"op": "replace", "path": "meta.created", "value": "2020-01-01T00:00:00Z"}]),
+            (400, "mutability", "read-only"),
+        ),
+        (
+            json!([{"op": "Replace", "path": "active", "value": "maybe"}]),
+            (400, "invalidValue", "'active' must be true or false"),
+        ),
+        (
+            json!([{"op": "add", "path": "emails[type eq \"work\"].value", "value": text(1025)}]),
+            (400, "invalidValue", "at most 1024 bytes"),
+        ),
+    ] {
+        refused(
+            &app,
+            Method::PATCH,
+            user,
+            &patch_body(ops).to_string(),
+            expected,
+        )
+        .await;
+    }
+    let members: Vec<Value> = (0..10_001)
+        .map(|i| json!({"value": format!("u{i}")}))
+        .collect();
+    let big = patch_body(json!([{"op": "add", "path": "members", "value": members}]));
+    let group = "/Groups/8aa1a0c0-c4c3-4bc0-b4a5-2ef676900159";
+    let expected = (400, "tooMany", "at most 10000");
+    refused(&app, Method::PATCH, group, &big.to_string(), expected).await;
+    let filter = patch_body(json!([{"op": "remove", "path": "members[display eq \"Ann\"]"}]));
+    let expected = (400, "invalidFilter", "value eq");
+    refused(&app, Method::PATCH, group, &filter.to_string(), expected).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn patch_content_is_checked_without_a_worker_sqlite() {
+    patch_content_is_checked_without_a_worker(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn patch_content_is_checked_without_a_worker_postgres_redis() {
+    if crate::helpers::postgres_redis_enabled() {
+        patch_content_is_checked_without_a_worker(Backend::PostgresRedis).await;
     }
 }
