@@ -281,11 +281,12 @@ pub fn parse_patch_path(input: &str) -> Result<PatchPath, ScimError> {
 enum Scope {
     /// Applying them to the stored resource (the worker): every check.
     Stored,
-    /// Checking them at ingest on an empty resource that stands for any
-    /// stored one: only what the schema and the operations decide. A check
-    /// whose answer depends on the stored values (noTarget, one element
-    /// per type, one value of a single-valued attribute, required
-    /// attributes) passes here and is left to the worker.
+    /// Checking them at ingest on a resource that stands for any stored
+    /// one (nothing but its required attribute, which every stored one
+    /// has): only what the schema and the operations decide. A check whose
+    /// answer depends on the stored values (noTarget, one element per
+    /// type, one value of a single-valued attribute) passes here and is
+    /// left to the worker.
     Schema,
 }
 
@@ -324,12 +325,22 @@ impl Ctx {
 /// Checks parsed operations at ingest, without the stored resource, so that
 /// what is wrong whatever is stored is answered before anything is queued:
 /// unknown or read-only paths, values of the wrong type or too long, member
-/// filters other than `value eq`, more than 10,000 member ids. Each error
-/// is the one [`apply_patch`] gives for the same operation, and a PATCH
-/// that [`apply_patch`] accepts on some stored resource always passes; what
+/// filters other than `value eq`, more than 10,000 member ids, removing
+/// `userName` (a Group's `displayName`) for good. Each error is the one
+/// [`apply_patch`] gives for the same operation, and a PATCH that
+/// [`apply_patch`] accepts on some stored resource always passes; what
 /// depends on the stored values is left to [`apply_patch`] (see `Scope`).
 pub fn check_patch(kind: ResourceKind, ops: &[PatchOp]) -> Result<(), ScimError> {
-    Ctx::new(kind, Scope::Schema).apply_all(&mut Map::new(), ops)
+    // Every stored resource has its required attribute, and only
+    // operations on that attribute change it, so whether it is still set
+    // at the end is decided by the operations alone.
+    let mut doc = Map::new();
+    doc.insert(
+        required_attribute(kind).to_owned(),
+        Value::String("stored".to_owned()),
+    );
+    Ctx::new(kind, Scope::Schema).apply_all(&mut doc, ops)?;
+    finish(kind, &mut doc)
 }
 
 /// Applies parsed operations to a stored resource, all or nothing: the work
@@ -365,10 +376,7 @@ pub fn apply_patch(
 /// Post-conditions: required attributes still set, `schemas` listing the
 /// extension exactly when its object is present.
 fn finish(kind: ResourceKind, doc: &mut Map<String, Value>) -> Result<(), ScimError> {
-    let required = match kind {
-        ResourceKind::User => "userName",
-        ResourceKind::Group => "displayName",
-    };
+    let required = required_attribute(kind);
     let ok = doc
         .get(required)
         .and_then(Value::as_str)
@@ -399,6 +407,14 @@ fn finish(kind: ResourceKind, doc: &mut Map<String, Value>) -> Result<(), ScimEr
         }
     }
     Ok(())
+}
+
+/// The attribute a resource of `kind` cannot be without.
+fn required_attribute(kind: ResourceKind) -> &'static str {
+    match kind {
+        ResourceKind::User => "userName",
+        ResourceKind::Group => "displayName",
+    }
 }
 
 /// Removes a member whose name matches `name` ignoring case and returns its
@@ -1320,56 +1336,62 @@ mod tests {
 
     #[test]
     fn schema_errors_are_found_without_the_stored_resource() {
-        let u = user();
-        let e = check_err(
-            ResourceKind::User,
-            &u,
-            json!([{"op": "replace", "path": "shoeSize", "value": "9"}]),
-        );
-        assert_scim(&e, 400, ScimType::InvalidPath);
-        let e = check_err(
-            ResourceKind::User,
-            &u,
-            json!([{"op": "replace", "path": "id", "value": "x"}]),
-        );
-        assert_scim(&e, 400, ScimType::Mutability);
-        let e = check_err(
-            ResourceKind::User,
-            &u,
-            json!([
-            {"op": "replace", "path": "displayName", "value": "ok"},
-            {"op": "Replace", "path": "active", "value": "maybe"}]),
-        );
-        assert_scim(&e, 400, ScimType::InvalidValue);
-        assert!(e.detail.starts_with("operation 2:"), "{}", e.detail);
-        let e = check_err(
-            ResourceKind::User,
-            &u,
-            json!([{"op": "replace", "value": {"name": {"givenName": 7}}}]),
-        );
-        assert_scim(&e, 400, ScimType::InvalidValue);
-        let e = check_err(
-            ResourceKind::User,
-            &u,
-            json!([{"op": "add", "path": "emails[type eq \"work\"].value", "value": ["a", "b"]}]),
-        );
-        assert_scim(&e, 400, ScimType::InvalidValue);
-        let g = group();
-        let e = check_err(
-            ResourceKind::Group,
-            &g,
-            json!([{"op": "remove", "path": "members[display eq \"Ann\"]"}]),
-        );
-        assert_scim(&e, 400, ScimType::InvalidFilter);
+        let user_op = |op: Value, t| (ResourceKind::User, user(), json!([op]), t);
+        let group_op = |op: Value, t| (ResourceKind::Group, group(), json!([op]), t);
         let half: Vec<Value> = (0..6000).map(|i| json!({"value": i.to_string()})).collect();
-        let e = check_err(
-            ResourceKind::Group,
-            &g,
-            json!([
-            {"op": "add", "path": "members", "value": half},
-            {"op": "remove", "path": "members", "value": half}]),
-        );
-        assert_scim(&e, 400, ScimType::TooMany);
+        let cases = [
+            user_op(
+                json!({"op": "replace", "path": "shoeSize", "value": "9"}),
+                ScimType::InvalidPath,
+            ),
+            user_op(
+                json!({"op": "replace", "path": "id", "value": "x"}),
+                ScimType::Mutability,
+            ),
+            user_op(
+                json!({"op": "replace", "value": {"name": {"givenName": 7}}}),
+                ScimType::InvalidValue,
+            ),
+            user_op(
+                json!({"op": "add", "path": "emails[type eq \"work\"].value", "value": ["a", "b"]}),
+                ScimType::InvalidValue,
+            ),
+            user_op(
+                json!({"op": "remove", "path": "userName"}),
+                ScimType::InvalidValue,
+            ),
+            group_op(
+                json!({"op": "replace", "path": "displayName", "value": " "}),
+                ScimType::InvalidValue,
+            ),
+            group_op(
+                json!({"op": "remove", "path": "members[display eq \"Ann\"]"}),
+                ScimType::InvalidFilter,
+            ),
+            (
+                ResourceKind::Group,
+                group(),
+                json!([{"op": "add", "path": "members", "value": half},
+                       {"op": "remove", "path": "members", "value": half}]),
+                ScimType::TooMany,
+            ),
+            (
+                ResourceKind::User,
+                user(),
+                json!([{"op": "replace", "path": "displayName", "value": "ok"},
+                       {"op": "Replace", "path": "active", "value": "maybe"}]),
+                ScimType::InvalidValue,
+            ),
+        ];
+        for (kind, stored, ops, scim_type) in cases {
+            let e = check_err(kind, &stored, ops);
+            assert_scim(&e, 400, scim_type);
+        }
+        // Removed, then set again: nothing is missing at the end.
+        let back = json!([
+            {"op": "remove", "path": "userName"},
+            {"op": "add", "value": {"userName": "back@x.com"}}]);
+        check_patch(ResourceKind::User, &parse_patch(&body(back)).unwrap()).unwrap();
     }
 
     #[test]
@@ -1377,8 +1399,6 @@ mod tests {
         let cases = [
             // No element matches on this user, and the filter cannot describe one.
             json!([{"op": "replace", "path": "emails[value co \"nobody\"].display", "value": "x"}]),
-            // Required, but a later operation may set it again.
-            json!([{"op": "remove", "path": "userName"}]),
             // Two emails would then have type work.
             json!([{"op": "replace", "path": "emails.type", "value": "work"}]),
             // A second value for the single-valued name.

@@ -422,6 +422,10 @@ async fn patch_content_is_checked_without_a_worker(backend: Backend) {
             (400, "mutability", "read-only"),
         ),
         (
+            json!([{"op": "remove", "path": "userName"}]),
+            (400, "invalidValue", "userName is required"),
+        ),
+        (
             json!([{"op": "Replace", "path": "active", "value": "maybe"}]),
             (400, "invalidValue", "'active' must be true or false"),
         ),
