@@ -298,8 +298,7 @@ async fn record_sent(state: &MailState, id: &str, payload: String) -> Result<(),
     loop {
         match state.sent.record(id.to_owned(), payload.clone()).await {
             Err(e) if e.is_transient() => {
-                let delay = super::retry::next_delay(&mut schedule)
-                    .unwrap_or(Duration::from_millis(state.settings.retry.max_interval_ms));
+                let delay = super::retry::persistent_delay(&mut schedule, &state.settings.retry);
                 if started.elapsed() + delay >= lease {
                     return Err(e);
                 }

@@ -24,6 +24,13 @@ pub fn next_delay(schedule: &mut ExponentialBackoff) -> Option<Duration> {
     schedule.next_backoff()
 }
 
+/// The delay before the next try of something that must not give up (a
+/// record of what already happened): the schedule's, then its longest
+/// once the schedule is spent.
+pub fn persistent_delay(schedule: &mut ExponentialBackoff, settings: &RetrySettings) -> Duration {
+    next_delay(schedule).unwrap_or(Duration::from_millis(settings.max_interval_ms.max(1)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

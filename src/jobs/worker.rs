@@ -131,13 +131,12 @@ async fn record_dead(
     delivery: u32,
     error: &crate::store::Error,
 ) -> Option<crate::store::log::LogRow> {
-    let longest = Duration::from_millis(state.settings.retry.max_interval_ms.max(1));
     let mut schedule = super::retry::schedule(&state.settings.retry);
     loop {
         match reconcile::record_dead(&state.store, change, delivery, error).await {
             Ok(row) => return Some(row),
             Err(e) if e.is_transient() => {
-                let delay = super::retry::next_delay(&mut schedule).unwrap_or(longest);
+                let delay = super::retry::persistent_delay(&mut schedule, &state.settings.retry);
                 tracing::warn!(error = %e, ?delay, "could not record the dead change yet; retrying");
                 tokio::time::sleep(delay).await;
             }
