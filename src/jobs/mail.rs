@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tracing::Instrument;
 
-use super::queue::Job;
+use super::queue::{Job, Queued};
 use super::together::Together;
 use crate::config::Settings;
 use crate::email::templates::{self, Digest, FailureLine, Welcome};
@@ -149,8 +149,20 @@ pub enum Delivery {
 }
 
 /// The apalis handler.
-pub async fn handle(job: SendMail, state: Data<Arc<MailState>>) -> Result<(), BoxDynError> {
-    deliver(&state, &job.outbox_id).await?;
+pub async fn handle(job: Queued<SendMail>, state: Data<Arc<MailState>>) -> Result<(), BoxDynError> {
+    let outbox_id = match job {
+        Queued::Job(job) => job.outbox_id,
+        // The outbox row is the record: its id is all a send needs. Without
+        // one, the row's lease runs out and the reconciler queues it again.
+        Queued::Unreadable(unreadable) => match unreadable.field("outbox_id") {
+            Some(id) => id,
+            None => {
+                tracing::error!(error = %unreadable.error, "a queued email job cannot be read and names no outbox row; dropping it");
+                return Err(AbortError::new(std::io::Error::other(unreadable.error)).into());
+            }
+        },
+    };
+    deliver(&state, &outbox_id).await?;
     Ok(())
 }
 

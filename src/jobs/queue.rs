@@ -6,7 +6,7 @@
 //! The nudge is what keeps the answer to Entra ID fast; the interval is
 //! what keeps nothing stranded if a nudge is lost.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -17,19 +17,19 @@ use apalis_sqlite::SqliteStorage;
 use futures::StreamExt;
 use futures::channel::mpsc;
 
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 use crate::config::QueueUrl;
 
 /// Where a queue lives.
 pub enum Backend<T> {
     Redis {
-        storage: Box<RedisStorage<T>>,
+        storage: Box<RedisStorage<Queued<T>>>,
         client: redis::Client,
         conn: redis::aio::ConnectionManager,
     },
-    Sqlite(SqliteStorage<T>),
+    Sqlite(SqliteStorage<Queued<T>>),
 }
 
 impl<T> Clone for Backend<T> {
@@ -58,12 +58,18 @@ impl<T> Clone for Backend<T> {
 /// minutes. A lock only renews a lease for jobs that outlive a heartbeat;
 /// these jobs last milliseconds, and a crashed worker's jobs are still
 /// taken back through its in-flight set when its heartbeats stop.
+///
+/// Task events are off: apalis publishes one for every push and every
+/// acknowledgement, for listeners this service does not run (its workers
+/// wake on [`Queue::push`]'s own announcement), and each cost Redis a
+/// PUBLISH inside the script: two per change and two per email.
 fn redis_config(name: &str) -> apalis_redis::Config {
     apalis_redis::Config::default()
         .queue(name)
         .heartbeat_interval(Duration::from_secs(5))
         .missed_heartbeats(3)
         .lock_tasks(false)
+        .emit_events(false)
 }
 
 /// Prepares the SQLite queue file (journal mode, tables), which every
@@ -110,6 +116,7 @@ pub struct Queue<T> {
     pub backend: Arc<Backend<T>>,
     name: Arc<str>,
     nudges: Arc<Nudges>,
+    announcer: Arc<OnceLock<tokio::sync::mpsc::UnboundedSender<()>>>,
 }
 
 impl<T> Clone for Queue<T> {
@@ -118,7 +125,62 @@ impl<T> Clone for Queue<T> {
             backend: self.backend.clone(),
             name: self.name.clone(),
             nudges: self.nudges.clone(),
+            announcer: self.announcer.clone(),
         }
+    }
+}
+
+/// A job as a worker reads it back: the job, or JSON that no longer reads
+/// as one (queued by another release, or edited by hand).
+///
+/// apalis ends a worker's whole fetch when one job's data does not decode,
+/// and a worker that restarts fetches the same job again once its last
+/// fetch is taken back: one such job stopped every worker of its queue,
+/// over and over. Read this way, it reaches the handler, which records it
+/// dead, and the jobs fetched with it run. The JSON on the queue is the
+/// job's own either way.
+#[derive(Debug, Clone)]
+pub enum Queued<T> {
+    Job(T),
+    Unreadable(Unreadable),
+}
+
+/// A queued job's JSON that does not read as the job, and why.
+#[derive(Debug, Clone)]
+pub struct Unreadable {
+    pub json: Box<serde_json::value::RawValue>,
+    pub error: String,
+}
+
+impl<T: Serialize> Serialize for Queued<T> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Queued::Job(job) => job.serialize(serializer),
+            Queued::Unreadable(unreadable) => unreadable.json.serialize(serializer),
+        }
+    }
+}
+
+impl<'de, T: DeserializeOwned> Deserialize<'de> for Queued<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let json = Box::<serde_json::value::RawValue>::deserialize(deserializer)?;
+        Ok(match serde_json::from_str(json.get()) {
+            Ok(job) => Queued::Job(job),
+            Err(e) => Queued::Unreadable(Unreadable {
+                json,
+                error: e.to_string(),
+            }),
+        })
+    }
+}
+
+impl Unreadable {
+    /// A string field at the top of the JSON, if it has one (the ids that
+    /// say which change or email it was).
+    pub fn field(&self, name: &str) -> Option<String> {
+        let value: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(self.json.get()).ok()?;
+        value.get(name)?.as_str().map(str::to_owned)
     }
 }
 
@@ -135,6 +197,37 @@ impl<T> std::fmt::Debug for Queue<T> {
         };
         write!(f, "Queue({kind}, {})", self.name)
     }
+}
+
+/// Starts the task that tells other processes' workers about this
+/// process's pushes, on the current runtime; it ends with the last sender.
+///
+/// Pushes made while one PUBLISH is on its way share the next: under load
+/// a message (and the fetch it wakes each worker for) stands for several
+/// jobs, and a push never waits for its announcement. A worker fetches all
+/// that is waiting, so one message after the last push is all it needs.
+fn announce_pushes(
+    conn: redis::aio::ConnectionManager,
+    channel: String,
+) -> tokio::sync::mpsc::UnboundedSender<()> {
+    let (pushed, mut pushes) = tokio::sync::mpsc::unbounded_channel::<()>();
+    tokio::spawn(async move {
+        let mut waiting = Vec::new();
+        while pushes.recv_many(&mut waiting, usize::MAX).await > 0 {
+            let jobs = waiting.len();
+            waiting.clear();
+            let mut conn = conn.clone();
+            let published: redis::RedisResult<i64> = redis::cmd("PUBLISH")
+                .arg(&channel)
+                .arg(jobs)
+                .query_async(&mut conn)
+                .await;
+            if let Err(e) = published {
+                tracing::debug!(error = %e, "could not announce pushes; workers will find them by polling");
+            }
+        }
+    });
+    pushed
 }
 
 /// Wakes this process's idle workers.
@@ -291,6 +384,7 @@ impl<T: Job> Queue<T> {
             backend: Arc::new(backend),
             name: name.into(),
             nudges: Arc::new(Nudges::default()),
+            announcer: Arc::default(),
         })
     }
 
@@ -319,6 +413,7 @@ impl<T: Job> Queue<T> {
             backend: Arc::new(backend),
             name: name.into(),
             nudges: Arc::new(Nudges::default()),
+            announcer: Arc::default(),
         }
     }
 
@@ -329,7 +424,7 @@ impl<T: Job> Queue<T> {
     /// Queues a job under its own id and wakes the workers.
     pub async fn push(&self, job: &T, max_deliveries: u32) -> anyhow::Result<()> {
         let id = job.job_id();
-        let task = TaskBuilder::new(job.clone())
+        let task = TaskBuilder::new(Queued::Job(job.clone()))
             .task_id(TaskId::from_string(id.clone()))
             .max_attempts(max_deliveries as usize)
             .build();
@@ -340,15 +435,10 @@ impl<T: Job> Queue<T> {
                     .push_task(task)
                     .await
                     .map_err(|e| anyhow::anyhow!("cannot queue a job on Redis: {e}"))?;
-                let mut conn = conn.clone();
-                let published: redis::RedisResult<i64> = redis::cmd("PUBLISH")
-                    .arg(self.pushed_channel())
-                    .arg(&id)
-                    .query_async(&mut conn)
-                    .await;
-                if let Err(e) = published {
-                    tracing::debug!(error = %e, "could not announce a push; workers will find it by polling");
-                }
+                let announcer = self
+                    .announcer
+                    .get_or_init(|| announce_pushes(conn.clone(), self.pushed_channel()));
+                let _ = announcer.send(());
             }
             Backend::Sqlite(storage) => storage
                 .clone()

@@ -8,7 +8,7 @@ use tracing::Instrument;
 
 use super::change::ScimChange;
 use super::mail::{self, MailState, SendMail};
-use super::queue::{Backend, Queue};
+use super::queue::{Backend, Queue, Queued, Unreadable};
 use super::reply::Announcer;
 use crate::config::Settings;
 use crate::reconcile::{self, Owed};
@@ -73,10 +73,14 @@ impl WorkerState {
 /// with backoff; when a delivery's budget is spent the error goes back to
 /// the queue for redelivery, and the last delivery records the change dead.
 async fn apply(
-    change: ScimChange,
+    change: Queued<ScimChange>,
     attempt: Attempt,
     state: Data<Arc<WorkerState>>,
 ) -> Result<(), BoxDynError> {
+    let change = match change {
+        Queued::Job(change) => change,
+        Queued::Unreadable(unreadable) => return record_unreadable(&state, unreadable).await,
+    };
     let delivery = u32::try_from(attempt.current().max(1)).unwrap_or(u32::MAX);
     let span = tracing::info_span!(
         "change",
@@ -117,6 +121,43 @@ async fn apply_delivery(
             Err(e.into())
         }
     }
+}
+
+/// Records a queued change that this release cannot read as dead, so that
+/// its request gets an answer and operators see it; the queue then keeps
+/// it in its dead set. Without a change id and an organization there is
+/// nothing to record it under, and only the log says it was dropped.
+async fn record_unreadable(state: &WorkerState, unreadable: Unreadable) -> Result<(), BoxDynError> {
+    let ids = unreadable
+        .field("change_id")
+        .zip(unreadable.field("org_id"));
+    let span = tracing::error_span!(
+        "change",
+        change_id = ids.as_ref().map_or("unknown", |(c, _)| c.as_str()),
+        org_id = ids.as_ref().map_or("unknown", |(_, o)| o.as_str()),
+    );
+    let _entered = span.enter();
+    tracing::error!(error = %unreadable.error, "a queued change cannot be read by this release; recording it as dead");
+    let why = format!("unreadable job: {}", unreadable.error);
+    let Some((change_id, org_id)) = ids else {
+        tracing::error!(
+            "the unreadable change names no change id and organization; it is in the queue's dead set only"
+        );
+        return Err(AbortError::new(std::io::Error::other(why)).into());
+    };
+    let recorded = state
+        .store
+        .run_write(move |c| {
+            reconcile::apply::record_unreadable_once(c, &unreadable, &change_id, &org_id)
+        })
+        .await;
+    match recorded {
+        Ok(row) => state.announcer.applied(&row).await,
+        Err(e) => {
+            tracing::error!(error = %e, "could not record the unreadable change; it is in the queue's dead set only");
+        }
+    }
+    Err(AbortError::new(std::io::Error::other(why)).into())
 }
 
 /// Records a change dead, waiting out an outage of the database first: the

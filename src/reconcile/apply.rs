@@ -457,6 +457,62 @@ pub fn record_dead_once(
     })
 }
 
+/// Records as dead a queued change this release cannot read, from what
+/// its JSON still says (`change_id` and `org_id` at least), unless an
+/// outcome was committed meanwhile. The JSON is kept as its request.
+pub fn record_unreadable_once(
+    conn: &mut Conn,
+    unreadable: &crate::jobs::queue::Unreadable,
+    change_id: &str,
+    org_id: &str,
+) -> Result<LogRow, store::Error> {
+    let json: Value = serde_json::from_str(unreadable.json.get()).unwrap_or(Value::Null);
+    let op = &json["op"];
+    let text = |v: &Value| v.as_str().map(str::to_owned);
+    conn.transaction::<LogRow, store::Error, _>(|c| {
+        if let Some(done) = log::find(c, change_id)? {
+            return Ok(done);
+        }
+        let answer = ScimError::new(
+            500,
+            None,
+            format!(
+                "the queued change could not be read by this release of scimsync and was \
+                 recorded as dead; send it again (change {change_id})"
+            ),
+        );
+        let resource_type = match op["kind"].as_str() {
+            Some(k) if k.eq_ignore_ascii_case("user") => "User",
+            Some(k) if k.eq_ignore_ascii_case("group") => "Group",
+            _ => "unknown",
+        };
+        let at = now();
+        let row = LogRow {
+            change_id: change_id.to_owned(),
+            org_id: org_id.to_owned(),
+            operation: text(&op["op"]).unwrap_or_else(|| "unknown".into()),
+            resource_type: resource_type.to_owned(),
+            resource_id: text(&op["id"]),
+            subject: None,
+            outcome: "dead".into(),
+            status: 500,
+            response: Some(answer.to_json().to_string()),
+            error: Some(format!("unreadable job: {}", unreadable.error)),
+            attempts: 1,
+            received_at: json["received_at"]
+                .as_str()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .map_or(at, |t| t.naive_utc()),
+            applied_at: at,
+            duration_ms: 0,
+            request: Some(unreadable.json.get().to_owned()),
+            resolution: None,
+        };
+        log::insert(c, &row)?;
+        Ok(row)
+    })
+}
+
 pub fn kind_name(kind: ResourceKind) -> &'static str {
     match kind {
         ResourceKind::User => "User",

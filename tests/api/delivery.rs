@@ -17,6 +17,7 @@ on_both_backends!(
     answer_is_given_only_after_commit,
     change_delivered_twice_is_applied_once,
     changes_applied_together_end_as_they_would_alone,
+    queued_change_this_release_cannot_read_is_recorded_dead,
 );
 
 async fn answer_is_given_only_after_commit(app: TestApp) {
@@ -358,5 +359,100 @@ async fn changes_applied_together_end_as_they_would_alone(app: TestApp) {
         welcomes.len(),
         4,
         "kept, first, second and gone: one welcome each"
+    );
+}
+
+/// A queued job's JSON as another release (or a hand) left it, pushed
+/// under task id `id`.
+#[derive(Clone)]
+struct RawJob {
+    id: String,
+    json: serde_json::Value,
+}
+
+impl serde::Serialize for RawJob {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.json.serialize(s)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for RawJob {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let json = serde_json::Value::deserialize(d)?;
+        Ok(RawJob {
+            id: String::new(),
+            json,
+        })
+    }
+}
+
+impl scimsync::jobs::queue::Job for RawJob {
+    fn job_id(&self) -> String {
+        self.id.clone()
+    }
+}
+
+async fn queued_change_this_release_cannot_read_is_recorded_dead(app: TestApp) {
+    let org = app.org_id().await;
+    let raw: scimsync::jobs::Queue<RawJob> = scimsync::jobs::Queue::connect(
+        &app.settings.queue_url().expect("url"),
+        &app.settings.queue.name,
+    )
+    .await
+    .expect("queue");
+    let change_id = ulid::Ulid::new().to_string();
+    // An operation this release does not know, then JSON that names no
+    // change at all.
+    let unknown = serde_json::json!({
+        "change_id": change_id,
+        "org_id": org,
+        "base_url": app.scim,
+        "received_at": "2026-11-29T10:00:00Z",
+        "op": {"op": "merge", "kind": "User", "id": "u-1"},
+    });
+    let nameless = serde_json::json!({"nothing": [1, 2]});
+    for (id, json) in [
+        (change_id.clone(), unknown),
+        (ulid::Ulid::new().to_string(), nameless),
+    ] {
+        raw.push(&RawJob { id, json }, 3).await.expect("push");
+    }
+    // The worker goes on with the changes queued after them.
+    let reply = app
+        .post("/Users", user_body("after-unreadable@example.com"))
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+    let wanted = change_id.clone();
+    let store = app.store.clone();
+    eventually("the unreadable change is recorded dead", || {
+        let wanted = wanted.clone();
+        let store = store.clone();
+        async move {
+            store
+                .run(move |c| log::find(c, &wanted).map_err(scimsync::store::Error::from))
+                .await
+                .expect("log")
+                .is_some()
+        }
+    })
+    .await;
+    let row = app
+        .store
+        .run(move |c| log::find(c, &change_id).map_err(scimsync::store::Error::from))
+        .await
+        .expect("log")
+        .expect("row");
+    assert_eq!(row.outcome, "dead");
+    assert_eq!(row.status, 500);
+    assert_eq!(row.operation, "merge");
+    assert_eq!(row.resource_type, "User");
+    assert_eq!(row.resource_id.as_deref(), Some("u-1"));
+    let error = row.error.as_deref().unwrap_or_default();
+    assert!(error.contains("unreadable job"), "{error}");
+    let request: serde_json::Value =
+        serde_json::from_str(row.request.as_deref().expect("request kept")).expect("json");
+    assert_eq!(
+        request["op"]["op"], "merge",
+        "the job's JSON is kept as it was"
     );
 }
