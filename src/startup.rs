@@ -191,7 +191,7 @@ impl Application {
         // requests, so those requests get their changes' real outcomes.
         let web_done = CancellationToken::new();
         if let Some(listener) = self.listener.take() {
-            let state = AppState {
+            let state = AppState::new(crate::http::Shared {
                 store: self.store.clone(),
                 queue: self.queue.clone(),
                 mail: self.mail.clone(),
@@ -208,7 +208,7 @@ impl Application {
                 settings: self.settings.clone(),
                 base_url: format!("{}/scim/v2", self.public_url),
                 admin: crate::http::admin::AdminState::from_settings(&self.settings),
-            };
+            });
             let app = http::router(state);
             let token = shutdown.clone();
             let done = web_done.clone();
