@@ -253,22 +253,26 @@ enum Apart {
 
 impl From<diesel::result::Error> for Apart {
     fn from(e: diesel::result::Error) -> Self {
-        match e {
-            diesel::result::Error::DatabaseError(
-                diesel::result::DatabaseErrorKind::UniqueViolation,
-                _,
-            ) => Apart::OneByOne("a write collided (a duplicate or a redelivery)"),
-            e => Apart::from(store::Error::Query(e)),
-        }
+        Apart::from(store::Error::Query(e))
     }
 }
 
 impl From<store::Error> for Apart {
+    /// A collision is one change's (a redelivered create whose name was
+    /// changed since, a member deleted meanwhile, a row another lane
+    /// changed): the others must not wait for it, nor fail with it.
     fn from(e: store::Error) -> Self {
-        if e.is_transient() {
-            Apart::Failed(e)
-        } else {
-            Apart::OneByOne("the database refused a write")
+        use diesel::result::{DatabaseErrorKind as Kind, Error as Diesel};
+        match e {
+            store::Error::Query(Diesel::DatabaseError(
+                Kind::UniqueViolation | Kind::ForeignKeyViolation,
+                _,
+            ))
+            | store::Error::Contended => Apart::OneByOne(
+                "a write collided (a duplicate, a redelivery or a concurrent change)",
+            ),
+            e if e.is_transient() => Apart::Failed(e),
+            _ => Apart::OneByOne("the database refused a write"),
         }
     }
 }

@@ -18,6 +18,7 @@ on_both_backends!(
     change_delivered_twice_is_applied_once,
     changes_applied_together_end_as_they_would_alone,
     queued_change_this_release_cannot_read_is_recorded_dead,
+    redelivered_create_that_collides_does_not_fail_its_batch,
 );
 
 async fn answer_is_given_only_after_commit(app: TestApp) {
@@ -455,4 +456,49 @@ async fn queued_change_this_release_cannot_read_is_recorded_dead(app: TestApp) {
         request["op"]["op"], "merge",
         "the job's JSON is kept as it was"
     );
+}
+
+async fn redelivered_create_that_collides_does_not_fail_its_batch(app: TestApp) {
+    let org = app.org_id().await;
+    let id = uuid::Uuid::new_v4().to_string();
+    let group = change(
+        &org,
+        &app,
+        ChangeOp::Create {
+            kind: ResourceKind::Group,
+            id: id.clone(),
+            resource: scimsync::scim::resource::validate_resource(
+                ResourceKind::Group,
+                serde_json::json!({
+                    "schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"],
+                    "displayName": "Eng",
+                }),
+            )
+            .expect("valid"),
+        },
+    );
+    assert_eq!(
+        apply_batch(&app, &[group.clone()]).await,
+        (true, vec![(201, 0)])
+    );
+    let renamed = app
+        .patch(
+            &format!("/Groups/{id}"),
+            patch_body(serde_json::json!([
+                {"op": "replace", "path": "displayName", "value": "Engineering"}
+            ])),
+        )
+        .await;
+    assert!(renamed.status.is_success(), "{}", renamed.body);
+    // The create is delivered again (its worker died before acknowledging
+    // it) beside another tenant's change: its name is free now, its id is
+    // not. Each still ends as it would alone.
+    let other = create_user(&org, &app, user_body("alongside@example.com"));
+    assert_eq!(
+        apply_batch(&app, &[group, other]).await,
+        (false, vec![(201, 0), (201, 1)]),
+        "the redelivery gets its stored answer and the other change applies"
+    );
+    let kept = app.get(&format!("/Groups/{id}")).await;
+    assert_eq!(kept.body["displayName"], "Engineering");
 }
