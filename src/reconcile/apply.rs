@@ -1058,9 +1058,22 @@ pub(crate) fn new_team_row(org: &str, id: &str, mut resource: Value) -> Result<T
 }
 
 /// The SCIM representation of a stored user.
+///
+/// `active` comes from the row, which is what access follows: a stored
+/// document may lack it (a create that left it out, a PUT that omitted
+/// it, a PATCH that removed it, none of which change it), and a filter
+/// evaluated on the document must see what the SQL condition sees.
 pub fn render_user(row: &UserRow, base: &str) -> Result<Value, store::Error> {
-    let resource: Value = serde_json::from_str(&row.resource)
+    let mut resource: Value = serde_json::from_str(&row.resource)
         .map_err(|e| store::Error::Corrupt(format!("stored user {} is not JSON: {e}", row.id)))?;
+    if let Some(obj) = resource.as_object_mut() {
+        let key = obj
+            .keys()
+            .find(|k| k.eq_ignore_ascii_case("active"))
+            .cloned()
+            .unwrap_or_else(|| "active".to_owned());
+        obj.insert(key, Value::Bool(row.active));
+    }
     Ok(render::resource(
         resource,
         &render::Meta {

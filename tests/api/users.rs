@@ -128,18 +128,34 @@ async fn omitted_or_null_active_never_reenables_a_user(app: TestApp) {
     let id = app.create_user("kept-out@example.com").await;
     let path = format!("/Users/{id}");
     // Whether the user is found with `active eq <state>`: the state that
-    // decides sign-in, whether or not the representation carries it.
+    // decides sign-in. A filter answered in SQL, one evaluated on the
+    // representation (`sw` is not pushed down) and GET all agree on it.
     let is = |state: bool| {
         let app = &app;
+        let path = path.clone();
         async move {
             let found = app
                 .get(&format!(
                     "/Users?filter=userName%20eq%20%22kept-out%40example.com%22%20and%20active%20eq%20{state}"
                 ))
                 .await;
-            found.body["totalResults"] == 1
+            let in_sql = found.body["totalResults"] == 1;
+            let found = app
+                .get(&format!(
+                    "/Users?filter=userName%20sw%20%22kept-out%22%20and%20active%20eq%20{state}"
+                ))
+                .await;
+            let in_document = found.body["totalResults"] == 1;
+            let shown = app.get(&path).await.body["active"] == state;
+            assert_eq!(
+                (in_document, shown),
+                (in_sql, in_sql),
+                "active eq {state}: SQL, the document and GET disagree"
+            );
+            in_sql
         }
     };
+    assert!(is(true).await, "a new user is active");
     let off = app
         .patch(
             &path,
@@ -161,7 +177,7 @@ async fn omitted_or_null_active_never_reenables_a_user(app: TestApp) {
             "PUT, active {what}: {:?}",
             reply.body
         );
-        assert_ne!(reply.body["active"], true, "PUT answer, active {what}");
+        assert_eq!(reply.body["active"], false, "PUT answer, active {what}");
         assert!(
             is(false).await,
             "still deactivated after a PUT with active {what}"
