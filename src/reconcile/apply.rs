@@ -592,7 +592,7 @@ fn apply_op(c: &mut Conn, change: &ScimChange, policy: &Policy) -> Result<Applie
             resource,
             if_match,
         } => {
-            let old = find_user(c, org, id)?;
+            let old = find_user(c, org, id, false)?;
             check_version(if_match.as_deref(), old.version)?;
             let row = update_user(c, &old, resource.clone())?;
             mail.extend(invite.on_transition(c, &old, &row)?);
@@ -609,7 +609,7 @@ fn apply_op(c: &mut Conn, change: &ScimChange, policy: &Policy) -> Result<Applie
             resource,
             if_match,
         } => {
-            let old = find_team(c, org, id)?;
+            let old = find_team(c, org, id, false)?;
             check_version(if_match.as_deref(), old.version)?;
             let member_ids = group_member_ids(resource)?;
             let mut row = new_team_row(org, id, resource.clone())?;
@@ -635,7 +635,7 @@ fn apply_op(c: &mut Conn, change: &ScimChange, policy: &Policy) -> Result<Applie
             body,
             if_match,
         } => {
-            let old = find_user(c, org, id)?;
+            let old = find_user(c, org, id, false)?;
             check_version(if_match.as_deref(), old.version)?;
             let ops = parse_patch(body)?;
             let mut resource = stored_resource(&old.resource)?;
@@ -666,7 +666,7 @@ fn apply_op(c: &mut Conn, change: &ScimChange, policy: &Policy) -> Result<Applie
             body,
             if_match,
         } => {
-            let old = find_team(c, org, id)?;
+            let old = find_team(c, org, id, false)?;
             check_version(if_match.as_deref(), old.version)?;
             let ops = parse_patch(body)?;
             let mut resource = stored_resource(&old.resource)?;
@@ -709,7 +709,7 @@ fn apply_op(c: &mut Conn, change: &ScimChange, policy: &Policy) -> Result<Applie
             id,
             if_match,
         } => {
-            let old = find_user(c, org, id)?;
+            let old = find_user(c, org, id, true)?;
             check_version(if_match.as_deref(), old.version)?;
             invitations::revoke_pending(c, id)?;
             teams::bump_versions_of_member(c, org, id)?;
@@ -726,7 +726,7 @@ fn apply_op(c: &mut Conn, change: &ScimChange, policy: &Policy) -> Result<Applie
             id,
             if_match,
         } => {
-            let old = find_team(c, org, id)?;
+            let old = find_team(c, org, id, true)?;
             check_version(if_match.as_deref(), old.version)?;
             teams::delete(c, org, id)?;
             Ok(Applied {
@@ -762,13 +762,15 @@ fn check_version(if_match: Option<&str>, version: i64) -> Result<(), ScimError> 
     }
 }
 
-fn find_user(c: &mut Conn, org: &str, id: &str) -> Result<UserRow, ApplyError> {
-    users::find(c, org, id)?
+/// The user a change writes, locked for it (see [`users::find_locked`]).
+fn find_user(c: &mut Conn, org: &str, id: &str, deleting: bool) -> Result<UserRow, ApplyError> {
+    users::find_locked(c, org, id, deleting)?
         .ok_or_else(|| ScimError::not_found(format!("User {id} not found")).into())
 }
 
-fn find_team(c: &mut Conn, org: &str, id: &str) -> Result<TeamRow, ApplyError> {
-    teams::find(c, org, id)?
+/// The group a change writes, locked for it (see [`teams::find_locked`]).
+fn find_team(c: &mut Conn, org: &str, id: &str, deleting: bool) -> Result<TeamRow, ApplyError> {
+    teams::find_locked(c, org, id, deleting)?
         .ok_or_else(|| ScimError::not_found(format!("Group {id} not found")).into())
 }
 

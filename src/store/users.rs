@@ -111,6 +111,31 @@ pub fn find(conn: &mut Conn, org_id: &str, id: &str) -> QueryResult<Option<UserR
         .optional()
 }
 
+/// The row, locked until the transaction ends on PostgreSQL, for a change
+/// that checks its version (`If-Match`) and then writes: another worker's
+/// change to it waits, and this one then reads the version that change
+/// committed. A delete takes the lock that also waits for rows being
+/// added that refer to this one. SQLite has one writer at a time.
+pub fn find_locked(
+    conn: &mut Conn,
+    org_id: &str,
+    id: &str,
+    deleting: bool,
+) -> QueryResult<Option<UserRow>> {
+    let Conn::Pg(c) = conn else {
+        return find(conn, org_id, id);
+    };
+    let query = users::table
+        .filter(users::org_id.eq(org_id))
+        .filter(users::id.eq(id))
+        .select(UserRow::as_select());
+    if deleting {
+        query.for_update().first(c).optional()
+    } else {
+        query.for_no_key_update().first(c).optional()
+    }
+}
+
 /// The user holding a (lower-cased) userName, if any.
 pub fn find_by_user_name_key(
     conn: &mut Conn,

@@ -502,3 +502,83 @@ async fn redelivered_create_that_collides_does_not_fail_its_batch(app: TestApp) 
     let kept = app.get(&format!("/Groups/{id}")).await;
     assert_eq!(kept.body["displayName"], "Engineering");
 }
+
+/// Two workers change one group at once, the second with the If-Match the
+/// first makes stale: the second waits for the first and answers 412,
+/// whichever statements its change runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn if_match_is_checked_against_a_change_committed_meanwhile() {
+    use diesel::RunQueryDsl;
+    use scimsync::reconcile::apply::apply_once;
+    if !crate::helpers::postgres_redis_enabled() {
+        return;
+    }
+    let app = crate::helpers::spawn_app(Backend::PostgresRedis).await;
+    let org = app.org_id().await;
+    let member = app.create_user("member@example.com").await;
+    let group = app.create_group("Locked", &[]).await;
+    let etag = app.get(&format!("/Groups/{group}")).await.body["meta"]["version"]
+        .as_str()
+        .expect("version")
+        .to_owned();
+    let add_member =
+        serde_json::json!({"op": "add", "path": "members", "value": [{"value": member}]});
+    let changes = [
+        // A member-only PATCH, which writes no group row itself.
+        change(
+            &org,
+            &app,
+            ChangeOp::Patch {
+                kind: ResourceKind::Group,
+                id: group.clone(),
+                body: patch_body(serde_json::json!([add_member])),
+                if_match: Some(etag.clone()),
+            },
+        ),
+        change(
+            &org,
+            &app,
+            ChangeOp::Delete {
+                kind: ResourceKind::Group,
+                id: group.clone(),
+                if_match: Some(etag),
+            },
+        ),
+    ];
+    let policy = reconcile::Policy::from_settings(&app.settings);
+    for (n, second) in changes.into_iter().enumerate() {
+        // The first: another worker's change, committed 300 ms after the
+        // second started.
+        let id = group.clone();
+        let first = app.store.run_write(move |c| {
+            use diesel::Connection;
+            c.transaction(|c| {
+                diesel::sql_query("UPDATE teams SET version = version + 1 WHERE id = $1")
+                    .bind::<diesel::sql_types::Text, _>(&id)
+                    .execute(c)?;
+                std::thread::sleep(std::time::Duration::from_millis(400));
+                Ok::<_, scimsync::store::Error>(())
+            })
+        });
+        let policy = policy.clone();
+        let store = app.store.clone();
+        let second = async move {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            store
+                .run_write(move |c| apply_once(c, &second, 1, &policy))
+                .await
+        };
+        let (first, second) = tokio::join!(first, second);
+        first.expect("first change");
+        let second = second.expect("second change");
+        assert_eq!(
+            second.log.status, 412,
+            "change {n}: {:?}",
+            second.log.response
+        );
+    }
+    let kept = app.get(&format!("/Groups/{group}")).await;
+    assert_eq!(kept.status, StatusCode::OK, "the group was not deleted");
+    let members = kept.body["members"].as_array().map_or(0, Vec::len);
+    assert_eq!(members, 0, "no member was added");
+}
