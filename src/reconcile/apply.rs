@@ -614,14 +614,23 @@ fn apply_op(c: &mut Conn, change: &ScimChange, policy: &Policy) -> Result<Applie
             let member_ids = group_member_ids(resource)?;
             let mut row = new_team_row(org, id, resource.clone())?;
             ensure_team_name_free(c, org, &row.display_name_key, &row.display_name, Some(id))?;
-            row.created_at = old.created_at;
-            row.version = old.version + 1;
-            if !teams::update(c, &row, old.version)? {
-                return Err(ApplyError::Store(store::Error::Contended));
-            }
-            // PUT replaces the whole resource, members included (RFC 7644 §3.5.1).
-            teams::remove_all_members(c, id)?;
-            add_members(c, org, id, &member_ids)?;
+            // PUT replaces the whole resource, members included (RFC 7644
+            // §3.5.1); members who stay keep their rows, and a PUT that
+            // changes nothing keeps the version, as a user's does.
+            let members_changed = replace_members(c, org, id, &member_ids)?;
+            let row = if row.resource != old.resource {
+                row.created_at = old.created_at;
+                row.version = old.version + 1;
+                if !teams::update(c, &row, old.version)? {
+                    return Err(ApplyError::Store(store::Error::Contended));
+                }
+                row
+            } else if members_changed {
+                teams::bump_version(c, org, id)?;
+                find_team(c, org, id, false)?
+            } else {
+                old
+            };
             Ok(Applied {
                 status: 200,
                 subject: Some(row.display_name.clone()),
@@ -683,6 +692,15 @@ fn apply_op(c: &mut Conn, change: &ScimChange, policy: &Policy) -> Result<Applie
                 }
                 changed = true;
             }
+            // Operations that may undo each other (an add and a remove of
+            // one user, as Microsoft's validator sends) are judged by the
+            // members they touch before and after, not step by step; one
+            // operation alone never needs the extra reads.
+            let touched = undoable_member_ids(&member_changes);
+            let before = match &touched {
+                Some(ids) => Some(teams::members_among(c, id, ids)?),
+                None => None,
+            };
             let mut members_changed = false;
             for mc in &member_changes {
                 members_changed |= match mc {
@@ -691,6 +709,9 @@ fn apply_op(c: &mut Conn, change: &ScimChange, policy: &Policy) -> Result<Applie
                     MemberChange::RemoveAll => teams::remove_all_members(c, id)? > 0,
                     MemberChange::ReplaceAll(ids) => replace_members(c, org, id, ids)?,
                 };
+            }
+            if let (Some(ids), Some(before)) = (&touched, before) {
+                members_changed = teams::members_among(c, id, ids)? != before;
             }
             if members_changed && !changed {
                 teams::bump_version(c, org, id)?;
@@ -874,6 +895,25 @@ pub(crate) fn new_user_row(org: &str, id: &str, resource: Value) -> Result<UserR
 /// change (those kept keep when they began); returns whether any did. A
 /// replace with the members the team has changes nothing, version included
 /// (RFC 7644 §3.5.2).
+/// The users named by several member adds and removes, whose net effect
+/// may be nothing; None for a single operation, or when one of them
+/// replaces or removes all members (those judge their own effect).
+fn undoable_member_ids(changes: &[MemberChange]) -> Option<Vec<String>> {
+    if changes.len() < 2 {
+        return None;
+    }
+    let mut ids = std::collections::BTreeSet::new();
+    for change in changes {
+        match change {
+            MemberChange::Add(named) | MemberChange::Remove(named) => {
+                ids.extend(named.iter().cloned());
+            }
+            MemberChange::RemoveAll | MemberChange::ReplaceAll(_) => return None,
+        }
+    }
+    Some(ids.into_iter().collect())
+}
+
 fn replace_members(
     c: &mut Conn,
     org: &str,

@@ -314,6 +314,24 @@ pub fn add_members(
     Ok(added)
 }
 
+/// Which of `user_ids` are members of the team.
+pub fn members_among(
+    conn: &mut Conn,
+    team_id: &str,
+    user_ids: &[String],
+) -> QueryResult<std::collections::BTreeSet<String>> {
+    let mut found = std::collections::BTreeSet::new();
+    for chunk in user_ids.chunks(500) {
+        let present: Vec<String> = team_members::table
+            .filter(team_members::team_id.eq(team_id))
+            .filter(team_members::user_id.eq_any(chunk))
+            .select(team_members::user_id)
+            .load(conn)?;
+        found.extend(present);
+    }
+    Ok(found)
+}
+
 pub fn remove_members(conn: &mut Conn, team_id: &str, user_ids: &[String]) -> QueryResult<usize> {
     let mut removed = 0;
     for chunk in user_ids.chunks(500) {

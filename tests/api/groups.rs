@@ -196,6 +196,32 @@ async fn writes_that_change_nothing_keep_the_version(app: TestApp) {
         "a PUT of what is stored"
     );
 
+    // A PUT of the group as it is, members included.
+    let mut put = before.body.clone();
+    put.as_object_mut().expect("object").remove("meta");
+    let replaced = app.put(&path, put).await;
+    assert_eq!(replaced.status, StatusCode::OK, "{:?}", replaced.body);
+    assert_eq!(
+        replaced.body["meta"], before.body["meta"],
+        "a group PUT of what is stored"
+    );
+    // An add and a remove of one user in one PATCH (Microsoft's validator
+    // sends this): no member changes, so neither does the version.
+    let c = app.create_user("same-c@example.com").await;
+    let undone = patch_body(json!([
+        {"op": "add", "path": "members", "value": [{"value": c}]},
+        {"op": "remove", "path": format!("members[value eq \"{c}\"]")}
+    ]));
+    assert_eq!(
+        app.patch(&path, undone).await.status,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        app.get(&path).await.body["meta"],
+        before.body["meta"],
+        "an add undone by a remove"
+    );
+
     let fewer = patch_body(json!([
         {"op": "replace", "path": "members", "value": [{"value": b}]}
     ]));
