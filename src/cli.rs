@@ -203,12 +203,13 @@ pub enum QueueCommand {
         /// With --dead: only this organization (slug).
         #[arg(long, requires = "dead")]
         org: Option<String>,
-        /// Only count what would be retried.
+        /// Only show (with --dead: count) what would be retried.
         #[arg(long)]
         dry_run: bool,
     },
     /// Mark a dead change as dealt with, without retrying it.
     Discard {
+        /// The change id (as `queue list` shows it).
         id: String,
         /// Why (kept in the provisioning log).
         #[arg(long)]
@@ -260,7 +261,7 @@ pub enum OrgCommand {
         /// Display name (default: the slug).
         #[arg(long)]
         name: Option<String>,
-        /// Address that receives failure notifications.
+        /// Address that receives the organization's failure digests.
         #[arg(long, value_name = "EMAIL")]
         notify: Option<String>,
     },
@@ -268,6 +269,7 @@ pub enum OrgCommand {
     List(Output),
     /// Show one organization: tokens, users, teams, recent failures.
     Show {
+        /// The organization's slug.
         slug: String,
         #[command(flatten)]
         output: Output,

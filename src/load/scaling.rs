@@ -72,9 +72,11 @@ const PADDED: &str = "{{i12}}";
 /// (SCIMSYNC_LOG__LEVEL=warn keeps the output to the report). Seeded
 /// organizations are removed at the end unless --keep is given.
 ///
-/// Example, on a scratch PostgreSQL database:
+/// Example, on a scratch PostgreSQL database and a Redis database and
+/// queue of its own (its worker would otherwise take a running service's
+/// changes):
 ///
-///   DATABASE_URL=postgres://postgres@127.0.0.1/scimsync_scaling REDIS_URL=redis://127.0.0.1:6379/0 scimsync bench-scaling
+///   DATABASE_URL=postgres://postgres@127.0.0.1/scimsync_scaling REDIS_URL=redis://127.0.0.1:6379/5 SCIMSYNC_QUEUE__NAME=scaling-bench scimsync bench-scaling
 #[derive(Debug, Clone, clap::Args)]
 pub struct ScalingArgs {
     /// Tenant sizes in users, comma-separated, smallest first. Each gets a
@@ -83,7 +85,7 @@ pub struct ScalingArgs {
         long,
         value_name = "N,…",
         value_delimiter = ',',
-        default_values_t = [1_000, 1_000_000]
+        default_value = "1000,1000000"
     )]
     pub sizes: Vec<usize>,
     /// Members of the small group.
