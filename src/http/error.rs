@@ -43,7 +43,12 @@ impl From<store::Error> for Error {
 
 /// A SCIM JSON response with the given status.
 pub fn scim_response(status: StatusCode, body: &serde_json::Value) -> Response {
-    let mut response = (status, body.to_string()).into_response();
+    scim_text_response(status, body.to_string())
+}
+
+/// A SCIM JSON response whose body is already written.
+pub fn scim_text_response(status: StatusCode, body: String) -> Response {
+    let mut response = (status, body).into_response();
     response
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(SCIM_JSON));

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use super::auth::OrgId;
-use super::error::{Error, scim_response};
+use super::error::{Error, scim_response, scim_text_response};
 use crate::jobs::reply::Outcome;
 use crate::jobs::{ChangeOp, ScimChange};
 use crate::reconcile::apply::{render_team, render_team_with, render_user};
@@ -136,7 +136,7 @@ async fn submit(state: &AppState, change: ScimChange) -> Result<Response, Error>
             )));
         }
         if let Some(outcome) = waiter.wait(poll.min(deadline - now)).await {
-            return Ok(answer(&outcome));
+            return Ok(answer(outcome));
         }
         let id = change_id.clone();
         // A failed read here is not a failed change: keep waiting.
@@ -145,7 +145,7 @@ async fn submit(state: &AppState, change: ScimChange) -> Result<Response, Error>
             .run(move |c| crate::store::log::find(c, &id).map_err(crate::store::Error::from))
             .await
         {
-            Ok(Some(row)) => return Ok(answer(&Outcome::from(&row))),
+            Ok(Some(row)) => return Ok(answer(Outcome::from(&row))),
             Ok(None) => {}
             Err(e) => tracing::warn!(change_id, error = %e, "cannot read the outcome yet"),
         }
@@ -153,28 +153,52 @@ async fn submit(state: &AppState, change: ScimChange) -> Result<Response, Error>
     }
 }
 
-/// The HTTP answer for a committed outcome, exactly as the worker stored it.
-pub fn answer(row: &Outcome) -> Response {
+/// What [`answer`] reads from a stored answer: its `meta`, for the
+/// `ETag` and `Location` headers; the rest of the body is sent as stored.
+#[derive(serde::Deserialize)]
+struct StoredMeta<'a> {
+    #[serde(borrow)]
+    meta: Option<MetaHeaders<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct MetaHeaders<'a> {
+    #[serde(borrow)]
+    version: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    location: Option<std::borrow::Cow<'a, str>>,
+}
+
+/// The HTTP answer for a committed outcome, exactly as the worker stored
+/// it: the body is sent as its text, not parsed and written again.
+pub fn answer(row: Outcome) -> Response {
     let status = u16::try_from(row.status)
         .ok()
         .and_then(|s| StatusCode::from_u16(s).ok())
         .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let Some(text) = &row.response else {
+    let Some(text) = row.response else {
         return status.into_response();
     };
-    let body: Value = serde_json::from_str(text).unwrap_or(Value::Null);
-    let mut response = scim_response(status, &body);
-    let headers = response.headers_mut();
-    if let Some(version) = body.pointer("/meta/version").and_then(Value::as_str)
-        && let Ok(v) = HeaderValue::from_str(version)
-    {
-        headers.insert(header::ETAG, v);
-    }
-    if status == StatusCode::CREATED
-        && let Some(location) = body.pointer("/meta/location").and_then(Value::as_str)
-        && let Ok(v) = HeaderValue::from_str(location)
-    {
-        headers.insert(header::LOCATION, v);
+    let meta = serde_json::from_str::<StoredMeta<'_>>(&text)
+        .ok()
+        .and_then(|m| m.meta);
+    let mut headers = HeaderMap::new();
+    if let Some(meta) = &meta {
+        if let Some(v) = meta
+            .version
+            .as_deref()
+            .and_then(|v| HeaderValue::from_str(v).ok())
+        {
+            headers.insert(header::ETAG, v);
+        }
+        if status == StatusCode::CREATED
+            && let Some(v) = meta
+                .location
+                .as_deref()
+                .and_then(|l| HeaderValue::from_str(l).ok())
+        {
+            headers.insert(header::LOCATION, v);
+        }
     }
     if status == StatusCode::SERVICE_UNAVAILABLE {
         headers.insert(
@@ -182,6 +206,8 @@ pub fn answer(row: &Outcome) -> Response {
             HeaderValue::from(super::error::RETRY_AFTER_SECS),
         );
     }
+    let mut response = scim_text_response(status, text);
+    response.headers_mut().extend(headers);
     response
 }
 
