@@ -350,7 +350,8 @@ impl<T: Job> Queue<T> {
                 let options = apalis_sqlite::SqliteConnectOptions::new()
                     .filename(path)
                     .create_if_missing(true)
-                    .busy_timeout(Duration::from_secs(10));
+                    .busy_timeout(Duration::from_secs(10))
+                    .synchronous(sqlx::sqlite::SqliteSynchronous::Normal);
                 // One connection: SQLite admits one writer at a time, and
                 // every queue step (push, fetch, lock, ack) writes. Waiting
                 // in the pool's queue hands the file over at once; several
@@ -371,6 +372,17 @@ impl<T: Job> Queue<T> {
                     .await
                     .with_context(|| format!("cannot open the SQLite queue {}", path.display()))?;
                 setup_sqlite(&pool).await?;
+                // apalis's set-up turns synchronous writes off, with which an
+                // operating system crash or power loss can corrupt the file
+                // and lose every queued change. NORMAL (in WAL mode) keeps
+                // the file whole; what a change's answer promises is made
+                // durable by the store, which syncs every commit.
+                sqlx::query("PRAGMA synchronous = NORMAL")
+                    .execute(&pool)
+                    .await
+                    .with_context(|| {
+                        format!("cannot set up the SQLite queue {}", path.display())
+                    })?;
                 Backend::Sqlite(
                     SqliteStorage::new(&pool).with_config(
                         apalis_sqlite::Config::default()

@@ -209,11 +209,14 @@ impl ManageConnection for ConnManager {
             DatabaseUrl::Sqlite(path) => {
                 let mut conn = SqliteConnection::establish(&path.to_string_lossy())
                     .map_err(r2d2::Error::ConnectionError)?;
-                // foreign_keys defaults vary by build; WAL lets readers run beside the
-                // one writer; busy_timeout makes writers queue instead of failing.
+                // busy_timeout first, so that even switching to WAL waits
+                // for another process instead of failing; WAL lets readers
+                // run beside the one writer; FULL syncs every commit, as an
+                // answered change must survive a power loss (NORMAL can lose
+                // the last commits); foreign_keys defaults vary by build.
                 conn.batch_execute(
-                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-                     PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;",
+                    "PRAGMA busy_timeout = 10000; PRAGMA journal_mode = WAL; \
+                     PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;",
                 )
                 .map_err(r2d2::Error::QueryError)?;
                 Conn::Sqlite(conn)

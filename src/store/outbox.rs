@@ -318,12 +318,26 @@ pub fn take_due(
         .limit(limit)
         .select(outbox::id)
         .load(conn)?;
+    // Marked only if still due: a worker of another process may have
+    // claimed a row since it was read, and its lease must not be cut short.
+    let mut taken = Vec::with_capacity(ids.len());
     for chunk in ids.chunks(500) {
-        diesel::update(outbox::table.filter(outbox::id.eq_any(chunk)))
-            .set(outbox::locked_until.eq(Some(at + queued_for)))
-            .execute(conn)?;
+        let still_due = outbox::table
+            .filter(outbox::id.eq_any(chunk))
+            .filter(row_in_state("pending"))
+            .filter(
+                outbox::locked_until
+                    .is_null()
+                    .or(outbox::locked_until.lt(at)),
+            );
+        let mark = diesel::update(still_due).set(outbox::locked_until.eq(Some(at + queued_for)));
+        let marked: Vec<String> = match conn {
+            Conn::Pg(c) => mark.returning(outbox::id).get_results(c)?,
+            Conn::Sqlite(c) => mark.returning(outbox::id).get_results(c)?,
+        };
+        taken.extend(marked);
     }
-    Ok(ids)
+    Ok(taken)
 }
 
 /// When the organization's last digest was written, if ever.

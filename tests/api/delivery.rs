@@ -478,7 +478,7 @@ async fn redelivered_create_that_collides_does_not_fail_its_batch(app: TestApp) 
         },
     );
     assert_eq!(
-        apply_batch(&app, &[group.clone()]).await,
+        apply_batch(&app, std::slice::from_ref(&group)).await,
         (true, vec![(201, 0)])
     );
     let renamed = app
@@ -581,4 +581,42 @@ async fn if_match_is_checked_against_a_change_committed_meanwhile() {
     assert_eq!(kept.status, StatusCode::OK, "the group was not deleted");
     let members = kept.body["members"].as_array().map_or(0, Vec::len);
     assert_eq!(members, 0, "no member was added");
+}
+
+/// The embedded files sync enough that a power loss cannot corrupt them,
+/// and the store syncs every commit, so an answered change survives one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_files_survive_a_power_loss() {
+    #[derive(diesel::QueryableByName)]
+    struct Synchronous {
+        #[diesel(sql_type = diesel::sql_types::Integer)]
+        synchronous: i32,
+    }
+    let app = crate::helpers::spawn_app(Backend::Sqlite).await;
+    let store: Vec<Synchronous> = app
+        .store
+        .run(|c| {
+            use diesel::RunQueryDsl;
+            diesel::sql_query("PRAGMA synchronous")
+                .load(c)
+                .map_err(scimsync::store::Error::from)
+        })
+        .await
+        .expect("pragma");
+    assert_eq!(
+        store[0].synchronous, 2,
+        "the store syncs every commit (FULL)"
+    );
+    let queue = app.change_queue().await;
+    let scimsync::jobs::queue::Backend::Sqlite(storage) = &*queue.backend else {
+        panic!("the embedded queue is SQLite");
+    };
+    let synchronous: i64 = sqlx::query_scalar("PRAGMA synchronous")
+        .fetch_one(storage.pool())
+        .await
+        .expect("pragma");
+    assert_eq!(
+        synchronous, 1,
+        "the queue is never written unsynced (NORMAL, not OFF)"
+    );
 }
