@@ -897,7 +897,10 @@ fn merge_items(attr: &AttributeDef, items: &mut Vec<Value>, new: Vec<Value>) -> 
 
 /// Final checks on a multi-valued attribute after a change: unique types
 /// (in [`Scope::Stored`]), and at most one `primary: true` (RFC 7643 §2.4;
-/// the element the request made primary wins, RFC 7644 §3.5.2.1).
+/// the element the request made primary wins, RFC 7644 §3.5.2.1). When the
+/// request made none primary, the first stays so: it is the one the stored
+/// resource's email follows (`resource::user_fields`), and an unrelated
+/// change such as a new work address must not move it.
 fn finish_items(
     attr: &AttributeDef,
     items: &mut Vec<Value>,
@@ -914,7 +917,7 @@ fn finish_items(
     if primaries.len() > 1 {
         let keep = preferred
             .filter(|p| primaries.contains(p))
-            .or(primaries.last().copied());
+            .or(primaries.first().copied());
         for (i, e) in items.iter_mut().enumerate() {
             let demote = Some(i) != keep && is_primary(e);
             if let (true, Some(obj)) = (demote, e.as_object_mut()) {
@@ -1640,6 +1643,43 @@ mod tests {
         );
         assert_eq!(u["emails"][0]["primary"], false);
         assert_eq!(u["emails"][1]["primary"], true);
+    }
+
+    #[test]
+    fn a_patch_that_chooses_no_primary_keeps_the_first_one() {
+        // Two primaries stored before they were refused: invitations go to
+        // the first (user_fields), and an unrelated change must not move it.
+        let mut u = user();
+        u["emails"] = json!([
+            {"value": "work@x.com", "type": "work", "primary": true},
+            {"value": "home@x.com", "type": "home", "primary": true}
+        ]);
+        patch_user(
+            &mut u,
+            json!([{"op":"Replace","path":"emails[type eq \"work\"].value","value":"x@example.com"}]),
+        );
+        assert_eq!(
+            u["emails"],
+            json!([
+                {"value": "x@example.com", "type": "work", "primary": true},
+                {"value": "home@x.com", "type": "home", "primary": false}
+            ])
+        );
+        let fields = crate::scim::resource::user_fields(&u).unwrap();
+        assert_eq!(fields.email.as_deref(), Some("x@example.com"));
+    }
+
+    #[test]
+    fn a_patch_value_with_two_primaries_is_invalid_value() {
+        let e = check_err(
+            ResourceKind::User,
+            &user(),
+            json!([{"op":"add","path":"emails","value":[
+                {"value":"a@x.com","type":"home","primary":true},
+                {"value":"b@x.com","type":"other","primary":true}]}]),
+        );
+        assert_scim(&e, 400, ScimType::InvalidValue);
+        assert!(e.detail.contains("emails"), "{}", e.detail);
     }
 
     #[test]
