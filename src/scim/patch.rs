@@ -696,7 +696,16 @@ fn plain_value(
     let attr = r.attr;
     if is_manager(attr) {
         return match (op, r.sub) {
-            (OpKind::Remove, _) => Ok(None),
+            // The id is the manager: without it there is none.
+            (OpKind::Remove, None) => Ok(None),
+            (OpKind::Remove, Some(sub)) if sub.name == "value" => Ok(None),
+            // Any other sub-attribute goes alone (RFC 7644 §3.5.2.2).
+            (OpKind::Remove, Some(sub)) => Ok(current.map(|mut m| {
+                if let Some(obj) = m.as_object_mut() {
+                    take_ci(obj, sub.name);
+                }
+                m
+            })),
             (_, None) => normalize_manager(value.cloned().unwrap_or(Value::Null)),
             (_, Some(sub)) if sub.name == "value" => {
                 normalize_manager(value.cloned().unwrap_or(Value::Null))
@@ -988,12 +997,24 @@ fn apply_filtered(
             .as_ref()
             .is_some_and(|m| filter::matches_value(filter, attr, m));
         let new = match op {
-            OpKind::Remove if matched => match sub {
-                Some(s) if s.name != "value" => plain_value(op, r, current, value, &label, scope)?,
-                _ => None,
-            },
+            OpKind::Remove if matched => plain_value(op, r, current, value, &label, scope)?,
             OpKind::Remove => current,
-            _ => plain_value(op, r, current, value, &label, scope)?,
+            _ => {
+                // The value is checked first, so that a wrong one is refused
+                // at ingest with the answer applying gives.
+                let new = plain_value(op, r, current.clone(), value, &label, scope)?;
+                match (matched, scope) {
+                    (true, _) => new,
+                    // An empty value clears the manager, which for one the
+                    // filter does not match is a remove that matches nothing.
+                    (false, _) if new.is_none() => current,
+                    // Unlike `emails[type eq "work"]`, the filter describes
+                    // no manager to create: it names the one being replaced.
+                    (false, Scope::Stored) => return Err(no_manager_target(&label)),
+                    // Whether the stored manager matches is for the worker.
+                    (false, Scope::Schema) => current,
+                }
+            }
         };
         put(map, attr.name, new);
         return Ok(());
@@ -1127,6 +1148,17 @@ fn no_target(label: &str) -> ScimError {
         format!(
             "'{label}' matches no value, and its filter does not describe one to create \
              (only 'sub eq \"value\"' terms joined by 'and' do)"
+        ),
+    )
+}
+
+/// RFC 7644 §3.5.2.3: a value filter that matches nothing is noTarget.
+fn no_manager_target(label: &str) -> ScimError {
+    ScimError::bad_request(
+        ScimType::NoTarget,
+        format!(
+            "'{label}' matches no value: the user's manager is not the one the filter names; \
+             to set the manager whoever it is, leave the filter out of the path"
         ),
     )
 }
@@ -1935,6 +1967,82 @@ mod tests {
     }
 
     #[test]
+    fn removing_a_manager_sub_attribute_removes_only_it() {
+        let with_ref = || {
+            let mut u = rich_user();
+            u[ENT]["manager"] = json!({"value": "m", "$ref": "https://x/Users/m"});
+            u
+        };
+        for path in [
+            format!("{MANAGER_PATH}.$ref"),
+            "manager.$ref".to_owned(),
+            format!("{MANAGER_PATH}[value eq \"m\"].$ref"),
+        ] {
+            let mut u = with_ref();
+            patch_user(&mut u, json!([{"op": "remove", "path": path}]));
+            assert_eq!(manager_of(&u), Some(json!({"value": "m"})), "{path}");
+        }
+        // The id is the manager: without it there is none.
+        for path in [
+            format!("{MANAGER_PATH}.value"),
+            "manager[value eq \"m\"].value".to_owned(),
+        ] {
+            let mut u = with_ref();
+            patch_user(&mut u, json!([{"op": "remove", "path": path}]));
+            assert_eq!(manager_of(&u), None, "{path}");
+        }
+        // displayName is read-only, so removing it is refused, not the manager.
+        let e = patch_err(
+            ResourceKind::User,
+            &with_ref(),
+            json!([{"op": "remove", "path": format!("{MANAGER_PATH}.displayName")}]),
+        );
+        assert_scim(&e, 400, ScimType::Mutability);
+    }
+
+    #[test]
+    fn filtered_manager_change_that_matches_nothing_is_no_target() {
+        // rich_user's manager is "m"; user() has none.
+        for op in [
+            json!({"op": "replace", "path": "manager[value eq \"old\"].value", "value": "new"}),
+            json!({"op": "add", "path": format!("{MANAGER_PATH}[value eq \"old\"].value"), "value": "new"}),
+            json!({"op": "Replace", "path": "manager[value eq \"old\"]", "value": {"value": "new"}}),
+        ] {
+            for stored in [rich_user(), user()] {
+                let e = patch_err(ResourceKind::User, &stored, json!([op.clone()]));
+                assert_scim(&e, 400, ScimType::NoTarget);
+            }
+            // At ingest the stored manager is unknown: left to applying.
+            check_patch(
+                ResourceKind::User,
+                &parse_patch(&body(json!([op]))).unwrap(),
+            )
+            .unwrap();
+        }
+        let mut u = rich_user();
+        patch_user(
+            &mut u,
+            json!([{"op": "replace", "path": "manager[value eq \"m\"].value", "value": "new"}]),
+        );
+        assert_eq!(manager_of(&u), Some(json!({"value": "new"})));
+        // Clearing a manager the filter does not match leaves it, as
+        // removing it does.
+        let mut u = rich_user();
+        patch_user(
+            &mut u,
+            json!([{"op": "replace", "path": "manager[value eq \"old\"]", "value": ""}]),
+        );
+        assert_eq!(manager_of(&u), Some(json!({"value": "m"})));
+        // A wrong value is refused at ingest, with the worker's answer.
+        let e = check_err(
+            ResourceKind::User,
+            &rich_user(),
+            json!([{"op": "replace", "path": "manager[value eq \"old\"].value", "value": 7}]),
+        );
+        assert_scim(&e, 400, ScimType::InvalidValue);
+    }
+
+    #[test]
     fn manager_display_name_is_read_only() {
         let e = patch_err(
             ResourceKind::User,
@@ -2410,6 +2518,8 @@ mod tests {
             "name.familyName",
             MANAGER_PATH,
             "manager[value eq \"m\"]",
+            "manager[value eq \"m\"].value",
+            "manager.$ref",
             ENT,
             "members",
             "members[value eq \"a\"]",

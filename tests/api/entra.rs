@@ -41,6 +41,8 @@ on_both_backends!(
     manager_cleared_by_replace_with_empty_string,
     manager_cleared_by_remove_on_urn_path,
     manager_cleared_by_remove_with_value_filter,
+    manager_kept_when_its_ref_is_removed,
+    filtered_manager_replace_that_matches_nothing_is_400_no_target,
     string_false_with_capital_replace_disables_and_user_stays_findable,
     boolean_false_with_lower_case_replace_disables_and_user_stays_findable,
     string_true_re_enables_disabled_user,
@@ -807,6 +809,46 @@ async fn manager_cleared_by_remove_with_value_filter(app: TestApp) {
     .await;
     let user = get_user(&app, &id).await;
     assert!(manager(&user).is_none(), "{user:?}");
+}
+
+async fn manager_kept_when_its_ref_is_removed(app: TestApp) {
+    // RFC 7644 §3.5.2.2: a remove of a sub-attribute removes that
+    // sub-attribute. `$ref` follows from the id, so the manager stays as it
+    // was read.
+    let (id, boss) = user_with_manager(&app).await;
+    for path in [format!("{MANAGER}.$ref"), "manager.$ref".to_owned()] {
+        patch_user(&app, &id, json!([{"op":"remove","path":path}])).await;
+        assert_manager(&app, &get_user(&app, &id).await, &boss);
+    }
+}
+
+async fn filtered_manager_replace_that_matches_nothing_is_400_no_target(app: TestApp) {
+    // RFC 7644 §3.5.2.3: a value filter that matches no value is 400
+    // noTarget. A filter naming an old manager must not overwrite the
+    // current one.
+    let (id, boss) = user_with_manager(&app).await;
+    let next = app.create_user("next.boss@example.com").await;
+    for path in [
+        format!("{MANAGER}[value eq \"someone-else\"].value"),
+        "manager[value eq \"someone-else\"].value".to_owned(),
+    ] {
+        let reply = app
+            .patch(
+                &format!("/Users/{id}"),
+                patch_body(json!([{"op":"Replace","path":path,"value":next}])),
+            )
+            .await;
+        assert_scim_error(&reply, StatusCode::BAD_REQUEST, Some("noTarget"));
+        assert_manager(&app, &get_user(&app, &id).await, &boss);
+    }
+    // The filter that names the current manager applies.
+    patch_user(
+        &app,
+        &id,
+        json!([{"op":"Replace","path":format!("manager[value eq \"{boss}\"].value"),"value":next}]),
+    )
+    .await;
+    assert_manager(&app, &get_user(&app, &id).await, &next);
 }
 
 // --- 5. Disable / re-enable ------------------------------------------------------
