@@ -1126,7 +1126,9 @@ fn leaf_values<'v>(loc: &Located<'v>) -> (Vec<&'v Value>, Option<&'static Attrib
     (out, def)
 }
 
-fn fold(s: &str, case_exact: bool) -> String {
+/// A string as comparisons see it: lower-cased unless the attribute is
+/// `caseExact`.
+pub(crate) fn fold(s: &str, case_exact: bool) -> String {
     if case_exact {
         s.to_owned()
     } else {

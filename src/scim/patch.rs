@@ -840,8 +840,9 @@ fn whole_attribute_value(
     normalize_value(attr, value.clone(), label)
 }
 
-/// Removes from a multi-valued attribute the elements listed in `listed`
-/// (compared by their `value` sub-attribute when they have one).
+/// Removes from a multi-valued attribute the elements listed in `listed`,
+/// compared by their `value` sub-attribute when they have one, else whole
+/// (see [`same_value`]).
 fn remove_listed(
     attr: &'static AttributeDef,
     current: Option<Value>,
@@ -849,16 +850,40 @@ fn remove_listed(
     label: &str,
 ) -> Result<Option<Value>, ScimError> {
     let gone = as_items(normalize_value(attr, listed.clone(), label)?);
+    let value_def = schema::find_sub_attribute(attr, "value");
     let mut items = as_items(current);
     items.retain(|e| {
-        !gone
-            .iter()
-            .any(|g| match (get_ci(g, "value"), get_ci(e, "value")) {
-                (Some(a), Some(b)) => a == b,
-                _ => g == e,
-            })
+        !gone.iter().any(
+            |g| match (get_ci(g, "value"), get_ci(e, "value"), value_def) {
+                (Some(a), Some(b), Some(def)) => same_value(def, a, b),
+                _ => same_value(attr, g, e),
+            },
+        )
     });
     Ok(Some(Value::Array(items)))
+}
+
+/// Whether two values of `def` are the same: strings compare as its
+/// `caseExact` says (RFC 7643 §2.2), folded as filters fold them, so
+/// "Ann@Home.org" names the stored "ann@home.org"; complex values compare
+/// sub-attribute by sub-attribute, each by its own definition.
+fn same_value(def: &AttributeDef, a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::String(x), Value::String(y)) => {
+            filter::fold(x, def.case_exact) == filter::fold(y, def.case_exact)
+        }
+        (Value::Object(x), Value::Object(y)) if def.is_complex() => {
+            x.len() == y.len()
+                && x.iter().all(
+                    |(k, v)| match (schema::find_sub_attribute(def, k), get_ci(b, k)) {
+                        (Some(sub), Some(w)) => same_value(sub, v, w),
+                        (None, Some(w)) => v == w,
+                        (_, None) => false,
+                    },
+                )
+        }
+        _ => a == b,
+    }
 }
 
 fn same_type(a: &Value, b: &Value) -> bool {
@@ -877,8 +902,8 @@ fn is_primary(e: &Value) -> bool {
 
 /// Adds `new` elements to `items`: in the attributes whose types are
 /// unique ([`TYPE_UNIQUE_ATTRIBUTES`]: Entra requires it there), an element
-/// whose `type` an existing one already has is merged into it; an exact
-/// duplicate is skipped; anything else is appended, so several roles of
+/// whose `type` an existing one already has is merged into it; a
+/// duplicate ([`same_value`]) is skipped; anything else is appended, so several roles of
 /// one type stay apart as POST keeps them. Returns the index of the last
 /// added element marked primary.
 fn merge_items(attr: &AttributeDef, items: &mut Vec<Value>, new: Vec<Value>) -> Option<usize> {
@@ -891,7 +916,7 @@ fn merge_items(attr: &AttributeDef, items: &mut Vec<Value>, new: Vec<Value>) -> 
                 merge_into(e, n);
             }
             Some(i)
-        } else if let Some(i) = items.iter().position(|e| *e == n) {
+        } else if let Some(i) = items.iter().position(|e| same_value(attr, e, &n)) {
             Some(i)
         } else {
             items.push(n);
@@ -1781,6 +1806,40 @@ mod tests {
                    {"op":"Remove","path":"roles","value":[{"value":"a"}]}]),
         );
         assert_eq!(u["roles"], json!([{"value": "b"}]));
+    }
+
+    #[test]
+    fn listed_values_compare_as_their_schema_says() {
+        // emails.value is caseExact false (RFC 7643 §4.1.2).
+        let mut u = rich_user();
+        patch_user(
+            &mut u,
+            json!([{"op":"Remove","path":"emails","value":[{"value":"HOME@X.com"}]}]),
+        );
+        assert_eq!(
+            u["emails"],
+            json!([{"value": "work@x.com", "type": "work", "primary": true}])
+        );
+        // Without a value, every sub-attribute is compared.
+        let mut u = user();
+        u["addresses"] = json!([{"locality": "Oslo", "type": "work"}]);
+        patch_user(
+            &mut u,
+            json!([{"op":"remove","path":"addresses","value":[{"locality":"OSLO","type":"Work"}]}]),
+        );
+        assert!(u.get("addresses").is_none(), "{u}");
+        // Adding a value that differs only in case adds nothing.
+        let mut u = user();
+        patch_user(
+            &mut u,
+            json!([{"op":"add","path":"roles","value":[{"value":"Admin","display":"Admin"}]},
+                   {"op":"add","path":"roles","value":[{"value":"admin","display":"ADMIN"}]}]),
+        );
+        assert_eq!(u["roles"], json!([{"value": "Admin", "display": "Admin"}]));
+        // Member ids stay exact: the store removes exactly these.
+        let (_, changes) = patch_group(json!([
+            {"op":"Remove","path":"members","value":[{"value":"A1b2"}]}]));
+        assert_eq!(changes, vec![MemberChange::Remove(ids(&["A1b2"]))]);
     }
 
     #[test]

@@ -52,6 +52,7 @@ on_both_backends!(
     group_get_by_id_excluding_members_has_no_members,
     add_several_members_in_one_op_is_204,
     default_remove_with_value_list_removes_only_listed_members,
+    default_remove_with_value_list_finds_emails_in_any_case_and_member_ids_exactly,
     aad_opt_remove_with_member_filter_removes_only_that_member,
     group_rename_by_path_updates_display_name,
     group_rename_by_pathless_replace_updates_display_name,
@@ -1039,6 +1040,47 @@ async fn default_remove_with_value_list_removes_only_listed_members(app: TestApp
     )
     .await;
     assert_eq!(member_ids(&app, &id).await, set_of(&[&users[1]]));
+}
+
+async fn default_remove_with_value_list_finds_emails_in_any_case_and_member_ids_exactly(
+    app: TestApp,
+) {
+    // The default dialect's `Remove` with a value list, on emails: their
+    // value is caseExact false (RFC 7643 §4.1.2), so "Ann@Home.org" names
+    // the stored "ann@home.org". Member values are user ids, compared exactly.
+    let mut body = tutorial_user();
+    body["emails"] = json!([
+        {"primary": true, "type": "work", "value": TUTORIAL_EMAIL},
+        {"type": "home", "value": "ann@home.org"}
+    ]);
+    let reply = app.post("/Users", body).await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+    let id = reply.body["id"].as_str().expect("id").to_owned();
+    patch_user(
+        &app,
+        &id,
+        json!([{"op":"Remove","path":"emails","value":[{"value":"Ann@Home.org"}]}]),
+    )
+    .await;
+    assert_eq!(
+        get_user(&app, &id).await["emails"],
+        json!([{"primary": true, "type": "work", "value": TUTORIAL_EMAIL}])
+    );
+
+    let group = create_tutorial_group(&app, "displayName").await;
+    patch_group(
+        &app,
+        &group,
+        json!([{"op":"Add","path":"members","value":[{"value":id}]}]),
+    )
+    .await;
+    patch_group(
+        &app,
+        &group,
+        json!([{"op":"Remove","path":"members","value":[{"value":id.to_uppercase()}]}]),
+    )
+    .await;
+    assert_eq!(member_ids(&app, &group).await, set_of(&[&id]));
 }
 
 async fn aad_opt_remove_with_member_filter_removes_only_that_member(app: TestApp) {
