@@ -15,6 +15,7 @@
 use std::cmp::Ordering;
 use std::fmt;
 
+use chrono::{DateTime, Utc};
 use serde_json::{Number, Value};
 
 use crate::scim::error::{ScimError, ScimType};
@@ -912,7 +913,8 @@ pub fn parse_filter(input: &str) -> Result<Filter, ScimError> {
 
 /// Checks that every attribute a filter names exists in the schema of
 /// `kind` and that each operator suits the attribute's type (no `gt` or `co`
-/// on booleans, no comparison on a whole complex attribute without a `value`
+/// on booleans, no `gt` on binaries, a dateTime compared with a date and
+/// time, no comparison on a whole complex attribute without a `value`
 /// sub-attribute). The HTTP layer can call it to answer 400
 /// `invalidFilter` instead of silently matching nothing.
 pub fn validate_filter(filter: &Filter, kind: ResourceKind) -> Result<(), ScimError> {
@@ -930,7 +932,7 @@ fn validate_in(filter: &Filter, scope: Scope) -> Result<(), ScimError> {
         )),
     };
     match filter {
-        Filter::Compare { path, op, .. } => {
+        Filter::Compare { path, op, value } => {
             let leaf = scope_leaf(scope, path).ok_or_else(|| unknown(path))?;
             let def = if leaf.is_complex() && path.sub.is_none() {
                 schema::find_sub_attribute(leaf, "value").ok_or_else(|| {
@@ -951,6 +953,26 @@ fn validate_in(filter: &Filter, scope: Scope) -> Result<(), ScimError> {
                 return Err(filter_error(format!(
                     "'{}' cannot be used with the boolean attribute '{path}'; use eq or ne",
                     op.as_str()
+                )));
+            }
+            // RFC 7644 §3.4.2.2: ordering on a Binary attribute is 400.
+            if def.ty == AttrType::Binary && order_op {
+                return Err(filter_error(format!(
+                    "'{}' cannot be used with the binary attribute '{path}'; use eq or ne",
+                    op.as_str()
+                )));
+            }
+            // A dateTime compares as an instant, which the value must name;
+            // co/sw/ew match its text, and `eq null` means absent.
+            let readable = match value {
+                CompValue::Str(s) => instant(s).is_some(),
+                CompValue::Null => true,
+                CompValue::Num(_) | CompValue::Bool(_) => false,
+            };
+            if def.ty == AttrType::DateTime && !text_op && !readable {
+                return Err(filter_error(format!(
+                    "'{path}' is a dateTime: compare it with an RFC 3339 date and time such as \
+                     \"2026-01-05T10:00:00Z\", not {value}"
                 )));
             }
             Ok(())
@@ -1104,7 +1126,9 @@ fn leaf_values<'v>(loc: &Located<'v>) -> (Vec<&'v Value>, Option<&'static Attrib
     (out, def)
 }
 
-fn fold(s: &str, case_exact: bool) -> String {
+/// A string as comparisons see it: lower-cased unless the attribute is
+/// `caseExact`.
+pub(crate) fn fold(s: &str, case_exact: bool) -> String {
     if case_exact {
         s.to_owned()
     } else {
@@ -1137,8 +1161,24 @@ fn cmp_number_text(a: &Number, text: &str) -> Option<Ordering> {
     cmp_numbers(a, &b)
 }
 
+/// A dateTime read as an instant: RFC 3339, the profile of xsd:dateTime
+/// with an offset, which is how the service renders them.
+fn instant(s: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
 /// Orders an attribute value against a literal, when the two are comparable.
 fn compare(v: &Value, lit: &CompValue, def: Option<&AttributeDef>) -> Option<Ordering> {
+    if def.is_some_and(|d| d.ty == AttrType::DateTime) {
+        // RFC 7644 §3.4.2.2: chronologically. As text, "10:00:00.250Z"
+        // sorts before "10:00:00Z" and offsets compare as digits.
+        let (Value::String(s), CompValue::Str(t)) = (v, lit) else {
+            return None;
+        };
+        return Some(instant(s)?.cmp(&instant(t)?));
+    }
     let case_exact = def.is_some_and(|d| d.case_exact);
     match (v, lit) {
         (Value::String(s), CompValue::Str(t)) => {
@@ -1202,6 +1242,14 @@ fn eval_compare(
     }
     if def.is_some_and(|d| d.ty == AttrType::Boolean)
         && !matches!(op, CompareOp::Eq | CompareOp::Ne)
+    {
+        return false;
+    }
+    if def.is_some_and(|d| d.ty == AttrType::Binary)
+        && matches!(
+            op,
+            CompareOp::Gt | CompareOp::Ge | CompareOp::Lt | CompareOp::Le
+        )
     {
         return false;
     }
@@ -1270,10 +1318,12 @@ pub(crate) fn matches_value(
 ///
 /// Rules (RFC 7644 §3.4.2.2): a multi-valued attribute matches if any value
 /// matches; strings compare case-insensitively unless the schema marks the
-/// attribute `caseExact`; `gt`/`ge`/`lt`/`le` order strings (and ISO 8601
-/// dateTimes) lexicographically and numbers numerically, and never match
-/// booleans; `co`/`sw`/`ew` apply to strings only; `pr` needs a value that is
-/// not null, `""` or empty; `eq null` matches an absent attribute. A complex
+/// attribute `caseExact`; `gt`/`ge`/`lt`/`le` order strings
+/// lexicographically, numbers numerically and dateTimes chronologically,
+/// and never match booleans or binaries; dateTimes are instants read as RFC
+/// 3339 for `eq`/`ne` too, whatever their offset or fraction of a second;
+/// `co`/`sw`/`ew` apply to strings only; `pr` needs a value that is not
+/// null, `""` or empty; `eq null` matches an absent attribute. A complex
 /// attribute compared without `.sub` (`emails eq "x"`) compares its `value`.
 pub fn matches(filter: &Filter, kind: ResourceKind, resource: &Value) -> bool {
     eval(filter, Scope::Resource(kind), resource)
@@ -1754,6 +1804,61 @@ mod tests {
     }
 
     #[test]
+    fn datetimes_compare_as_instants_whatever_their_form() {
+        let u = json!({"userName": "x", "meta": {
+            "created": "2026-01-05T10:00:00.250Z",
+            "lastModified": "2026-01-05T10:00:00.000Z"
+        }});
+        let m = |f: &str| matches(&p(f), ResourceKind::User, &u);
+        // A quarter second after the whole second, though "." sorts before "Z".
+        assert!(m(r#"meta.created ge "2026-01-05T10:00:00Z""#));
+        assert!(m(r#"meta.created gt "2026-01-05T10:00:00Z""#));
+        assert!(!m(r#"meta.created le "2026-01-05T10:00:00Z""#));
+        // 10:30+01:00 is 09:30Z, half an hour before.
+        assert!(m(r#"meta.created gt "2026-01-05T10:30:00+01:00""#));
+        assert!(!m(r#"meta.created lt "2026-01-05T10:30:00+01:00""#));
+        assert!(m(r#"meta.created lt "2026-01-05T05:00:01-05:00""#));
+        // Equality is of instants too.
+        assert!(m(r#"meta.created eq "2026-01-05T11:00:00.25+01:00""#));
+        assert!(!m(r#"meta.created ne "2026-01-05T11:00:00.25+01:00""#));
+        assert!(m(r#"meta.lastModified eq "2026-01-05T10:00:00Z""#));
+        assert!(m(r#"meta[lastModified le "2026-01-05T10:00:00Z"]"#));
+        assert!(!m(r#"meta.lastModified eq "2026-01-05T10:00:00.001Z""#));
+    }
+
+    #[test]
+    fn validate_filter_refuses_unreadable_datetimes_and_binary_ordering() {
+        for f in [
+            r#"meta.created gt "2011""#,
+            r#"meta.created eq "yesterday""#,
+            r#"meta.lastModified ne "2026-01-05 10:00""#,
+            "meta.lastModified ge 2011",
+            "meta.created lt true",
+            r#"meta[created gt "soon"]"#,
+            r#"x509Certificates.value gt "TUlJQ""#,
+            r#"x509Certificates lt "TUlJQ""#,
+            r#"x509Certificates[value ge "TUlJQ"]"#,
+        ] {
+            let e = validate_filter(&p(f), ResourceKind::User).expect_err(f);
+            assert_eq!(e.scim_type, Some(ScimType::InvalidFilter), "{f}");
+        }
+        for f in [
+            r#"meta.created ge "2026-01-05T10:00:00.250+01:00""#,
+            "meta.created eq null",
+            "meta.created pr",
+            r#"meta.created sw "2026-01""#,
+            r#"x509Certificates.value eq "TUlJQ""#,
+        ] {
+            validate_filter(&p(f), ResourceKind::User).expect(f);
+        }
+        assert!(!matches(
+            &p(r#"x509Certificates.value gt "A""#),
+            ResourceKind::User,
+            &json!({"userName": "x", "x509Certificates": [{"value": "TUlJQ"}]})
+        ));
+    }
+
+    #[test]
     fn ordering_and_text_operators_never_match_booleans() {
         assert!(!user_matches("active gt false"));
         assert!(!user_matches("active co \"tr\""));
@@ -1801,7 +1906,11 @@ mod tests {
             ResourceKind::User,
         )
         .unwrap();
-        validate_filter(&p("meta.lastModified gt \"2011\""), ResourceKind::User).unwrap();
+        validate_filter(
+            &p("meta.lastModified gt \"2011-05-13T04:42:34Z\""),
+            ResourceKind::User,
+        )
+        .unwrap();
         for (f, kind) in [
             (r#"bogus eq "a""#, ResourceKind::User),
             (r#"manager eq "a""#, ResourceKind::Group),

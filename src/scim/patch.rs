@@ -696,7 +696,16 @@ fn plain_value(
     let attr = r.attr;
     if is_manager(attr) {
         return match (op, r.sub) {
-            (OpKind::Remove, _) => Ok(None),
+            // The id is the manager: without it there is none.
+            (OpKind::Remove, None) => Ok(None),
+            (OpKind::Remove, Some(sub)) if sub.name == "value" => Ok(None),
+            // Any other sub-attribute goes alone (RFC 7644 §3.5.2.2).
+            (OpKind::Remove, Some(sub)) => Ok(current.map(|mut m| {
+                if let Some(obj) = m.as_object_mut() {
+                    take_ci(obj, sub.name);
+                }
+                m
+            })),
             (_, None) => normalize_manager(value.cloned().unwrap_or(Value::Null)),
             (_, Some(sub)) if sub.name == "value" => {
                 normalize_manager(value.cloned().unwrap_or(Value::Null))
@@ -831,8 +840,9 @@ fn whole_attribute_value(
     normalize_value(attr, value.clone(), label)
 }
 
-/// Removes from a multi-valued attribute the elements listed in `listed`
-/// (compared by their `value` sub-attribute when they have one).
+/// Removes from a multi-valued attribute the elements listed in `listed`,
+/// compared by their `value` sub-attribute when they have one, else whole
+/// (see [`same_value`]).
 fn remove_listed(
     attr: &'static AttributeDef,
     current: Option<Value>,
@@ -840,16 +850,40 @@ fn remove_listed(
     label: &str,
 ) -> Result<Option<Value>, ScimError> {
     let gone = as_items(normalize_value(attr, listed.clone(), label)?);
+    let value_def = schema::find_sub_attribute(attr, "value");
     let mut items = as_items(current);
     items.retain(|e| {
-        !gone
-            .iter()
-            .any(|g| match (get_ci(g, "value"), get_ci(e, "value")) {
-                (Some(a), Some(b)) => a == b,
-                _ => g == e,
-            })
+        !gone.iter().any(
+            |g| match (get_ci(g, "value"), get_ci(e, "value"), value_def) {
+                (Some(a), Some(b), Some(def)) => same_value(def, a, b),
+                _ => same_value(attr, g, e),
+            },
+        )
     });
     Ok(Some(Value::Array(items)))
+}
+
+/// Whether two values of `def` are the same: strings compare as its
+/// `caseExact` says (RFC 7643 §2.2), folded as filters fold them, so
+/// "Ann@Home.org" names the stored "ann@home.org"; complex values compare
+/// sub-attribute by sub-attribute, each by its own definition.
+fn same_value(def: &AttributeDef, a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::String(x), Value::String(y)) => {
+            filter::fold(x, def.case_exact) == filter::fold(y, def.case_exact)
+        }
+        (Value::Object(x), Value::Object(y)) if def.is_complex() => {
+            x.len() == y.len()
+                && x.iter().all(
+                    |(k, v)| match (schema::find_sub_attribute(def, k), get_ci(b, k)) {
+                        (Some(sub), Some(w)) => same_value(sub, v, w),
+                        (None, Some(w)) => v == w,
+                        (_, None) => false,
+                    },
+                )
+        }
+        _ => a == b,
+    }
 }
 
 fn same_type(a: &Value, b: &Value) -> bool {
@@ -868,8 +902,8 @@ fn is_primary(e: &Value) -> bool {
 
 /// Adds `new` elements to `items`: in the attributes whose types are
 /// unique ([`TYPE_UNIQUE_ATTRIBUTES`]: Entra requires it there), an element
-/// whose `type` an existing one already has is merged into it; an exact
-/// duplicate is skipped; anything else is appended, so several roles of
+/// whose `type` an existing one already has is merged into it; a
+/// duplicate ([`same_value`]) is skipped; anything else is appended, so several roles of
 /// one type stay apart as POST keeps them. Returns the index of the last
 /// added element marked primary.
 fn merge_items(attr: &AttributeDef, items: &mut Vec<Value>, new: Vec<Value>) -> Option<usize> {
@@ -882,7 +916,7 @@ fn merge_items(attr: &AttributeDef, items: &mut Vec<Value>, new: Vec<Value>) -> 
                 merge_into(e, n);
             }
             Some(i)
-        } else if let Some(i) = items.iter().position(|e| *e == n) {
+        } else if let Some(i) = items.iter().position(|e| same_value(attr, e, &n)) {
             Some(i)
         } else {
             items.push(n);
@@ -897,7 +931,10 @@ fn merge_items(attr: &AttributeDef, items: &mut Vec<Value>, new: Vec<Value>) -> 
 
 /// Final checks on a multi-valued attribute after a change: unique types
 /// (in [`Scope::Stored`]), and at most one `primary: true` (RFC 7643 §2.4;
-/// the element the request made primary wins, RFC 7644 §3.5.2.1).
+/// the element the request made primary wins, RFC 7644 §3.5.2.1). When the
+/// request made none primary, the first stays so: it is the one the stored
+/// resource's email follows (`resource::user_fields`), and an unrelated
+/// change such as a new work address must not move it.
 fn finish_items(
     attr: &AttributeDef,
     items: &mut Vec<Value>,
@@ -914,7 +951,7 @@ fn finish_items(
     if primaries.len() > 1 {
         let keep = preferred
             .filter(|p| primaries.contains(p))
-            .or(primaries.last().copied());
+            .or(primaries.first().copied());
         for (i, e) in items.iter_mut().enumerate() {
             let demote = Some(i) != keep && is_primary(e);
             if let (true, Some(obj)) = (demote, e.as_object_mut()) {
@@ -985,12 +1022,24 @@ fn apply_filtered(
             .as_ref()
             .is_some_and(|m| filter::matches_value(filter, attr, m));
         let new = match op {
-            OpKind::Remove if matched => match sub {
-                Some(s) if s.name != "value" => plain_value(op, r, current, value, &label, scope)?,
-                _ => None,
-            },
+            OpKind::Remove if matched => plain_value(op, r, current, value, &label, scope)?,
             OpKind::Remove => current,
-            _ => plain_value(op, r, current, value, &label, scope)?,
+            _ => {
+                // The value is checked first, so that a wrong one is refused
+                // at ingest with the answer applying gives.
+                let new = plain_value(op, r, current.clone(), value, &label, scope)?;
+                match (matched, scope) {
+                    (true, _) => new,
+                    // An empty value clears the manager, which for one the
+                    // filter does not match is a remove that matches nothing.
+                    (false, _) if new.is_none() => current,
+                    // Unlike `emails[type eq "work"]`, the filter describes
+                    // no manager to create: it names the one being replaced.
+                    (false, Scope::Stored) => return Err(no_manager_target(&label)),
+                    // Whether the stored manager matches is for the worker.
+                    (false, Scope::Schema) => current,
+                }
+            }
         };
         put(map, attr.name, new);
         return Ok(());
@@ -1124,6 +1173,17 @@ fn no_target(label: &str) -> ScimError {
         format!(
             "'{label}' matches no value, and its filter does not describe one to create \
              (only 'sub eq \"value\"' terms joined by 'and' do)"
+        ),
+    )
+}
+
+/// RFC 7644 §3.5.2.3: a value filter that matches nothing is noTarget.
+fn no_manager_target(label: &str) -> ScimError {
+    ScimError::bad_request(
+        ScimType::NoTarget,
+        format!(
+            "'{label}' matches no value: the user's manager is not the one the filter names; \
+             to set the manager whoever it is, leave the filter out of the path"
         ),
     )
 }
@@ -1643,6 +1703,43 @@ mod tests {
     }
 
     #[test]
+    fn a_patch_that_chooses_no_primary_keeps_the_first_one() {
+        // Two primaries stored before they were refused: invitations go to
+        // the first (user_fields), and an unrelated change must not move it.
+        let mut u = user();
+        u["emails"] = json!([
+            {"value": "work@x.com", "type": "work", "primary": true},
+            {"value": "home@x.com", "type": "home", "primary": true}
+        ]);
+        patch_user(
+            &mut u,
+            json!([{"op":"Replace","path":"emails[type eq \"work\"].value","value":"x@example.com"}]),
+        );
+        assert_eq!(
+            u["emails"],
+            json!([
+                {"value": "x@example.com", "type": "work", "primary": true},
+                {"value": "home@x.com", "type": "home", "primary": false}
+            ])
+        );
+        let fields = crate::scim::resource::user_fields(&u).unwrap();
+        assert_eq!(fields.email.as_deref(), Some("x@example.com"));
+    }
+
+    #[test]
+    fn a_patch_value_with_two_primaries_is_invalid_value() {
+        let e = check_err(
+            ResourceKind::User,
+            &user(),
+            json!([{"op":"add","path":"emails","value":[
+                {"value":"a@x.com","type":"home","primary":true},
+                {"value":"b@x.com","type":"other","primary":true}]}]),
+        );
+        assert_scim(&e, 400, ScimType::InvalidValue);
+        assert!(e.detail.contains("emails"), "{}", e.detail);
+    }
+
+    #[test]
     fn replace_on_multi_valued_replaces_the_whole_list() {
         let mut u = user();
         patch_user(
@@ -1709,6 +1806,40 @@ mod tests {
                    {"op":"Remove","path":"roles","value":[{"value":"a"}]}]),
         );
         assert_eq!(u["roles"], json!([{"value": "b"}]));
+    }
+
+    #[test]
+    fn listed_values_compare_as_their_schema_says() {
+        // emails.value is caseExact false (RFC 7643 §4.1.2).
+        let mut u = rich_user();
+        patch_user(
+            &mut u,
+            json!([{"op":"Remove","path":"emails","value":[{"value":"HOME@X.com"}]}]),
+        );
+        assert_eq!(
+            u["emails"],
+            json!([{"value": "work@x.com", "type": "work", "primary": true}])
+        );
+        // Without a value, every sub-attribute is compared.
+        let mut u = user();
+        u["addresses"] = json!([{"locality": "Oslo", "type": "work"}]);
+        patch_user(
+            &mut u,
+            json!([{"op":"remove","path":"addresses","value":[{"locality":"OSLO","type":"Work"}]}]),
+        );
+        assert!(u.get("addresses").is_none(), "{u}");
+        // Adding a value that differs only in case adds nothing.
+        let mut u = user();
+        patch_user(
+            &mut u,
+            json!([{"op":"add","path":"roles","value":[{"value":"Admin","display":"Admin"}]},
+                   {"op":"add","path":"roles","value":[{"value":"admin","display":"ADMIN"}]}]),
+        );
+        assert_eq!(u["roles"], json!([{"value": "Admin", "display": "Admin"}]));
+        // Member ids stay exact: the store removes exactly these.
+        let (_, changes) = patch_group(json!([
+            {"op":"Remove","path":"members","value":[{"value":"A1b2"}]}]));
+        assert_eq!(changes, vec![MemberChange::Remove(ids(&["A1b2"]))]);
     }
 
     #[test]
@@ -1892,6 +2023,82 @@ mod tests {
             json!([{"op":"remove","path":"manager[value eq \"someone-else\"]"}]),
         );
         assert_eq!(manager_of(&u), Some(json!({"value": "271"})));
+    }
+
+    #[test]
+    fn removing_a_manager_sub_attribute_removes_only_it() {
+        let with_ref = || {
+            let mut u = rich_user();
+            u[ENT]["manager"] = json!({"value": "m", "$ref": "https://x/Users/m"});
+            u
+        };
+        for path in [
+            format!("{MANAGER_PATH}.$ref"),
+            "manager.$ref".to_owned(),
+            format!("{MANAGER_PATH}[value eq \"m\"].$ref"),
+        ] {
+            let mut u = with_ref();
+            patch_user(&mut u, json!([{"op": "remove", "path": path}]));
+            assert_eq!(manager_of(&u), Some(json!({"value": "m"})), "{path}");
+        }
+        // The id is the manager: without it there is none.
+        for path in [
+            format!("{MANAGER_PATH}.value"),
+            "manager[value eq \"m\"].value".to_owned(),
+        ] {
+            let mut u = with_ref();
+            patch_user(&mut u, json!([{"op": "remove", "path": path}]));
+            assert_eq!(manager_of(&u), None, "{path}");
+        }
+        // displayName is read-only, so removing it is refused, not the manager.
+        let e = patch_err(
+            ResourceKind::User,
+            &with_ref(),
+            json!([{"op": "remove", "path": format!("{MANAGER_PATH}.displayName")}]),
+        );
+        assert_scim(&e, 400, ScimType::Mutability);
+    }
+
+    #[test]
+    fn filtered_manager_change_that_matches_nothing_is_no_target() {
+        // rich_user's manager is "m"; user() has none.
+        for op in [
+            json!({"op": "replace", "path": "manager[value eq \"old\"].value", "value": "new"}),
+            json!({"op": "add", "path": format!("{MANAGER_PATH}[value eq \"old\"].value"), "value": "new"}),
+            json!({"op": "Replace", "path": "manager[value eq \"old\"]", "value": {"value": "new"}}),
+        ] {
+            for stored in [rich_user(), user()] {
+                let e = patch_err(ResourceKind::User, &stored, json!([op.clone()]));
+                assert_scim(&e, 400, ScimType::NoTarget);
+            }
+            // At ingest the stored manager is unknown: left to applying.
+            check_patch(
+                ResourceKind::User,
+                &parse_patch(&body(json!([op]))).unwrap(),
+            )
+            .unwrap();
+        }
+        let mut u = rich_user();
+        patch_user(
+            &mut u,
+            json!([{"op": "replace", "path": "manager[value eq \"m\"].value", "value": "new"}]),
+        );
+        assert_eq!(manager_of(&u), Some(json!({"value": "new"})));
+        // Clearing a manager the filter does not match leaves it, as
+        // removing it does.
+        let mut u = rich_user();
+        patch_user(
+            &mut u,
+            json!([{"op": "replace", "path": "manager[value eq \"old\"]", "value": ""}]),
+        );
+        assert_eq!(manager_of(&u), Some(json!({"value": "m"})));
+        // A wrong value is refused at ingest, with the worker's answer.
+        let e = check_err(
+            ResourceKind::User,
+            &rich_user(),
+            json!([{"op": "replace", "path": "manager[value eq \"old\"].value", "value": 7}]),
+        );
+        assert_scim(&e, 400, ScimType::InvalidValue);
     }
 
     #[test]
@@ -2370,6 +2577,8 @@ mod tests {
             "name.familyName",
             MANAGER_PATH,
             "manager[value eq \"m\"]",
+            "manager[value eq \"m\"].value",
+            "manager.$ref",
             ENT,
             "members",
             "members[value eq \"a\"]",

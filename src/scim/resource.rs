@@ -95,9 +95,28 @@ pub(crate) fn normalize_value(
     if out.is_empty() {
         return Ok(None);
     }
+    check_one_primary(def, &out)?;
     let out = Value::Array(out);
     check_unique_types(def, &out)?;
     Ok(Some(out))
+}
+
+/// Rejects more than one normalised element with `"primary": true` (RFC
+/// 7643 §2.4: "The primary attribute value 'true' MUST appear no more than
+/// once"). Keeping one of them would be a guess, and it decides where
+/// invitations go (see [`user_fields`]).
+fn check_one_primary(def: &AttributeDef, items: &[Value]) -> Result<(), ScimError> {
+    let primaries = items
+        .iter()
+        .filter(|e| e.get("primary") == Some(&Value::Bool(true)))
+        .count();
+    if primaries > 1 {
+        return Err(invalid_value(format!(
+            "'{}' has {primaries} values with \"primary\": true; at most one may be primary",
+            def.name
+        )));
+    }
+    Ok(())
 }
 
 fn normalize_single(
@@ -1282,6 +1301,44 @@ mod tests {
             "schemas": [USER_SCHEMA],
             "userName": "a",
             "roles": [{"value": "Admin", "type": "Role"}, {"value": "Reader", "type": "Role"}]
+        });
+        validate_resource(ResourceKind::User, body).unwrap();
+    }
+
+    #[test]
+    fn two_primary_values_of_one_attribute_are_invalid_value() {
+        for (attr, items) in [
+            (
+                "emails",
+                json!([{"value": "a@x.com", "type": "work", "primary": true},
+                       {"value": "b@x.com", "type": "home", "primary": "True"}]),
+            ),
+            (
+                "phoneNumbers",
+                json!([{"value": "1", "primary": true}, {"value": "2", "primary": true}]),
+            ),
+            (
+                "addresses",
+                json!([{"locality": "Oslo", "type": "work", "primary": true},
+                       {"locality": "Bergen", "type": "home", "primary": true}]),
+            ),
+        ] {
+            let mut body = json!({"schemas": [USER_SCHEMA], "userName": "a"});
+            body[attr] = items;
+            let e = assert_err(
+                validate_resource(ResourceKind::User, body),
+                400,
+                ScimType::InvalidValue,
+            );
+            assert!(e.detail.contains(attr), "{attr}: {}", e.detail);
+        }
+        // One primary among values marked false or not marked is fine.
+        let body = json!({
+            "schemas": [USER_SCHEMA],
+            "userName": "a",
+            "emails": [{"value": "a@x.com", "primary": true},
+                       {"value": "b@x.com", "primary": false},
+                       {"value": "c@x.com"}]
         });
         validate_resource(ResourceKind::User, body).unwrap();
     }

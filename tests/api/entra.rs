@@ -41,6 +41,8 @@ on_both_backends!(
     manager_cleared_by_replace_with_empty_string,
     manager_cleared_by_remove_on_urn_path,
     manager_cleared_by_remove_with_value_filter,
+    manager_kept_when_its_ref_is_removed,
+    filtered_manager_replace_that_matches_nothing_is_400_no_target,
     string_false_with_capital_replace_disables_and_user_stays_findable,
     boolean_false_with_lower_case_replace_disables_and_user_stays_findable,
     string_true_re_enables_disabled_user,
@@ -50,6 +52,7 @@ on_both_backends!(
     group_get_by_id_excluding_members_has_no_members,
     add_several_members_in_one_op_is_204,
     default_remove_with_value_list_removes_only_listed_members,
+    default_remove_with_value_list_finds_emails_in_any_case_and_member_ids_exactly,
     aad_opt_remove_with_member_filter_removes_only_that_member,
     group_rename_by_path_updates_display_name,
     group_rename_by_pathless_replace_updates_display_name,
@@ -809,6 +812,46 @@ async fn manager_cleared_by_remove_with_value_filter(app: TestApp) {
     assert!(manager(&user).is_none(), "{user:?}");
 }
 
+async fn manager_kept_when_its_ref_is_removed(app: TestApp) {
+    // RFC 7644 §3.5.2.2: a remove of a sub-attribute removes that
+    // sub-attribute. `$ref` follows from the id, so the manager stays as it
+    // was read.
+    let (id, boss) = user_with_manager(&app).await;
+    for path in [format!("{MANAGER}.$ref"), "manager.$ref".to_owned()] {
+        patch_user(&app, &id, json!([{"op":"remove","path":path}])).await;
+        assert_manager(&app, &get_user(&app, &id).await, &boss);
+    }
+}
+
+async fn filtered_manager_replace_that_matches_nothing_is_400_no_target(app: TestApp) {
+    // RFC 7644 §3.5.2.3: a value filter that matches no value is 400
+    // noTarget. A filter naming an old manager must not overwrite the
+    // current one.
+    let (id, boss) = user_with_manager(&app).await;
+    let next = app.create_user("next.boss@example.com").await;
+    for path in [
+        format!("{MANAGER}[value eq \"someone-else\"].value"),
+        "manager[value eq \"someone-else\"].value".to_owned(),
+    ] {
+        let reply = app
+            .patch(
+                &format!("/Users/{id}"),
+                patch_body(json!([{"op":"Replace","path":path,"value":next}])),
+            )
+            .await;
+        assert_scim_error(&reply, StatusCode::BAD_REQUEST, Some("noTarget"));
+        assert_manager(&app, &get_user(&app, &id).await, &boss);
+    }
+    // The filter that names the current manager applies.
+    patch_user(
+        &app,
+        &id,
+        json!([{"op":"Replace","path":format!("manager[value eq \"{boss}\"].value"),"value":next}]),
+    )
+    .await;
+    assert_manager(&app, &get_user(&app, &id).await, &next);
+}
+
 // --- 5. Disable / re-enable ------------------------------------------------------
 
 /// Asserts the user is inactive by GET and by a userName filter: MS-TUT says
@@ -997,6 +1040,47 @@ async fn default_remove_with_value_list_removes_only_listed_members(app: TestApp
     )
     .await;
     assert_eq!(member_ids(&app, &id).await, set_of(&[&users[1]]));
+}
+
+async fn default_remove_with_value_list_finds_emails_in_any_case_and_member_ids_exactly(
+    app: TestApp,
+) {
+    // The default dialect's `Remove` with a value list, on emails: their
+    // value is caseExact false (RFC 7643 §4.1.2), so "Ann@Home.org" names
+    // the stored "ann@home.org". Member values are user ids, compared exactly.
+    let mut body = tutorial_user();
+    body["emails"] = json!([
+        {"primary": true, "type": "work", "value": TUTORIAL_EMAIL},
+        {"type": "home", "value": "ann@home.org"}
+    ]);
+    let reply = app.post("/Users", body).await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+    let id = reply.body["id"].as_str().expect("id").to_owned();
+    patch_user(
+        &app,
+        &id,
+        json!([{"op":"Remove","path":"emails","value":[{"value":"Ann@Home.org"}]}]),
+    )
+    .await;
+    assert_eq!(
+        get_user(&app, &id).await["emails"],
+        json!([{"primary": true, "type": "work", "value": TUTORIAL_EMAIL}])
+    );
+
+    let group = create_tutorial_group(&app, "displayName").await;
+    patch_group(
+        &app,
+        &group,
+        json!([{"op":"Add","path":"members","value":[{"value":id}]}]),
+    )
+    .await;
+    patch_group(
+        &app,
+        &group,
+        json!([{"op":"Remove","path":"members","value":[{"value":id.to_uppercase()}]}]),
+    )
+    .await;
+    assert_eq!(member_ids(&app, &group).await, set_of(&[&id]));
 }
 
 async fn aad_opt_remove_with_member_filter_removes_only_that_member(app: TestApp) {

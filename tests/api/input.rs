@@ -15,6 +15,7 @@ on_both_backends!(
     nul_characters_are_refused_before_the_database,
     overlong_indexed_values_and_ids_are_refused_before_the_database,
     repeated_members_and_parameters_are_refused,
+    two_primary_values_are_refused_at_ingest,
     unreadable_if_match_and_urls_are_invalid_syntax,
 );
 
@@ -286,6 +287,65 @@ async fn overlong_indexed_values_and_ids_are_refused_before_the_database(app: Te
         app.get(&format!("/Groups/{group}")).await.status.as_u16(),
         200
     );
+}
+
+async fn two_primary_values_are_refused_at_ingest(app: TestApp) {
+    // RFC 7643 §2.4: "The primary attribute value 'true' MUST appear no
+    // more than once". Invitations go to the primary email.
+    let id = app.create_user("primary@example.com").await;
+    let two_primaries = (400, "invalidValue", "emails");
+    let mut body = user_body("other@example.com");
+    body["emails"] = json!([
+        {"primary": true, "type": "work", "value": "other@example.com"},
+        {"primary": "True", "type": "home", "value": "other@home.example"}
+    ]);
+    refused(
+        &app,
+        Method::POST,
+        "/Users",
+        &body.to_string(),
+        two_primaries,
+    )
+    .await;
+    let mut put = body.clone();
+    put["userName"] = json!("primary@example.com");
+    let path = format!("/Users/{id}");
+    refused(&app, Method::PUT, &path, &put.to_string(), two_primaries).await;
+    let patch = patch_body(json!([{"op": "add", "path": "emails", "value": [
+        {"primary": true, "type": "home", "value": "a@home.example"},
+        {"primary": true, "type": "other", "value": "b@other.example"}]}]));
+    refused(
+        &app,
+        Method::PATCH,
+        &path,
+        &patch.to_string(),
+        two_primaries,
+    )
+    .await;
+    let mut phones = user_body("other@example.com");
+    phones["phoneNumbers"] = json!([
+        {"primary": true, "type": "work", "value": "1"},
+        {"primary": true, "type": "mobile", "value": "2"}
+    ]);
+    let phone_primaries = (400, "invalidValue", "phoneNumbers");
+    refused(
+        &app,
+        Method::POST,
+        "/Users",
+        &phones.to_string(),
+        phone_primaries,
+    )
+    .await;
+
+    let stored = app.get(&path).await;
+    assert_eq!(
+        stored.body["emails"],
+        json!([{"primary": true, "type": "work", "value": "primary@example.com"}])
+    );
+    let others = app
+        .get("/Users?filter=userName%20eq%20%22other@example.com%22")
+        .await;
+    assert_eq!(others.body["totalResults"], 0);
 }
 
 async fn repeated_members_and_parameters_are_refused(app: TestApp) {

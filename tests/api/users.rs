@@ -1,5 +1,6 @@
 //! Users: the lifecycle Entra ID drives, on both backends.
 
+use chrono::Timelike;
 use reqwest::StatusCode;
 use serde_json::json;
 
@@ -22,6 +23,7 @@ on_both_backends!(
     bad_filter_is_400_invalid_filter,
     list_pages_are_stable_and_count_zero_gives_totals,
     users_are_found_by_any_email_and_by_work_email,
+    users_are_found_by_creation_time_as_an_instant,
     concurrent_patches_of_one_user_lose_no_update,
 );
 
@@ -382,6 +384,69 @@ async fn users_are_found_by_any_email_and_by_work_email(app: TestApp) {
         .get("/Users?filter=emails.value%20eq%20%22new.person%40example.com%22")
         .await;
     assert_eq!(new.body["totalResults"], 1);
+}
+
+/// The number of users a filter finds, asserting 200.
+async fn count_found(app: &TestApp, filter: &str) -> u64 {
+    let encoded: String = url::form_urlencoded::byte_serialize(filter.as_bytes()).collect();
+    let reply = app.get(&format!("/Users?filter={encoded}")).await;
+    assert_eq!(reply.status, StatusCode::OK, "{filter}: {:?}", reply.body);
+    reply.body["totalResults"].as_u64().unwrap_or_default()
+}
+
+async fn users_are_found_by_creation_time_as_an_instant(app: TestApp) {
+    // RFC 7644 §3.4.2.2: dateTimes order chronologically. meta.created is
+    // rendered with milliseconds and "Z"; clients write whole seconds and
+    // other offsets.
+    let id = app.create_user("dated@example.com").await;
+    let user = app.get(&format!("/Users/{id}")).await;
+    let rendered = user.body["meta"]["created"].as_str().expect("created");
+    let created = chrono::DateTime::parse_from_rfc3339(rendered).expect("RFC 3339");
+    let second = created.with_nanosecond(0).expect("whole second");
+    let next = second + chrono::Duration::seconds(1);
+    let east = chrono::FixedOffset::east_opt(3600).expect("+01:00");
+    let west = chrono::FixedOffset::west_opt(5 * 3600).expect("-05:00");
+    let z = |t: chrono::DateTime<chrono::FixedOffset>| t.format("%Y-%m-%dT%H:%M:%SZ").to_string();
+    let at = |t: chrono::DateTime<chrono::FixedOffset>, tz| {
+        t.with_timezone(&tz)
+            .format("%Y-%m-%dT%H:%M:%S%.3f%:z")
+            .to_string()
+    };
+    for (filter, found) in [
+        (format!("meta.created ge \"{}\"", z(second)), 1),
+        (format!("meta.created lt \"{}\"", z(second)), 0),
+        (format!("meta.created lt \"{}\"", at(next, west)), 1),
+        (format!("meta.created gt \"{}\"", at(next, west)), 0),
+        (format!("meta.created eq \"{}\"", at(created, east)), 1),
+        (format!("meta.created ne \"{}\"", at(created, east)), 0),
+        // userName goes to SQL, the rest is evaluated on what it finds.
+        (
+            format!(
+                "userName eq \"dated@example.com\" and meta.created ge \"{}\"",
+                at(second, east)
+            ),
+            1,
+        ),
+        (
+            format!(
+                "userName eq \"dated@example.com\" and meta.created lt \"{}\"",
+                at(second, east)
+            ),
+            0,
+        ),
+    ] {
+        assert_eq!(count_found(&app, &filter).await, found, "{filter}");
+    }
+    for filter in [
+        "meta.created ge \"2026\"",
+        "meta.lastModified lt \"yesterday\"",
+        "x509Certificates.value gt \"TUlJQ\"",
+    ] {
+        let encoded: String = url::form_urlencoded::byte_serialize(filter.as_bytes()).collect();
+        let reply = app.get(&format!("/Users?filter={encoded}")).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{filter}");
+        assert_eq!(reply.body["scimType"], "invalidFilter", "{filter}");
+    }
 }
 
 async fn concurrent_patches_of_one_user_lose_no_update(app: TestApp) {
