@@ -298,9 +298,85 @@ pub fn redact_url(url: &str) -> String {
     parsed.to_string()
 }
 
+/// `text` with every form of the password in `url` replaced by `***`: a
+/// client library's error may quote the URL, or the part of it that it
+/// could not read (libpq: `invalid percent-encoded token: "<password>"`).
+/// The password is taken as broadly as a URL could mean it, from the first
+/// `:` after the scheme to the last `@`, raw and percent-decoded, and from
+/// any `password=` in the query.
+pub fn scrub_secrets(text: &str, url: &str) -> String {
+    let mut secrets: Vec<String> = Vec::new();
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    if let Some(at) = rest.rfind('@')
+        && let Some((_, password)) = rest[..at].split_once(':')
+    {
+        secrets.push(password.to_owned());
+        if let Ok(decoded) = urlencoding_decode(password) {
+            secrets.push(decoded);
+        }
+    }
+    if let Some((_, query)) = url.split_once('?') {
+        for pair in query.split('&') {
+            if let Some((k, v)) = pair.split_once('=')
+                && k.to_ascii_lowercase().contains("password")
+            {
+                secrets.push(v.to_owned());
+                if let Ok(decoded) = urlencoding_decode(v) {
+                    secrets.push(decoded);
+                }
+            }
+        }
+    }
+    // Longest first, so that a password containing another is hidden whole.
+    secrets.retain(|s| !s.is_empty());
+    secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    let mut out = text.to_owned();
+    for secret in &secrets {
+        out = out.replace(secret.as_str(), "***");
+    }
+    out
+}
+
+/// Percent-decoding that fails on a malformed escape rather than guess.
+fn urlencoding_decode(s: &str) -> Result<String, ()> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = s.get(i + 1..i + 3).ok_or(())?;
+            out.push(u8::from_str_radix(hex, 16).map_err(|_| ())?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| ())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scrubbed_errors_hold_no_form_of_the_password() {
+        let url = "postgres://app:50%off@db.example.com/scim";
+        let said = "invalid percent-encoded token: \"50%off\"";
+        assert_eq!(
+            scrub_secrets(said, url),
+            "invalid percent-encoded token: \"***\""
+        );
+        let url = "postgres://app:p%40ss%2Fword@db.example.com/scim?password=q%20r";
+        let said = "bad p@ss/word, p%40ss%2Fword, q r and q%20r";
+        assert_eq!(scrub_secrets(said, url), "bad ***, ***, *** and ***");
+        let url = "postgres://app:pa@ss@db.example.com/scim";
+        assert_eq!(scrub_secrets("user app, pa@ss", url), "user app, ***");
+        assert_eq!(
+            scrub_secrets("connection refused", "postgres://db.example.com/scim"),
+            "connection refused"
+        );
+    }
 
     fn settings_with(db: &str, queue: &str) -> Settings {
         let mut s: Settings = Figment::from(Toml::string(DEFAULTS))

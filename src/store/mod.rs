@@ -194,8 +194,13 @@ impl ManageConnection for ConnManager {
         let lost = Arc::new(AtomicBool::new(false));
         let conn = match &self.url {
             DatabaseUrl::Postgres(url) => {
-                let mut conn =
-                    PgConnection::establish(url).map_err(r2d2::Error::ConnectionError)?;
+                // libpq's error may quote the password (a malformed URL's
+                // part it could not read); this error reaches the logs.
+                let mut conn = PgConnection::establish(url).map_err(|e| {
+                    r2d2::Error::ConnectionError(diesel::ConnectionError::BadConnection(
+                        crate::config::scrub_secrets(&e.to_string(), url),
+                    ))
+                })?;
                 let flag = lost.clone();
                 conn.set_instrumentation(move |event: InstrumentationEvent<'_>| {
                     if let InstrumentationEvent::FinishQuery { error: Some(e), .. } = event
@@ -435,4 +440,31 @@ pub fn now() -> chrono::NaiveDateTime {
     // SQLite keeps what it is given and PostgreSQL rounds to microseconds;
     // truncating here makes both return the value that was written.
     chrono::DurationRound::duration_trunc(now, chrono::TimeDelta::microseconds(1)).unwrap_or(now)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// libpq quotes the part of a URL it cannot read, here the password;
+    /// the error that reaches callers and logs holds it no more.
+    #[tokio::test]
+    async fn a_connection_error_does_not_quote_the_password() {
+        let url = DatabaseUrl::Postgres("postgres://app:50%off@127.0.0.1:1/scim".into());
+        let store = Store::open(&url, 1, Duration::from_millis(300)).expect("pool");
+        let error = store
+            .run(|c| {
+                diesel::sql_query("SELECT 1")
+                    .execute(c)
+                    .map_err(Error::from)
+            })
+            .await
+            .expect_err("no such server");
+        let said = error.to_string();
+        assert!(!said.contains("50%off"), "{said}");
+        assert!(
+            said.contains("***"),
+            "the error still says what was wrong: {said}"
+        );
+    }
 }
