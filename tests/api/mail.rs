@@ -324,3 +324,64 @@ async fn digest_is_queued_behind_a_mail_backlog(backend: crate::helpers::Backend
         .expect("pass");
     assert_eq!(again.queued, 0, "queued once: {again:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_organization_moves_its_digest_watermark_sqlite() {
+    a_quiet_organization_moves_its_digest_watermark(crate::helpers::Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_organization_moves_its_digest_watermark_postgres_redis() {
+    if crate::helpers::postgres_redis_enabled() {
+        a_quiet_organization_moves_its_digest_watermark(crate::helpers::Backend::PostgresRedis)
+            .await;
+    }
+}
+
+/// An organization with nothing to report still moves the point its next
+/// digest counts from, so a pass never counts over its whole log; a
+/// failure after that point is still reported.
+async fn a_quiet_organization_moves_its_digest_watermark(backend: crate::helpers::Backend) {
+    use scimsync::reconcile::periodic;
+    use scimsync::store::{self, orgs};
+    let mut env = crate::helpers::test_env(backend);
+    env.settings.mail.digest_interval_secs = 0;
+    let app = crate::helpers::spawn_with(env, scimsync::startup::Role::Web).await;
+    let mail = app.mail_queue().await;
+    scimsync::ops::orgs::set_notify(&app.store, &app.org_slug, Some("admins@example.com"))
+        .await
+        .expect("notify");
+    let watermark = || async {
+        let slug = app.org_slug.clone();
+        app.store
+            .run(move |c| orgs::find_by_slug(c, &slug).map_err(store::Error::from))
+            .await
+            .expect("org")
+            .expect("exists")
+            .digest_through
+    };
+    assert_eq!(watermark().await, None);
+    let quiet = periodic::pass(&app.store, &mail, &app.settings)
+        .await
+        .expect("pass");
+    assert_eq!(quiet.digests, 0, "{quiet:?}");
+    let moved = watermark().await.expect("the watermark moved");
+
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let org = app.org_id().await;
+    crate::helpers::record_dead(
+        &app,
+        &org,
+        "later@example.com",
+        crate::helpers::user_create("later@example.com"),
+    )
+    .await;
+    let pass = periodic::pass(&app.store, &mail, &app.settings)
+        .await
+        .expect("pass");
+    assert_eq!(pass.digests, 1, "{pass:?}");
+    assert!(watermark().await.expect("watermark") > moved);
+    let row = digests(&app).await.remove(0);
+    let payload: serde_json::Value = serde_json::from_str(&row.payload).expect("payload");
+    assert_eq!(payload["total"], 1, "{payload}");
+}
