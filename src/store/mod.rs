@@ -30,6 +30,10 @@ use crate::config::DatabaseUrl;
 const PG_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
 const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
 
+/// The PostgreSQL advisory lock held while migrating (an arbitrary key,
+/// "scimsync" in ASCII).
+const MIGRATION_LOCK: i64 = 0x7363_696d_7379_6e63;
+
 /// A connection to either backend; every query is written once against it.
 #[derive(diesel::MultiConnection)]
 pub enum Conn {
@@ -363,12 +367,29 @@ impl Store {
     pub async fn migrate(&self) -> anyhow::Result<Vec<String>> {
         self.run(|conn| -> anyhow::Result<Vec<String>> {
             let applied = match conn {
-                Conn::Pg(c) => c
-                    .run_pending_migrations(PG_MIGRATIONS)
-                    .map_err(|e| anyhow::anyhow!("PostgreSQL migration failed: {e}"))?
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect(),
+                Conn::Pg(c) => {
+                    // One process migrates at a time. Without the lock, two
+                    // starting together (replicas, or `run` and a CLI
+                    // command of a new release) both found the same
+                    // migrations pending, and the second failed on what the
+                    // first had created and exited.
+                    diesel::sql_query("SELECT pg_advisory_lock($1)")
+                        .bind::<diesel::sql_types::BigInt, _>(MIGRATION_LOCK)
+                        .execute(c)
+                        .map_err(|e| anyhow::anyhow!("cannot take the migration lock: {e}"))?;
+                    let applied = c
+                        .run_pending_migrations(PG_MIGRATIONS)
+                        .map(|done| done.iter().map(ToString::to_string).collect())
+                        .map_err(|e| anyhow::anyhow!("PostgreSQL migration failed: {e}"));
+                    let unlocked = diesel::sql_query("SELECT pg_advisory_unlock($1)")
+                        .bind::<diesel::sql_types::BigInt, _>(MIGRATION_LOCK)
+                        .execute(c);
+                    if let Err(e) = unlocked {
+                        // It ends with the connection at the latest.
+                        tracing::warn!(error = %e, "could not release the migration lock");
+                    }
+                    applied?
+                }
                 Conn::Sqlite(c) => c
                     .run_pending_migrations(SQLITE_MIGRATIONS)
                     .map_err(|e| anyhow::anyhow!("SQLite migration failed: {e}"))?

@@ -89,3 +89,33 @@ async fn migrations_match_schema_rs(app: TestApp) {
         .await
         .expect("schema readable");
 }
+
+/// Two processes starting together on a new PostgreSQL database both
+/// migrate it: one waits for the other and finds nothing left to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_starting_together_both_migrate() {
+    if !crate::helpers::postgres_redis_enabled() {
+        return;
+    }
+    let env = crate::helpers::test_env(crate::helpers::Backend::PostgresRedis);
+    let url = env.settings.database_url().expect("url");
+    let timeout = std::time::Duration::from_secs(10);
+    let a = scimsync::store::Store::open(&url, 1, timeout).expect("store");
+    let b = scimsync::store::Store::open(&url, 1, timeout).expect("store");
+    let (a, b) = tokio::join!(a.migrate(), b.migrate());
+    let (a, b) = (a.expect("first migrates"), b.expect("second migrates"));
+    assert!(!a.is_empty() || !b.is_empty(), "the migrations ran");
+    assert_eq!(
+        a.len() + b.len(),
+        a.len().max(b.len()),
+        "each ran once: {a:?} {b:?}"
+    );
+    let store = scimsync::store::Store::open(&url, 1, timeout).expect("store");
+    assert!(
+        store
+            .pending_migrations()
+            .await
+            .expect("pending")
+            .is_empty()
+    );
+}
