@@ -48,7 +48,7 @@ impl std::fmt::Debug for AdminSettings {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 pub struct MailSettings {
     pub url: String,
     pub from: String,
@@ -60,6 +60,81 @@ pub struct MailSettings {
     pub retry_initial_secs: u64,
     pub retry_max_secs: u64,
     pub concurrency: usize,
+}
+
+/// A URL as `Debug` shows it: without its user name, password or
+/// `password=` query value (a Resend API key is the user name).
+struct Hidden<'a>(&'a str);
+
+impl std::fmt::Debug for Hidden<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let redacted = redact_url(self.0);
+        let shown = match url::Url::parse(&redacted) {
+            Ok(mut url) if !url.username().is_empty() => {
+                let _ = url.set_username("***");
+                url.to_string()
+            }
+            _ => redacted,
+        };
+        write!(f, "{shown:?}")
+    }
+}
+
+impl std::fmt::Debug for MailSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MailSettings")
+            .field("url", &Hidden(&self.url))
+            .field("from", &self.from)
+            .field("contact", &self.contact)
+            .field("operator_email", &self.operator_email)
+            .field("invitation_ttl_hours", &self.invitation_ttl_hours)
+            .field("digest_interval_secs", &self.digest_interval_secs)
+            .field("max_attempts", &self.max_attempts)
+            .field("retry_initial_secs", &self.retry_initial_secs)
+            .field("retry_max_secs", &self.retry_max_secs)
+            .field("concurrency", &self.concurrency)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for DatabaseSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseSettings")
+            .field("url", &Hidden(&self.url))
+            .field("pool_size", &self.pool_size)
+            .field("connect_timeout_secs", &self.connect_timeout_secs)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for QueueSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueueSettings")
+            .field("url", &Hidden(&self.url))
+            .field("name", &self.name)
+            .field("concurrency", &self.concurrency)
+            .field("poll_interval_ms", &self.poll_interval_ms)
+            .field("max_deliveries", &self.max_deliveries)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DatabaseUrl::Postgres(url) => f.debug_tuple("Postgres").field(&Hidden(url)).finish(),
+            DatabaseUrl::Sqlite(path) => f.debug_tuple("Sqlite").field(path).finish(),
+        }
+    }
+}
+
+impl std::fmt::Debug for QueueUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            QueueUrl::Redis(url) => f.debug_tuple("Redis").field(&Hidden(url)).finish(),
+            QueueUrl::Sqlite(path) => f.debug_tuple("Sqlite").field(path).finish(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -81,14 +156,14 @@ pub struct ServerSettings {
     pub rate_limit_burst: u32,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 pub struct DatabaseSettings {
     pub url: String,
     pub pool_size: u32,
     pub connect_timeout_secs: u64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 pub struct QueueSettings {
     pub url: String,
     pub name: String,
@@ -125,7 +200,7 @@ pub struct PathSettings {
 }
 
 /// Where the data lives, decided from `database.url`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum DatabaseUrl {
     Postgres(String),
     /// A file path (the `sqlite://` prefix removed).
@@ -133,7 +208,7 @@ pub enum DatabaseUrl {
 }
 
 /// Where the queue lives, decided from `queue.url`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum QueueUrl {
     Redis(String),
     Sqlite(PathBuf),
@@ -358,6 +433,24 @@ fn urlencoding_decode(s: &str) -> Result<String, ()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn settings_printed_for_debugging_hold_no_secret() {
+        let mut settings = Settings::load(None).expect("defaults");
+        settings.database.url = "postgres://app:db-secret@db.example.com/scim".into();
+        settings.queue.url = "redis://:queue-secret@cache.example.com:6379/0".into();
+        settings.mail.url = "resend://re_api-secret@api.resend.com".into();
+        settings.admin.password = "admin-secret-password".into();
+        let printed = format!(
+            "{settings:?} {:?} {:?}",
+            settings.database_url().expect("url"),
+            settings.queue_url().expect("url")
+        );
+        for secret in ["db-secret", "queue-secret", "api-secret", "admin-secret"] {
+            assert!(!printed.contains(secret), "{secret} in {printed}");
+        }
+        assert!(printed.contains("db.example.com"), "{printed}");
+    }
 
     #[test]
     fn scrubbed_errors_hold_no_form_of_the_password() {

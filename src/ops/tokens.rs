@@ -39,10 +39,19 @@ pub struct TokenInfo {
 }
 
 /// A token just issued; `token` is shown once and never again.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct IssuedToken {
     pub info: TokenInfo,
     pub token: String,
+}
+
+impl std::fmt::Debug for IssuedToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssuedToken")
+            .field("info", &self.info)
+            .field("token", &"***")
+            .finish()
+    }
 }
 
 fn info(row: tokens::TokenRow, org: &str) -> TokenInfo {
