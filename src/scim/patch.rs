@@ -351,7 +351,8 @@ pub fn check_patch(kind: ResourceKind, ops: &[PatchOp]) -> Result<(), ScimError>
 /// Errors: unknown attribute → 400 invalidPath; read-only attribute (`id`,
 /// `meta`, `groups`) → 400 mutability; wrong value type → 400 invalidValue;
 /// a member filter other than `value eq "<id>"` → 400 invalidFilter; removing
-/// or emptying `userName` / a Group's `displayName` → 400 invalidValue; more
+/// `userName` / a Group's `displayName` → 400 mutability (RFC 7644 §3.5.2),
+/// setting it empty → 400 invalidValue; more
 /// than 10,000 member ids → 400 tooMany.
 pub fn apply_patch(
     kind: ResourceKind,
@@ -377,14 +378,21 @@ pub fn apply_patch(
 /// extension exactly when its object is present.
 fn finish(kind: ResourceKind, doc: &mut Map<String, Value>) -> Result<(), ScimError> {
     let required = required_attribute(kind);
-    let ok = doc
-        .get(required)
-        .and_then(Value::as_str)
-        .is_some_and(|s| !s.trim().is_empty());
-    if !ok {
-        return Err(invalid_value(format!(
-            "{required} is required: it cannot be removed or set empty"
-        )));
+    match doc.get(required) {
+        Some(Value::String(s)) if !s.trim().is_empty() => {}
+        // RFC 7644 §3.5.2: a required attribute that is removed or becomes
+        // unassigned is a "mutability" error.
+        None | Some(Value::Null) => {
+            return Err(ScimError::bad_request(
+                ScimType::Mutability,
+                format!("{required} is required: it cannot be removed"),
+            ));
+        }
+        Some(_) => {
+            return Err(invalid_value(format!(
+                "{required} is required: it cannot be set empty"
+            )));
+        }
     }
     for ext in kind.extensions() {
         let key = take_ci(doc, ext.id);
@@ -1418,7 +1426,7 @@ mod tests {
             ),
             user_op(
                 json!({"op": "remove", "path": "userName"}),
-                ScimType::InvalidValue,
+                ScimType::Mutability,
             ),
             group_op(
                 json!({"op": "replace", "path": "displayName", "value": " "}),
@@ -2183,14 +2191,23 @@ mod tests {
     }
 
     #[test]
-    fn removing_or_emptying_user_name_is_invalid_value() {
-        for op in [
-            json!({"op":"remove","path":"userName"}),
-            json!({"op":"replace","path":"userName","value":""}),
-            json!({"op":"replace","path":"userName","value":null}),
+    fn removing_user_name_is_mutability_and_emptying_it_invalid_value() {
+        for (op, scim_type) in [
+            (
+                json!({"op":"remove","path":"userName"}),
+                ScimType::Mutability,
+            ),
+            (
+                json!({"op":"replace","path":"userName","value":null}),
+                ScimType::Mutability,
+            ),
+            (
+                json!({"op":"replace","path":"userName","value":""}),
+                ScimType::InvalidValue,
+            ),
         ] {
             let e = patch_err(ResourceKind::User, &user(), json!([op]));
-            assert_scim(&e, 400, ScimType::InvalidValue);
+            assert_scim(&e, 400, scim_type);
             assert!(e.detail.contains("userName is required"));
         }
     }
@@ -2480,7 +2497,7 @@ mod tests {
             &group(),
             json!([{"op":"remove","path":"displayName"}]),
         );
-        assert_scim(&e, 400, ScimType::InvalidValue);
+        assert_scim(&e, 400, ScimType::Mutability);
         let e = patch_err(
             ResourceKind::Group,
             &group(),

@@ -483,7 +483,7 @@ async fn patch_content_is_checked_without_a_worker(backend: Backend) {
         ),
         (
             json!([{"op": "remove", "path": "userName"}]),
-            (400, "invalidValue", "userName is required"),
+            (400, "mutability", "userName is required"),
         ),
         (
             json!([{"op": "Replace", "path": "active", "value": "maybe"}]),
