@@ -17,6 +17,10 @@ use crate::jobs::{Queue, ScimChange};
 use crate::reconcile::periodic;
 use crate::store::Store;
 
+/// How long a stopping process's workers wait for the web server to answer
+/// its in-flight requests before their own grace period (25 s) begins.
+const WEB_DRAIN: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Which parts this process runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -188,7 +192,8 @@ impl Application {
             });
         }
         // Workers stop only after the web server has answered its in-flight
-        // requests, so those requests get their changes' real outcomes.
+        // requests (or WEB_DRAIN has passed), so those requests get their
+        // changes' real outcomes.
         let web_done = CancellationToken::new();
         if let Some(listener) = self.listener.take() {
             let state = AppState::new(crate::http::Shared {
@@ -254,7 +259,13 @@ impl Application {
             tasks.spawn(async move {
                 worker::run(queue, state, mail_state, async move {
                     token.cancelled().await;
-                    web.cancelled().await;
+                    // Requests waiting for their changes are normally
+                    // answered within milliseconds; if the web server is
+                    // still draining after WEB_DRAIN (changes that cannot
+                    // apply, waiting out their deadline), the workers'
+                    // grace starts anyway, so the whole stop stays within
+                    // the 30 s platforms allow after SIGTERM.
+                    let _ = tokio::time::timeout(WEB_DRAIN, web.cancelled()).await;
                 })
                 .await
             });
