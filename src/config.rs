@@ -143,6 +143,7 @@ pub struct ReconcilerSettings {
     pub requeue_after_secs: u64,
     pub send_lease_secs: u64,
     pub digest_settle_secs: u64,
+    pub retention_days: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

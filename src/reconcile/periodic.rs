@@ -25,11 +25,17 @@ pub struct Pass {
     pub queued: usize,
     /// Digest rows written.
     pub digests: usize,
+    /// Log and outbox rows deleted past `reconciler.retention_days`.
+    pub forgotten: usize,
 }
 
 /// Finished jobs forgotten per queue and pass: well above what a worker
 /// finishes between passes, small enough to keep each sweep brief.
 const SWEEP_PER_PASS: u32 = 10_000;
+
+/// Rows past their retention deleted per table and pass: a log of
+/// millions is trimmed over hours without holding a pass up.
+const FORGET_PER_PASS: i64 = 5_000;
 
 /// Largest number of failures listed in one digest; the rest are counted.
 const DIGEST_LINES: i64 = 50;
@@ -65,6 +71,25 @@ pub async fn pass(
             Ok::<_, store::Error>((released, digests, due))
         })
         .await?;
+    // 0 days, or more than any date can go back, keeps everything.
+    let cutoff = i64::try_from(settings.reconciler.retention_days)
+        .ok()
+        .filter(|days| *days > 0)
+        .and_then(chrono::TimeDelta::try_days)
+        .and_then(|kept| store::now().checked_sub_signed(kept));
+    let forgotten = match cutoff {
+        None => 0,
+        Some(before) => {
+            store
+                .run_write(move |c| {
+                    Ok::<_, store::Error>(
+                        log::delete_older_than(c, before, FORGET_PER_PASS)?
+                            + outbox::delete_ended_before(c, before, FORGET_PER_PASS)?,
+                    )
+                })
+                .await?
+        }
+    };
     let mut queued = 0;
     for id in due.iter() {
         mail.push(&SendMail::new(id), 3).await?;
@@ -88,6 +113,7 @@ pub async fn pass(
         released,
         queued,
         digests,
+        forgotten,
     })
 }
 
@@ -105,6 +131,7 @@ pub async fn run(
                 released = p.released,
                 queued = p.queued,
                 digests = p.digests,
+                forgotten = p.forgotten,
                 "reconciler pass"
             ),
             Ok(_) => {}

@@ -28,6 +28,34 @@ pub struct LogRow {
     pub resolution: Option<String>,
 }
 
+/// Deletes up to `limit` rows of changes applied before `before`; returns
+/// how many. Dead changes not yet dealt with stay: `queue retry` and
+/// `queue discard` need them.
+pub fn delete_older_than(
+    conn: &mut Conn,
+    before: chrono::NaiveDateTime,
+    limit: i64,
+) -> QueryResult<usize> {
+    let old = provisioning_log::table
+        .filter(provisioning_log::applied_at.lt(before))
+        .filter(
+            provisioning_log::outcome
+                .ne("dead")
+                .or(provisioning_log::resolution.is_not_null()),
+        )
+        .select(provisioning_log::change_id)
+        .limit(limit)
+        .load::<String>(conn)?;
+    let mut deleted = 0;
+    for chunk in old.chunks(500) {
+        deleted += diesel::delete(
+            provisioning_log::table.filter(provisioning_log::change_id.eq_any(chunk)),
+        )
+        .execute(conn)?;
+    }
+    Ok(deleted)
+}
+
 #[cfg(test)]
 impl LogRow {
     /// An applied user create answered 201 at `at`, for unit tests.

@@ -428,3 +428,23 @@ pub fn oldest_pending(conn: &mut Conn) -> QueryResult<Option<chrono::NaiveDateTi
         .select(diesel::dsl::min(outbox::created_at))
         .first(conn)
 }
+
+/// Deletes up to `limit` rows that ended (sent, failed, cancelled) before
+/// `before`; returns how many. Owed rows always stay.
+pub fn delete_ended_before(
+    conn: &mut Conn,
+    before: chrono::NaiveDateTime,
+    limit: i64,
+) -> QueryResult<usize> {
+    let old = outbox::table
+        .filter(outbox::state.eq_any(["sent", "failed", "cancelled"]))
+        .filter(outbox::next_attempt_at.lt(before))
+        .select(outbox::id)
+        .limit(limit)
+        .load::<String>(conn)?;
+    let mut deleted = 0;
+    for chunk in old.chunks(500) {
+        deleted += diesel::delete(outbox::table.filter(outbox::id.eq_any(chunk))).execute(conn)?;
+    }
+    Ok(deleted)
+}

@@ -385,3 +385,111 @@ async fn a_quiet_organization_moves_its_digest_watermark(backend: crate::helpers
     let payload: serde_json::Value = serde_json::from_str(&row.payload).expect("payload");
     assert_eq!(payload["total"], 1, "{payload}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_past_their_retention_are_deleted_sqlite() {
+    rows_past_their_retention_are_deleted(crate::helpers::Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_past_their_retention_are_deleted_postgres_redis() {
+    if crate::helpers::postgres_redis_enabled() {
+        rows_past_their_retention_are_deleted(crate::helpers::Backend::PostgresRedis).await;
+    }
+}
+
+/// The log and the mail that went out are kept `retention_days`; owed mail
+/// and dead changes nobody dealt with are kept whatever their age.
+async fn rows_past_their_retention_are_deleted(backend: crate::helpers::Backend) {
+    use scimsync::reconcile::periodic;
+    use scimsync::store::{self, log, outbox};
+    let mut env = crate::helpers::test_env(backend);
+    env.settings.reconciler.retention_days = 30;
+    let app = crate::helpers::spawn_with(env, scimsync::startup::Role::Web).await;
+    let mail = app.mail_queue().await;
+    let org = app.org_id().await;
+    let old = store::now() - chrono::TimeDelta::days(31);
+    let logged = |name: &str, outcome: &str, resolution: Option<&str>, at| log::LogRow {
+        change_id: name.to_owned(),
+        org_id: org.clone(),
+        operation: "create".into(),
+        resource_type: "User".into(),
+        resource_id: None,
+        subject: Some(format!("{name}@example.com")),
+        outcome: outcome.into(),
+        status: if outcome == "dead" { 500 } else { 201 },
+        response: None,
+        error: None,
+        attempts: 1,
+        received_at: at,
+        applied_at: at,
+        duration_ms: 1,
+        request: None,
+        resolution: resolution.map(str::to_owned),
+    };
+    let rows = vec![
+        logged("old-applied", "applied", None, old),
+        logged("old-dead", "dead", None, old),
+        logged("old-discarded", "dead", Some("discarded"), old),
+        logged("new-applied", "applied", None, store::now()),
+    ];
+    let mail_row = |state: &str, at| {
+        let mut row = outbox::OutboxRow::new(
+            &org,
+            "welcome",
+            None,
+            &format!("{state}@example.com"),
+            "{}".into(),
+            chrono::TimeDelta::seconds(60),
+        );
+        row.state = state.to_owned();
+        row.next_attempt_at = at;
+        row
+    };
+    let sent_long_ago = mail_row("sent", old);
+    let kept_mail = [mail_row("pending", old), mail_row("sent", store::now())];
+    let kept_ids: Vec<String> = kept_mail.iter().map(|r| r.id.clone()).collect();
+    let mut mail_rows = kept_mail.to_vec();
+    mail_rows.push(sent_long_ago);
+    app.store
+        .run(move |c| {
+            log::insert_all(c, &rows)?;
+            outbox::insert_all(c, &mail_rows)?;
+            Ok::<_, store::Error>(())
+        })
+        .await
+        .expect("rows");
+
+    let pass = periodic::pass(&app.store, &mail, &app.settings)
+        .await
+        .expect("pass");
+    assert_eq!(pass.forgotten, 3, "{pass:?}");
+    let org_id = org.clone();
+    let (logged, mailed) = app
+        .store
+        .run(move |c| {
+            let logged: Vec<String> = log::recent(c, &org_id, 100)?
+                .into_iter()
+                .map(|r| r.change_id)
+                .collect();
+            let mailed: Vec<String> = outbox::for_org(c, &org_id)?
+                .into_iter()
+                .map(|r| r.id)
+                .collect();
+            Ok::<_, store::Error>((logged, mailed))
+        })
+        .await
+        .expect("read");
+    let mut logged = logged;
+    logged.sort();
+    assert_eq!(logged, ["new-applied", "old-dead"]);
+    let mut mailed = mailed;
+    mailed.sort();
+    let mut kept_ids = kept_ids;
+    kept_ids.sort();
+    assert_eq!(mailed, kept_ids);
+    let again = periodic::pass(&app.store, &mail, &app.settings)
+        .await
+        .expect("pass");
+    assert_eq!(again.forgotten, 0, "{again:?}");
+}
