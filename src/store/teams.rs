@@ -283,16 +283,12 @@ pub fn add_members(
     let mut added = 0;
     let mut seen = std::collections::HashSet::new();
     for chunk in user_ids.chunks(500) {
-        let present: Vec<String> = team_members::table
-            .filter(team_members::team_id.eq(team_id))
-            .filter(team_members::user_id.eq_any(chunk))
-            .select(team_members::user_id)
-            .load(conn)?;
+        let present = members_among(conn, team_id, chunk)?;
         // One multi-row INSERT per chunk: Entra adds members in batches,
         // and a row per statement made a 50-member PATCH 50 round trips.
         let rows: Vec<_> = chunk
             .iter()
-            .filter(|id| !present.contains(id) && seen.insert(id.as_str()))
+            .filter(|id| !present.contains(id.as_str()) && seen.insert(id.as_str()))
             .map(|id| {
                 (
                     team_members::team_id.eq(team_id),

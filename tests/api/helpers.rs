@@ -507,6 +507,35 @@ pub fn user_create(user_name: &str) -> scimsync::jobs::ChangeOp {
     }
 }
 
+/// A provisioning log row of organization `org_id` for a user create,
+/// change `change_id`, applied at `at` with `outcome` (answered 201, or
+/// 500 when dead); tests change what they need with `..`.
+pub fn log_row(
+    org_id: &str,
+    change_id: &str,
+    outcome: &str,
+    at: chrono::NaiveDateTime,
+) -> scimsync::store::log::LogRow {
+    scimsync::store::log::LogRow {
+        change_id: change_id.to_owned(),
+        org_id: org_id.to_owned(),
+        operation: "create".into(),
+        resource_type: "User".into(),
+        resource_id: None,
+        subject: None,
+        outcome: outcome.into(),
+        status: if outcome == "dead" { 500 } else { 201 },
+        response: None,
+        error: None,
+        attempts: 1,
+        received_at: at,
+        applied_at: at,
+        duration_ms: 1,
+        request: None,
+        resolution: None,
+    }
+}
+
 /// Logs `op` on `subject` in organization `org_id` as a change that died
 /// (as after a database outage outlasting every delivery), its request
 /// kept for a retry; returns its change id.
@@ -520,22 +549,14 @@ pub async fn record_dead(
     let change = scimsync::jobs::ScimChange::new(org_id, &app.scim, op);
     let at = store::now();
     let row = log::LogRow {
-        change_id: change.change_id.clone(),
-        org_id: org_id.to_owned(),
         operation: change.op.name().to_owned(),
-        resource_type: "User".into(),
         resource_id: Some(change.op.id().to_owned()),
         subject: Some(subject.to_owned()),
-        outcome: "dead".into(),
-        status: 500,
-        response: None,
         error: Some("no such table: users".into()),
         attempts: 5,
-        received_at: at,
-        applied_at: at,
         duration_ms: 12,
         request: Some(serde_json::to_string(&change).expect("json")),
-        resolution: None,
+        ..log_row(org_id, &change.change_id, "dead", at)
     };
     app.store
         .run(move |c| log::insert(c, &row).map_err(store::Error::from))

@@ -170,22 +170,10 @@ async fn failure_committed_after_a_digest_is_in_the_next(backend: crate::helpers
     let fail = |subject: &str, ago_ms: i64| {
         let at = store::now() - chrono::TimeDelta::milliseconds(ago_ms);
         log::LogRow {
-            change_id: ulid::Ulid::new().to_string(),
-            org_id: org.clone(),
-            operation: "create".into(),
-            resource_type: "User".into(),
-            resource_id: None,
             subject: Some(subject.to_owned()),
-            outcome: "rejected".into(),
             status: 409,
-            response: None,
             error: Some("userName is taken".into()),
-            attempts: 1,
-            received_at: at,
-            applied_at: at,
-            duration_ms: 1,
-            request: None,
-            resolution: None,
+            ..crate::helpers::log_row(&org, &ulid::Ulid::new().to_string(), "rejected", at)
         }
     };
     let first = fail("early@example.com", 0);
@@ -410,22 +398,8 @@ async fn rows_past_their_retention_are_deleted(backend: crate::helpers::Backend)
     let org = app.org_id().await;
     let old = store::now() - chrono::TimeDelta::days(31);
     let logged = |name: &str, outcome: &str, resolution: Option<&str>, at| log::LogRow {
-        change_id: name.to_owned(),
-        org_id: org.clone(),
-        operation: "create".into(),
-        resource_type: "User".into(),
-        resource_id: None,
-        subject: Some(format!("{name}@example.com")),
-        outcome: outcome.into(),
-        status: if outcome == "dead" { 500 } else { 201 },
-        response: None,
-        error: None,
-        attempts: 1,
-        received_at: at,
-        applied_at: at,
-        duration_ms: 1,
-        request: None,
         resolution: resolution.map(str::to_owned),
+        ..crate::helpers::log_row(&org, name, outcome, at)
     };
     let rows = vec![
         logged("old-applied", "applied", None, old),
