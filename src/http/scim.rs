@@ -16,7 +16,7 @@ use super::auth::OrgId;
 use super::error::{Error, scim_response, scim_text_response};
 use crate::jobs::reply::Outcome;
 use crate::jobs::{ChangeOp, ScimChange};
-use crate::reconcile::apply::{render_team, render_team_with, render_user};
+use crate::reconcile::apply::{matches_user, render_team, render_team_with, render_user};
 use crate::scim::ResourceKind;
 use crate::scim::body::parse_body;
 use crate::scim::error::{ScimError, ScimType};
@@ -778,7 +778,7 @@ fn list_users(
         after = Some((last.created_at, last.id.clone()));
         for row in &rows {
             let resource = render_user(row, base)?;
-            if matches(filter, ResourceKind::User, &resource) {
+            if matches_user(filter, &resource, row.active) {
                 if total >= offset && total < offset + limit {
                     resources.push(resource);
                 }

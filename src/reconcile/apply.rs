@@ -1101,21 +1101,13 @@ pub(crate) fn new_team_row(org: &str, id: &str, mut resource: Value) -> Result<T
 
 /// The SCIM representation of a stored user.
 ///
-/// `active` comes from the row, which is what access follows: a stored
-/// document may lack it (a create that left it out, a PUT that omitted
-/// it, a PATCH that removed it, none of which change it), and a filter
-/// evaluated on the document must see what the SQL condition sees.
+/// `active` is shown as assigned: a create that left it out, a PUT that
+/// omitted it or a PATCH that removed it leaves it unassigned, and absent
+/// (RFC 7644 §3.5.2.2), while the row keeps the state that access follows
+/// (see [`matches_user`]).
 pub fn render_user(row: &UserRow, base: &str) -> Result<Value, store::Error> {
-    let mut resource: Value = serde_json::from_str(&row.resource)
+    let resource: Value = serde_json::from_str(&row.resource)
         .map_err(|e| store::Error::Corrupt(format!("stored user {} is not JSON: {e}", row.id)))?;
-    if let Some(obj) = resource.as_object_mut() {
-        let key = obj
-            .keys()
-            .find(|k| k.eq_ignore_ascii_case("active"))
-            .cloned()
-            .unwrap_or_else(|| "active".to_owned());
-        obj.insert(key, Value::Bool(row.active));
-    }
     Ok(render::resource(
         resource,
         &render::Meta {
@@ -1127,6 +1119,21 @@ pub fn render_user(row: &UserRow, base: &str) -> Result<Value, store::Error> {
             base_url: base,
         },
     ))
+}
+
+/// Whether a rendered user matches `filter`, its `active` taken from the
+/// row when the representation leaves it unassigned: the same state that
+/// `active eq ...` finds in SQL, and that sign-in follows.
+pub fn matches_user(filter: &crate::scim::filter::Filter, resource: &Value, active: bool) -> bool {
+    use crate::scim::filter::matches;
+    if resource.get("active").is_some_and(|a| !a.is_null()) {
+        return matches(filter, ResourceKind::User, resource);
+    }
+    let mut seen = resource.clone();
+    if let Some(obj) = seen.as_object_mut() {
+        obj.insert("active".to_owned(), Value::Bool(active));
+    }
+    matches(filter, ResourceKind::User, &seen)
 }
 
 /// The SCIM representation of a stored team, with its members.
