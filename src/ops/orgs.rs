@@ -86,7 +86,14 @@ pub async fn bootstrap_default(store: &Store) -> anyhow::Result<Option<IssuedTok
     if count > 0 {
         return Ok(None);
     }
-    create(store, "default", Some("Default organization"), None).await?;
+    if let Err(e) = create(store, "default", Some("Default organization"), None).await {
+        // Another process starting on the same empty database made it
+        // first (its slug is unique), and showed its token.
+        let made = store
+            .run(|c| orgs::find_by_slug(c, "default").map_err(crate::store::Error::from))
+            .await?;
+        return if made.is_some() { Ok(None) } else { Err(e) };
+    }
     Ok(Some(tokens::create(store, "default", "first token").await?))
 }
 
