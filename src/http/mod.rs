@@ -28,7 +28,6 @@ use crate::jobs::reply::Replies;
 use crate::jobs::{Queue, ScimChange};
 use crate::store::Store;
 
-/// What every handler shares.
 /// What every handler shares, behind one reference count: axum clones the
 /// state for each request and for each layer that reads it, and a copy of
 /// every field (each a reference count to bump and drop, the base URL an

@@ -139,22 +139,23 @@ async fn record_unreadable(state: &WorkerState, unreadable: Unreadable) -> Resul
     let _entered = span.enter();
     tracing::error!(error = %unreadable.error, "a queued change cannot be read by this release; recording it as dead");
     let why = format!("unreadable job: {}", unreadable.error);
-    let Some((change_id, org_id)) = ids else {
-        tracing::error!(
+    match ids {
+        None => tracing::error!(
             "the unreadable change names no change id and organization; it is in the queue's dead set only"
-        );
-        return Err(AbortError::new(std::io::Error::other(why)).into());
-    };
-    let recorded = state
-        .store
-        .run_write(move |c| {
-            reconcile::apply::record_unreadable_once(c, &unreadable, &change_id, &org_id)
-        })
-        .await;
-    match recorded {
-        Ok(row) => state.announcer.applied(&row).await,
-        Err(e) => {
-            tracing::error!(error = %e, "could not record the unreadable change; it is in the queue's dead set only");
+        ),
+        Some((change_id, org_id)) => {
+            let recorded = state
+                .store
+                .run_write(move |c| {
+                    reconcile::apply::record_unreadable_once(c, &unreadable, &change_id, &org_id)
+                })
+                .await;
+            match recorded {
+                Ok(row) => state.announcer.applied(&row).await,
+                Err(e) => {
+                    tracing::error!(error = %e, "could not record the unreadable change; it is in the queue's dead set only")
+                }
+            }
         }
     }
     Err(AbortError::new(std::io::Error::other(why)).into())

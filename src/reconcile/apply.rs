@@ -883,18 +883,6 @@ pub(crate) fn new_user_row(org: &str, id: &str, resource: Value) -> Result<UserR
     })
 }
 
-/// Writes a new version of a user from `resource`, keeping what the
-/// document does not carry (creation time, joined state).
-///
-/// A PUT that omits `active` or sends it null, or a PATCH that removes it,
-/// leaves `active` unassigned in the representation (RFC 7644 §3.5.2.2)
-/// and the user's state as it was: only an explicit `active` changes who
-/// can sign in. (Giving it the default that creation uses, true, would let
-/// a deactivated user back in.)
-/// Makes `ids` the team's members, touching only the memberships that
-/// change (those kept keep when they began); returns whether any did. A
-/// replace with the members the team has changes nothing, version included
-/// (RFC 7644 §3.5.2).
 /// The users named by several member adds and removes, whose net effect
 /// may be nothing; None for a single operation, or when one of them
 /// replaces or removes all members (those judge their own effect).
@@ -914,6 +902,10 @@ fn undoable_member_ids(changes: &[MemberChange]) -> Option<Vec<String>> {
     Some(ids.into_iter().collect())
 }
 
+/// Makes `ids` the team's members, touching only the memberships that
+/// change (those kept keep when they began); returns whether any did. A
+/// replace with the members the team has changes nothing, version included
+/// (RFC 7644 §3.5.2).
 fn replace_members(
     c: &mut Conn,
     org: &str,
@@ -948,6 +940,14 @@ fn replace_members(
     Ok(removed > 0 || added > 0)
 }
 
+/// Writes a new version of a user from `resource`, keeping what the
+/// document does not carry (creation time, joined state).
+///
+/// A PUT that omits `active` or sends it null, or a PATCH that removes it,
+/// leaves `active` unassigned in the representation (RFC 7644 §3.5.2.2)
+/// and the user's state as it was: only an explicit `active` changes who
+/// can sign in. (Giving it the default that creation uses, true, would let
+/// a deactivated user back in.)
 fn update_user(c: &mut Conn, old: &UserRow, mut resource: Value) -> Result<UserRow, ApplyError> {
     let assigned = assigns_active(&mut resource);
     let mut row = new_user_row(&old.org_id, &old.id, resource)?;
