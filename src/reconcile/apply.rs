@@ -17,6 +17,7 @@ use crate::store::invitations::{self, InvitationRow};
 use crate::store::log::LogRow;
 use crate::store::outbox::{self, OutboxRow};
 use crate::store::teams::TeamRow;
+use crate::store::unnest::UserCreates;
 use crate::store::users::UserRow;
 use crate::store::{self, Conn, log, now, teams, users};
 
@@ -124,6 +125,9 @@ pub fn apply_once(
     attempts: i32,
     policy: &Policy,
 ) -> Result<Committed, store::Error> {
+    if let Some(mut written) = user_creates_at_once(conn, &[(change, attempts)], policy) {
+        return Ok(written.remove(0));
+    }
     let started = Instant::now();
     let attempt = conn.transaction::<Committed, RolledBack, _>(|c| {
         let applied = match apply_op(c, change, policy) {
@@ -131,16 +135,9 @@ pub fn apply_once(
             Err(ApplyError::Rejected(e)) => return Err(RolledBack::Rejected(e)),
             Err(ApplyError::Store(e)) => return Err(RolledBack::Store(e)),
         };
-        let mut row = log_row(change, attempts, "applied");
-        row.status = i32::from(applied.status);
-        row.response = applied.body.map(|b| b.to_string());
-        row.subject = applied.subject;
-        row.duration_ms = elapsed_ms(started);
+        let (row, mail) = applied_log(change, attempts, applied, started);
         insert_log(c, &row)?;
-        Ok(Committed {
-            log: row,
-            mail: applied.mail,
-        })
+        Ok(Committed { log: row, mail })
     });
     match attempt {
         Ok(committed) => Ok(committed),
@@ -194,6 +191,102 @@ fn log_row(change: &ScimChange, attempts: i32, outcome: &str) -> LogRow {
         request: None,
         resolution: None,
     }
+}
+
+/// The log row of a change that applied, and the mail it owes.
+fn applied_log(
+    change: &ScimChange,
+    attempts: i32,
+    applied: Applied,
+    started: Instant,
+) -> (LogRow, Vec<Owed>) {
+    let mut row = log_row(change, attempts, "applied");
+    row.status = i32::from(applied.status);
+    row.response = applied.body.map(|b| b.to_string());
+    row.subject = applied.subject;
+    row.duration_ms = elapsed_ms(started);
+    (row, applied.mail)
+}
+
+/// Adds the rows that creating user `id` from `resource` writes.
+fn add_user_create(
+    rows: &mut UserCreates,
+    change: &ScimChange,
+    id: &str,
+    resource: &Value,
+    policy: &Policy,
+) -> Result<Applied, ApplyError> {
+    let row = new_user_row(&change.org_id, id, resource.clone())?;
+    users::email_keys(
+        &change.org_id,
+        id,
+        &email_values(resource),
+        &mut rows.emails,
+    );
+    let mut mail = Vec::new();
+    if row.active {
+        let invite = Invite {
+            org: &change.org_id,
+            change_id: &change.change_id,
+            policy,
+        };
+        let owed = invite.rows(&row);
+        rows.invitations.push(owed.invitation.clone());
+        rows.outbox.push(owed.row.clone());
+        mail.push(owed);
+    }
+    let applied = Applied {
+        status: 201,
+        subject: Some(row.user_name.clone()),
+        body: Some(render_user(&row, &change.base_url)?),
+        mail,
+    };
+    rows.users.push(row);
+    Ok(applied)
+}
+
+/// On PostgreSQL, changes that are all user creates (most of an initial
+/// cycle) are written with their log rows by one statement, outside a
+/// transaction: one round trip instead of seven (see [`store::unnest`]).
+/// None when they are not all user creates, or when the statement failed:
+/// it then wrote nothing, and the caller applies them as usual, which
+/// tells a taken userName from a redelivery.
+fn user_creates_at_once(
+    conn: &mut Conn,
+    batch: &[(&ScimChange, i32)],
+    policy: &Policy,
+) -> Option<Vec<Committed>> {
+    let Conn::Pg(c) = conn else {
+        return None;
+    };
+    let started = Instant::now();
+    let mut rows = UserCreates::default();
+    let mut mail = Vec::with_capacity(batch.len());
+    for (change, attempts) in batch {
+        let ChangeOp::Create {
+            kind: ResourceKind::User,
+            id,
+            resource,
+        } = &change.op
+        else {
+            return None;
+        };
+        let applied = add_user_create(&mut rows, change, id, resource, policy).ok()?;
+        let (log, owed) = applied_log(change, *attempts, applied, started);
+        rows.log.push(log);
+        mail.push(owed);
+    }
+    if let Err(e) = store::unnest::insert_user_creates(c, &rows) {
+        tracing::debug!(changes = batch.len(), error = %e, "user creates written apart");
+        return None;
+    }
+    Some(
+        rows.log
+            .into_iter()
+            .zip(mail)
+            .map(|(log, mail)| Committed { log, mail })
+            .collect(),
+    )
 }
 
 fn elapsed_ms(since: Instant) -> i64 {
@@ -292,16 +385,16 @@ impl From<ApplyError> for Apart {
 /// all in flight at once (no client waited for one before sending
 /// another), so any order is one they could have had.
 pub fn apply_together(conn: &mut Conn, batch: &[(&ScimChange, i32)], policy: &Policy) -> Together {
+    if let Some(written) = user_creates_at_once(conn, batch, policy) {
+        return Together::Committed(written);
+    }
     let started = Instant::now();
     let outcome = conn.transaction::<_, Apart, _>(|c| {
         let mut done: Vec<Option<(Applied, i32)>> = Vec::with_capacity(batch.len());
         done.resize_with(batch.len(), || None);
         // User creates first, together: nothing else in the batch can
         // depend on them being absent, and a group may name them.
-        let mut users = Vec::new();
-        let mut emails = Vec::new();
-        let mut invitations = Vec::new();
-        let mut outbox_rows = Vec::new();
+        let mut creates = UserCreates::default();
         for (i, (change, attempts)) in batch.iter().enumerate() {
             let ChangeOp::Create {
                 kind: ResourceKind::User,
@@ -311,37 +404,16 @@ pub fn apply_together(conn: &mut Conn, batch: &[(&ScimChange, i32)], policy: &Po
             else {
                 continue;
             };
-            let row =
-                new_user_row(&change.org_id, id, resource.clone()).map_err(ApplyError::Rejected)?;
-            users::email_keys(&change.org_id, id, &email_values(resource), &mut emails);
-            let mut mail = Vec::new();
-            if row.active {
-                let invite = Invite {
-                    org: &change.org_id,
-                    change_id: &change.change_id,
-                    policy,
-                };
-                let owed = invite.rows(&row);
-                invitations.push(owed.invitation.clone());
-                outbox_rows.push(owed.row.clone());
-                mail.push(owed);
-            }
-            let applied = Applied {
-                status: 201,
-                subject: Some(row.user_name.clone()),
-                body: Some(render_user(&row, &change.base_url).map_err(ApplyError::Store)?),
-                mail,
-            };
+            let applied = add_user_create(&mut creates, change, id, resource, policy)?;
             done[i] = Some((applied, *attempts));
-            users.push(row);
         }
-        if !users.is_empty() {
-            if users::insert_all_if_free(c, &users)? != users.len() {
+        if !creates.users.is_empty() {
+            if users::insert_all_if_free(c, &creates.users)? != creates.users.len() {
                 return Err(Apart::OneByOne("a userName or id is taken"));
             }
-            users::insert_email_keys(c, &emails)?;
-            invitations::insert_all(c, &invitations)?;
-            outbox::insert_all(c, &outbox_rows)?;
+            users::insert_email_keys(c, &creates.emails)?;
+            invitations::insert_all(c, &creates.invitations)?;
+            outbox::insert_all(c, &creates.outbox)?;
         }
         for (i, (change, attempts)) in batch.iter().enumerate() {
             if done[i].is_none() {
@@ -354,13 +426,9 @@ pub fn apply_together(conn: &mut Conn, batch: &[(&ScimChange, i32)], policy: &Po
             let Some((applied, attempts)) = slot else {
                 return Err(Apart::OneByOne("a change was not applied"));
             };
-            let mut row = log_row(change, attempts, "applied");
-            row.status = i32::from(applied.status);
-            row.response = applied.body.map(|b| b.to_string());
-            row.subject = applied.subject;
-            row.duration_ms = elapsed_ms(started);
+            let (row, owed) = applied_log(change, attempts, applied, started);
             logs.push(row);
-            mail.push(applied.mail);
+            mail.push(owed);
         }
         log::insert_all(c, &logs)?;
         let mut committed: Vec<Committed> = logs

@@ -11,6 +11,7 @@ pub mod outbox;
 pub mod schema;
 pub mod teams;
 pub mod tokens;
+pub mod unnest;
 pub mod users;
 
 use std::sync::Arc;

@@ -167,25 +167,8 @@ pub fn mark_sent(conn: &mut Conn, id: &str, payload: &str) -> QueryResult<()> {
 /// [`mark_sent`] would: one statement on PostgreSQL, one transaction on
 /// SQLite (in process, where a statement costs no round trip).
 pub fn mark_all_sent(conn: &mut Conn, sent: &[(String, String)]) -> QueryResult<()> {
-    use diesel::sql_types::{Array, Text, Timestamp};
     match conn {
-        Conn::Pg(c) => {
-            let (ids, payloads): (Vec<&str>, Vec<&str>) = sent
-                .iter()
-                .map(|(id, payload)| (id.as_str(), payload.as_str()))
-                .unzip();
-            diesel::sql_query(
-                "UPDATE outbox SET state = 'sent', sent_at = $1, locked_until = NULL, \
-                 last_error = NULL, payload = sent.payload \
-                 FROM unnest($2::text[], $3::text[]) AS sent(id, payload) \
-                 WHERE outbox.id = sent.id AND (outbox.state = 'sending') IS TRUE",
-            )
-            .bind::<Timestamp, _>(now())
-            .bind::<Array<Text>, _>(ids)
-            .bind::<Array<Text>, _>(payloads)
-            .execute(c)?;
-            Ok(())
-        }
+        Conn::Pg(c) => super::unnest::mark_all_sent(c, now(), sent),
         Conn::Sqlite(_) => conn.transaction(|c| {
             for (id, payload) in sent {
                 mark_sent(c, id, payload)?;
