@@ -829,9 +829,10 @@ fn list_teams(
         }
         return Ok(Page { total, resources });
     };
-    // Members are loaded only when the filter or the answer needs them:
-    // a group's members may number a hundred thousand.
-    let load_members = with_members || names_members(filter);
+    // Members are loaded to match only when the filter looks at them, and
+    // to answer only for the groups on the page: a group's members may
+    // number a hundred thousand.
+    let match_members = names_members(filter);
     let mut total = 0;
     let mut resources = Vec::new();
     let mut after = None;
@@ -846,13 +847,13 @@ fn list_teams(
         let Some(last) = rows.last() else { break };
         after = Some((last.created_at, last.id.clone()));
         for row in &rows {
-            let resource = render(c, row, load_members)?;
+            let resource = render(c, row, match_members)?;
             if matches(filter, ResourceKind::Group, &resource) {
                 if total >= offset && total < offset + limit {
-                    let resource = if with_members || !load_members {
+                    let resource = if with_members == match_members {
                         resource
                     } else {
-                        render(c, row, false)?
+                        render(c, row, with_members)?
                     };
                     resources.push(resource);
                 }
@@ -1235,6 +1236,73 @@ pub async fn method_not_allowed() -> Response {
 mod tests {
     use super::{names_members, page_total};
     use crate::scim::filter::parse_filter;
+
+    /// A filter that does not look at members matches without them: the
+    /// members of a group are loaded when it is on the page, not for every
+    /// group scanned (one may have a hundred thousand).
+    #[tokio::test]
+    async fn members_are_loaded_for_the_groups_on_the_page_only() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+
+        use diesel::Connection;
+        use diesel::connection::InstrumentationEvent;
+
+        use super::{ListSpec, list_teams};
+        use crate::config::DatabaseUrl;
+        use crate::store::{Order, Store, now, orgs, teams};
+
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = DatabaseUrl::Sqlite(dir.path().join("scim.db"));
+        let store = Store::open(&url, 1, std::time::Duration::from_secs(5)).expect("store");
+        store.migrate().await.expect("migrations");
+        let loads = Arc::new(AtomicUsize::new(0));
+        let counted = loads.clone();
+        let page = store
+            .run(move |c| -> Result<super::Page, crate::store::Error> {
+                let org = orgs::insert(c, "org", "Org", None)?;
+                for (i, name) in ["Eng", "Ops", "Sales", "Eng2"].into_iter().enumerate() {
+                    let at = now();
+                    teams::insert(
+                        c,
+                        &teams::TeamRow {
+                            id: format!("t{i}"),
+                            org_id: org.id.clone(),
+                            display_name: name.to_owned(),
+                            display_name_key: name.to_lowercase(),
+                            external_id: None,
+                            resource: serde_json::json!({"displayName": name}).to_string(),
+                            version: 1,
+                            created_at: at,
+                            updated_at: at,
+                        },
+                    )?;
+                }
+                c.set_instrumentation(move |event: InstrumentationEvent<'_>| {
+                    if let InstrumentationEvent::StartQuery { query, .. } = event
+                        && query.to_string().contains("team_members")
+                    {
+                        counted.fetch_add(1, Ordering::Relaxed);
+                    }
+                });
+                let filter = parse_filter("displayName sw \"Eng\"").expect("filter parses");
+                let spec = ListSpec {
+                    filter: Some(&filter),
+                    order: Order::default(),
+                    start: 2,
+                    count: 10,
+                    base: "https://scim.example.com",
+                    with_members: true,
+                };
+                list_teams(c, &org.id, &spec)
+            })
+            .await
+            .expect("list");
+        assert_eq!(page.total, 2);
+        assert_eq!(page.resources.len(), 1);
+        assert_eq!(page.resources[0]["displayName"], "Eng2");
+        assert_eq!(loads.load(Ordering::Relaxed), 1, "one group is on the page");
+    }
 
     #[test]
     fn only_filters_on_members_need_them_loaded() {

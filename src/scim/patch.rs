@@ -15,6 +15,7 @@
 //! three manager forms and its removal by empty value, and `Remove` on
 //! `members` with a value list removing only those members.
 
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
 
 use serde_json::{Map, Value};
@@ -24,8 +25,8 @@ use crate::scim::filter::{
     self, AttrPath, CompValue, CompareOp, Filter, get_ci, parse_patch_path_parts,
 };
 use crate::scim::resource::{
-    TYPE_UNIQUE_ATTRIBUTES, check_member_count, check_unique_types, coerce_bool, describe,
-    is_manager, member_ids, merge_into, normalize_manager, normalize_value,
+    TYPE_UNIQUE_ATTRIBUTES, check_member_count, check_unique_types, check_value_count, coerce_bool,
+    describe, is_manager, member_ids, merge_into, normalize_manager, normalize_value,
 };
 use crate::scim::schema::{
     self, AttrType, AttributeDef, PATCH_OP_SCHEMA, ResolvedAttr, ResourceKind, SchemaDef,
@@ -325,7 +326,8 @@ impl Ctx {
 /// Checks parsed operations at ingest, without the stored resource, so that
 /// what is wrong whatever is stored is answered before anything is queued:
 /// unknown or read-only paths, values of the wrong type or too long, member
-/// filters other than `value eq`, more than 10,000 member ids, removing
+/// filters other than `value eq`, more than 10,000 member ids or 200
+/// values of another attribute (counted without the stored ones), removing
 /// `userName` (a Group's `displayName`) for good. Each error is the one
 /// [`apply_patch`] gives for the same operation, and a PATCH that
 /// [`apply_patch`] accepts on some stored resource always passes; what
@@ -353,7 +355,8 @@ pub fn check_patch(kind: ResourceKind, ops: &[PatchOp]) -> Result<(), ScimError>
 /// a member filter other than `value eq "<id>"` → 400 invalidFilter; removing
 /// `userName` / a Group's `displayName` → 400 mutability (RFC 7644 §3.5.2),
 /// setting it empty → 400 invalidValue; more
-/// than 10,000 member ids → 400 tooMany.
+/// than 10,000 member ids, or more than 200 values in another multi-valued
+/// attribute once applied → 400 tooMany.
 pub fn apply_patch(
     kind: ResourceKind,
     resource: &mut Value,
@@ -848,9 +851,10 @@ fn whole_attribute_value(
     normalize_value(attr, value.clone(), label)
 }
 
-/// Removes from a multi-valued attribute the elements listed in `listed`,
-/// compared by their `value` sub-attribute when they have one, else whole
-/// (see [`same_value`]).
+/// Removes from a multi-valued attribute the elements listed in `listed`:
+/// an element goes when its `value` sub-attribute is the same as a listed
+/// element's, or when it is the same as a listed element as a whole (see
+/// [`value_key`]).
 fn remove_listed(
     attr: &'static AttributeDef,
     current: Option<Value>,
@@ -859,76 +863,162 @@ fn remove_listed(
 ) -> Result<Option<Value>, ScimError> {
     let gone = as_items(normalize_value(attr, listed.clone(), label)?);
     let value_def = schema::find_sub_attribute(attr, "value");
+    // Sets rather than a comparison of every pair: the stored list is as
+    // long as the store let it grow.
+    let whole: HashSet<String> = gone.iter().map(|g| value_key(attr, g)).collect();
+    let values: HashSet<String> = match value_def {
+        Some(def) => gone
+            .iter()
+            .filter_map(|g| get_ci(g, "value"))
+            .map(|v| value_key(def, v))
+            .collect(),
+        None => HashSet::new(),
+    };
     let mut items = as_items(current);
     items.retain(|e| {
-        !gone.iter().any(
-            |g| match (get_ci(g, "value"), get_ci(e, "value"), value_def) {
-                (Some(a), Some(b), Some(def)) => same_value(def, a, b),
-                _ => same_value(attr, g, e),
-            },
-        )
+        let listed_value = match (get_ci(e, "value"), value_def) {
+            (Some(v), Some(def)) => values.contains(&value_key(def, v)),
+            _ => false,
+        };
+        !listed_value && !whole.contains(&value_key(attr, e))
     });
     Ok(Some(Value::Array(items)))
 }
 
-/// Whether two values of `def` are the same: strings compare as its
-/// `caseExact` says (RFC 7643 §2.2), folded as filters fold them, so
-/// "Ann@Home.org" names the stored "ann@home.org"; complex values compare
-/// sub-attribute by sub-attribute, each by its own definition.
-fn same_value(def: &AttributeDef, a: &Value, b: &Value) -> bool {
-    match (a, b) {
-        (Value::String(x), Value::String(y)) => {
-            filter::fold(x, def.case_exact) == filter::fold(y, def.case_exact)
+/// A key that two values of `def` share exactly when they are the same:
+/// strings compare as its `caseExact` says (RFC 7643 §2.2), folded as
+/// filters fold them, so "Ann@Home.org" names the stored "ann@home.org";
+/// complex values compare sub-attribute by sub-attribute (names ignoring
+/// case), each by its own definition; anything else compares exactly.
+/// Keys let a hash set find duplicates where comparing every pair of
+/// elements would take time growing with the square of their number.
+fn value_key(def: &AttributeDef, v: &Value) -> String {
+    canonical(Some(def), v).to_string()
+}
+
+/// `v` with strings folded as `def` says and object members sorted, so that
+/// equal values serialise alike (the maps keep insertion order).
+fn canonical(def: Option<&AttributeDef>, v: &Value) -> Value {
+    match v {
+        Value::String(s) => match def {
+            Some(def) => Value::String(filter::fold(s, def.case_exact)),
+            None => v.clone(),
+        },
+        Value::Object(m) => {
+            let complex = def.filter(|d| d.is_complex());
+            let mut members: Vec<(String, Value)> = m
+                .iter()
+                .map(|(k, v)| match complex {
+                    Some(d) => (
+                        k.to_ascii_lowercase(),
+                        canonical(schema::find_sub_attribute(d, k), v),
+                    ),
+                    None => (k.clone(), canonical(None, v)),
+                })
+                .collect();
+            members.sort_by(|a, b| a.0.cmp(&b.0));
+            Value::Object(members.into_iter().collect())
         }
-        (Value::Object(x), Value::Object(y)) if def.is_complex() => {
-            x.len() == y.len()
-                && x.iter().all(
-                    |(k, v)| match (schema::find_sub_attribute(def, k), get_ci(b, k)) {
-                        (Some(sub), Some(w)) => same_value(sub, v, w),
-                        (None, Some(w)) => v == w,
-                        (_, None) => false,
-                    },
-                )
-        }
-        _ => a == b,
+        Value::Array(items) => Value::Array(items.iter().map(|e| canonical(None, e)).collect()),
+        _ => v.clone(),
     }
 }
 
-fn same_type(a: &Value, b: &Value) -> bool {
-    match (
-        get_ci(a, "type").and_then(Value::as_str),
-        get_ci(b, "type").and_then(Value::as_str),
-    ) {
-        (Some(x), Some(y)) => x.to_lowercase() == y.to_lowercase(),
-        _ => false,
-    }
+/// An element's `type`, lower-cased, when it has one.
+fn type_key(e: &Value) -> Option<String> {
+    get_ci(e, "type")
+        .and_then(Value::as_str)
+        .map(str::to_lowercase)
 }
 
 fn is_primary(e: &Value) -> bool {
     get_ci(e, "primary").and_then(coerce_bool) == Some(true)
 }
 
+/// Where the elements of a multi-valued attribute are, by `type` (when
+/// types are unique) and by [`value_key`], so that [`merge_items`] finds
+/// the first element of a type or value without scanning them all.
+struct Positions<'a> {
+    attr: &'a AttributeDef,
+    typed: bool,
+    by_type: HashMap<String, BTreeSet<usize>>,
+    by_value: HashMap<String, BTreeSet<usize>>,
+}
+
+impl<'a> Positions<'a> {
+    fn new(attr: &'a AttributeDef, items: &[Value]) -> Self {
+        let mut positions = Positions {
+            attr,
+            typed: TYPE_UNIQUE_ATTRIBUTES.contains(&attr.name),
+            by_type: HashMap::new(),
+            by_value: HashMap::new(),
+        };
+        for (i, e) in items.iter().enumerate() {
+            positions.insert(i, e);
+        }
+        positions
+    }
+
+    fn insert(&mut self, i: usize, e: &Value) {
+        if let Some(t) = type_key(e).filter(|_| self.typed) {
+            self.by_type.entry(t).or_default().insert(i);
+        }
+        let key = value_key(self.attr, e);
+        self.by_value.entry(key).or_default().insert(i);
+    }
+
+    fn remove(&mut self, i: usize, e: &Value) {
+        if let Some(set) = type_key(e)
+            .filter(|_| self.typed)
+            .and_then(|t| self.by_type.get_mut(&t))
+        {
+            set.remove(&i);
+        }
+        if let Some(set) = self.by_value.get_mut(&value_key(self.attr, e)) {
+            set.remove(&i);
+        }
+    }
+
+    /// The first element with `n`'s type, when types are unique.
+    fn same_type(&self, n: &Value) -> Option<usize> {
+        let t = type_key(n).filter(|_| self.typed)?;
+        self.by_type.get(&t)?.first().copied()
+    }
+
+    /// The first element that is the same as `n`.
+    fn same_value(&self, n: &Value) -> Option<usize> {
+        self.by_value
+            .get(&value_key(self.attr, n))?
+            .first()
+            .copied()
+    }
+}
+
 /// Adds `new` elements to `items`: in the attributes whose types are
 /// unique ([`TYPE_UNIQUE_ATTRIBUTES`]: Entra requires it there), an element
 /// whose `type` an existing one already has is merged into it; a
-/// duplicate ([`same_value`]) is skipped; anything else is appended, so several roles of
+/// duplicate ([`value_key`]) is skipped; anything else is appended, so several roles of
 /// one type stay apart as POST keeps them. Returns the index of the last
 /// added element marked primary.
 fn merge_items(attr: &AttributeDef, items: &mut Vec<Value>, new: Vec<Value>) -> Option<usize> {
-    let typed = TYPE_UNIQUE_ATTRIBUTES.contains(&attr.name);
+    let mut positions = Positions::new(attr, items);
     let mut preferred = None;
     for n in new {
         let primary = is_primary(&n);
-        let idx = if let Some(i) = items.iter().position(|e| typed && same_type(e, &n)) {
+        let idx = if let Some(i) = positions.same_type(&n) {
             if let Some(e) = items.get_mut(i) {
+                positions.remove(i, e);
                 merge_into(e, n);
+                positions.insert(i, e);
             }
             Some(i)
-        } else if let Some(i) = items.iter().position(|e| same_value(attr, e, &n)) {
+        } else if let Some(i) = positions.same_value(&n) {
             Some(i)
         } else {
+            let i = items.len();
+            positions.insert(i, &n);
             items.push(n);
-            items.len().checked_sub(1)
+            Some(i)
         };
         if primary {
             preferred = idx;
@@ -937,8 +1027,9 @@ fn merge_items(attr: &AttributeDef, items: &mut Vec<Value>, new: Vec<Value>) -> 
     preferred
 }
 
-/// Final checks on a multi-valued attribute after a change: unique types
-/// (in [`Scope::Stored`]), and at most one `primary: true` (RFC 7643 §2.4;
+/// Final checks on a multi-valued attribute after a change: at most
+/// [`MAX_ATTRIBUTE_VALUES`](crate::scim::resource::MAX_ATTRIBUTE_VALUES)
+/// values, unique types (in [`Scope::Stored`]), and at most one `primary: true` (RFC 7643 §2.4;
 /// the element the request made primary wins, RFC 7644 §3.5.2.1). When the
 /// request made none primary, the first stays so: it is the one the stored
 /// resource's email follows (`resource::user_fields`), and an unrelated
@@ -950,6 +1041,9 @@ fn finish_items(
     scope: Scope,
 ) -> Result<(), ScimError> {
     items.retain(|e| !e.is_null() && !e.as_object().is_some_and(Map::is_empty));
+    // The request's values were counted at ingest; this counts what they
+    // add up to with the stored ones, or across operations.
+    check_value_count(attr, items.len())?;
     let primaries: Vec<usize> = items
         .iter()
         .enumerate()
@@ -1074,7 +1168,8 @@ fn apply_filtered(
         None if removing => {
             let mut i = 0;
             items.retain(|_| {
-                let keep = !hits.contains(&i);
+                // `hits` is in ascending order.
+                let keep = hits.binary_search(&i).is_err();
                 i += 1;
                 keep
             });
@@ -2522,6 +2617,79 @@ mod tests {
                    {"op":"add","path":"members","value": half}]),
         );
         assert_scim(&e, 400, ScimType::TooMany);
+    }
+
+    #[test]
+    fn more_values_than_an_attribute_may_hold_is_too_many() {
+        use crate::scim::resource::MAX_ATTRIBUTE_VALUES;
+        let roles = |from: usize, n: usize| -> Vec<Value> {
+            (from..from + n).map(|i| json!(format!("r{i}"))).collect()
+        };
+        // In one value.
+        let e = check_err(
+            ResourceKind::User,
+            &user(),
+            json!([{"op":"add","path":"roles","value": roles(0, MAX_ATTRIBUTE_VALUES + 1)}]),
+        );
+        assert_scim(&e, 400, ScimType::TooMany);
+        assert!(e.detail.contains("'roles'"), "{}", e.detail);
+        // Added up over operations.
+        let half = MAX_ATTRIBUTE_VALUES / 2 + 1;
+        let e = check_err(
+            ResourceKind::User,
+            &user(),
+            json!([{"op":"add","path":"roles","value": roles(0, half)},
+                   {"op":"add","path":"roles","value": roles(half, half)}]),
+        );
+        assert_scim(&e, 400, ScimType::TooMany);
+        // Added to the stored values: only applying can tell.
+        let mut full = user();
+        full["roles"] = json!(
+            roles(0, MAX_ATTRIBUTE_VALUES)
+                .into_iter()
+                .map(|v| json!({"value": v}))
+                .collect::<Vec<_>>()
+        );
+        let one_more = json!([{"op":"add","path":"roles","value": "another"}]);
+        assert!(
+            check_patch(
+                ResourceKind::User,
+                &parse_patch(&body(one_more.clone())).unwrap()
+            )
+            .is_ok()
+        );
+        let e = patch_err(ResourceKind::User, &full, one_more);
+        assert_scim(&e, 400, ScimType::TooMany);
+        // A value already there adds nothing, so it is not refused.
+        patch_user(
+            &mut full,
+            json!([{"op":"add","path":"roles","value": "r0"}]),
+        );
+        assert_eq!(
+            full["roles"].as_array().map(Vec::len),
+            Some(MAX_ATTRIBUTE_VALUES)
+        );
+    }
+
+    #[test]
+    fn duplicates_are_found_whatever_the_order_and_case_of_sub_attributes() {
+        let mut u = user();
+        patch_user(
+            &mut u,
+            json!([{"op":"add","path":"roles","value":[{"value":"A","display":"x","type":"t"}]},
+                   {"op":"add","path":"roles","value":[{"TYPE":"T","Display":"X","value":"a"}]},
+                   {"op":"remove","path":"addresses"},
+                   {"op":"add","path":"addresses","value":[{"locality":"Oslo","country":"NO"}]},
+                   {"op":"add","path":"addresses","value":[{"country":"no","locality":"OSLO"}]}]),
+        );
+        assert_eq!(
+            u["roles"],
+            json!([{"value": "A", "display": "x", "type": "t"}])
+        );
+        assert_eq!(
+            u["addresses"],
+            json!([{"locality": "Oslo", "country": "NO"}])
+        );
     }
 
     // --- properties ----------------------------------------------------------

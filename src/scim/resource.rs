@@ -18,6 +18,14 @@ use crate::scim::schema::{
 /// Most member ids one request may carry (POST/PUT body or one PATCH).
 pub const MAX_MEMBER_IDS: usize = 10_000;
 
+/// Most values one multi-valued attribute other than `members` may hold
+/// (`emails`, `phoneNumbers`, `roles`, ...), in a request and once a PATCH
+/// is applied. Entra ID sends a handful; merging a PATCH's values into the
+/// stored ones costs time that grows with their number, on the thread that
+/// answers requests, so an unbounded list would let one small body keep a
+/// thread busy for minutes.
+pub const MAX_ATTRIBUTE_VALUES: usize = 200;
+
 /// Longest value, in UTF-8 bytes, of an attribute the store indexes
 /// (userName, displayName, externalId, emails.value). PostgreSQL refuses an
 /// index entry over 2,704 bytes; 1,024 leaves room for the other columns
@@ -86,6 +94,8 @@ pub(crate) fn normalize_value(
         Value::Array(items) => items,
         other => vec![other],
     };
+    // Counted as sent, before any work that grows with the number.
+    check_value_count(def, items.len())?;
     let mut out = Vec::with_capacity(items.len());
     for item in items {
         if let Some(v) = normalize_single(def, item, label)? {
@@ -297,22 +307,38 @@ pub(crate) fn check_unique_types(def: &AttributeDef, value: &Value) -> Result<()
     let Value::Array(items) = value else {
         return Ok(());
     };
-    let mut seen: Vec<String> = Vec::new();
+    let mut seen = std::collections::HashSet::with_capacity(items.len());
     for t in items
         .iter()
         .filter_map(|e| e.get("type"))
         .filter_map(Value::as_str)
     {
-        let folded = t.to_lowercase();
-        if seen.contains(&folded) {
+        if !seen.insert(t.to_lowercase()) {
             return Err(invalid_value(format!(
                 "'{}' has more than one element of type \"{t}\"; each type may appear once",
                 def.name
             )));
         }
-        seen.push(folded);
     }
     Ok(())
+}
+
+/// Fails when multi-valued `def` would hold more than
+/// [`MAX_ATTRIBUTE_VALUES`] values. `members` has its own limit
+/// ([`check_member_count`]) and is let through.
+pub(crate) fn check_value_count(def: &AttributeDef, count: usize) -> Result<(), ScimError> {
+    if def.name == "members" || count <= MAX_ATTRIBUTE_VALUES {
+        return Ok(());
+    }
+    // tooMany, as for too many member ids (see check_member_count).
+    Err(ScimError::bad_request(
+        ScimType::TooMany,
+        format!(
+            "'{}' would hold {count} values; at most {MAX_ATTRIBUTE_VALUES} are accepted in one \
+             multi-valued attribute",
+            def.name
+        ),
+    ))
 }
 
 /// Merges `src` into `dst` when both are objects (keys of `src` win);
@@ -1453,6 +1479,29 @@ mod tests {
             .collect();
         let e = group_member_ids(&json!({"members": many})).unwrap_err();
         assert_eq!((e.status, e.scim_type), (400, Some(ScimType::TooMany)));
+    }
+
+    #[test]
+    fn more_values_than_an_attribute_may_hold_is_too_many() {
+        let phones = |n: usize| -> Vec<Value> {
+            (0..n)
+                .map(|i| json!({"value": i.to_string(), "type": format!("t{i}")}))
+                .collect()
+        };
+        let mut body = entra_create_user();
+        body["phoneNumbers"] = json!(phones(MAX_ATTRIBUTE_VALUES));
+        assert!(validate_resource(ResourceKind::User, body.clone()).is_ok());
+        body["phoneNumbers"] = json!(phones(MAX_ATTRIBUTE_VALUES + 1));
+        let e = assert_err(
+            validate_resource(ResourceKind::User, body),
+            400,
+            ScimType::TooMany,
+        );
+        assert!(e.detail.contains("'phoneNumbers'"), "{}", e.detail);
+        // Members have their own, higher limit.
+        let members: Vec<Value> = (0..MAX_MEMBER_IDS).map(|i| json!(i.to_string())).collect();
+        let group = json!({"schemas": [GROUP_SCHEMA], "displayName": "g", "members": members});
+        assert!(validate_resource(ResourceKind::Group, group).is_ok());
     }
 
     #[test]

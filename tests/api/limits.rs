@@ -1,13 +1,18 @@
 //! Limits: every oversized or abusive request gets a clear SCIM error.
 
+use std::time::Duration;
+
 use reqwest::{Method, StatusCode};
 use scimsync::startup::Role;
-use serde_json::json;
+use serde_json::{Value, json};
 
-use crate::helpers::{Backend, TestApp, patch_body, spawn_with, test_env};
+use crate::helpers::{Backend, TestApp, patch_body, spawn_with, test_env, user_body};
 use crate::on_both_backends;
 
-on_both_backends!(deeply_nested_json_filters_patches_and_member_lists_are_refused);
+on_both_backends!(
+    deeply_nested_json_filters_patches_and_member_lists_are_refused,
+    too_many_values_of_one_attribute_are_refused_at_once,
+);
 
 async fn deeply_nested_json_filters_patches_and_member_lists_are_refused(app: TestApp) {
     let deep = format!("{}{}", "[".repeat(300), "]".repeat(300));
@@ -66,6 +71,73 @@ async fn deeply_nested_json_filters_patches_and_member_lists_are_refused(app: Te
         page.body["itemsPerPage"].as_i64() <= spc.body["filter"]["maxResults"].as_i64(),
         "pages never exceed the published maximum"
     );
+}
+
+async fn too_many_values_of_one_attribute_are_refused_at_once(app: TestApp) {
+    let id = app.create_user("values@example.com").await;
+    let bare: Vec<Value> = (0..20_000).map(|i| json!(i.to_string())).collect();
+    let typed: Vec<Value> = (0..10_000)
+        .map(|i| json!({"value": format!("{i}@example.com"), "type": format!("t{i}")}))
+        .collect();
+    let mut user = user_body("more-values@example.com");
+    user["emails"] = json!(typed);
+    let mut same_user = user_body("values@example.com");
+    same_user["emails"] = json!(typed);
+    let sent = [
+        (
+            Method::PATCH,
+            format!("/Users/{id}"),
+            patch_body(json!([{"op": "add", "path": "emails", "value": bare}])),
+        ),
+        (Method::POST, "/Users".to_owned(), user),
+        (Method::PUT, format!("/Users/{id}"), same_user),
+    ];
+    for (method, path, body) in sent {
+        // Refusing is immediate; work that grows with the square of the
+        // values' number would keep a runtime thread for minutes.
+        let reply = tokio::time::timeout(
+            Duration::from_secs(2),
+            app.call(method.clone(), &path, Some(body)),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{method} {path} took longer than 2 s"));
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{method} {path}");
+        assert_eq!(reply.body["scimType"], "tooMany", "{method} {path}");
+        let detail = reply.body["detail"].as_str().unwrap_or_default();
+        assert!(
+            detail.contains("'emails'") && detail.contains("at most 200"),
+            "{method} {path}: {detail}"
+        );
+    }
+
+    // Operations that each stay within the limit cannot add up past it.
+    let phones = |op: usize| {
+        let numbers: Vec<Value> = (0..100)
+            .map(|i| json!(format!("+1 555 {op}{i:03}")))
+            .collect();
+        json!({"op": "add", "path": "phoneNumbers", "value": numbers})
+    };
+    let summed = app
+        .patch(
+            &format!("/Users/{id}"),
+            patch_body(json!([phones(1), phones(2), phones(3)])),
+        )
+        .await;
+    assert_eq!(summed.status, StatusCode::BAD_REQUEST, "{:?}", summed.body);
+    assert_eq!(summed.body["scimType"], "tooMany");
+    let detail = summed.body["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("'phoneNumbers'"), "{detail}");
+
+    // The limit itself is accepted.
+    let roles: Vec<Value> = (0..200).map(|i| json!(format!("role{i}"))).collect();
+    let full = app
+        .patch(
+            &format!("/Users/{id}"),
+            patch_body(json!([{"op": "add", "path": "roles", "value": roles}])),
+        )
+        .await;
+    assert_eq!(full.status, StatusCode::OK, "{:?}", full.body);
+    assert_eq!(full.body["roles"].as_array().map(Vec::len), Some(200));
 }
 
 fn urlencode(s: &str) -> String {
