@@ -17,6 +17,7 @@ on_both_backends!(
     answer_is_given_only_after_commit,
     change_delivered_twice_is_applied_once,
     changes_applied_together_end_as_they_would_alone,
+    user_creates_written_at_once_end_as_they_would_alone,
     queued_change_this_release_cannot_read_is_recorded_dead,
     redelivered_create_that_collides_does_not_fail_its_batch,
 );
@@ -272,6 +273,81 @@ async fn apply_batch(app: &TestApp, batch: &[ScimChange]) -> (bool, Vec<(i32, us
         })
         .await
         .expect("store")
+}
+
+/// Batches of user creates only, which PostgreSQL writes in one statement
+/// (SQLite in one transaction): a clean batch goes together with what each
+/// owes, and a taken userName or a redelivery among them fails nothing
+/// else and leaves nothing of the batch's first attempt behind.
+async fn user_creates_written_at_once_end_as_they_would_alone(app: TestApp) {
+    let org = app.org_id().await;
+    let mut quiet = user_body("quiet.once@example.com");
+    quiet["active"] = serde_json::json!(false);
+    let first = create_user(&org, &app, user_body("first.once@example.com"));
+    assert_eq!(
+        apply_batch(&app, &[first.clone(), create_user(&org, &app, quiet)]).await,
+        (true, vec![(201, 1), (201, 0)]),
+        "together; an active new user owes a welcome, an inactive one does not"
+    );
+
+    let taken = vec![
+        create_user(&org, &app, user_body("second.once@example.com")),
+        create_user(&org, &app, user_body("FIRST.once@example.com")),
+    ];
+    assert_eq!(
+        apply_batch(&app, &taken).await,
+        (false, vec![(201, 1), (409, 0)]),
+        "a userName taken case-insensitively is 409, the other create applies"
+    );
+    let redelivered = vec![
+        first,
+        create_user(&org, &app, user_body("third.once@example.com")),
+    ];
+    assert_eq!(
+        apply_batch(&app, &redelivered).await,
+        (false, vec![(201, 0), (201, 1)]),
+        "a redelivery gets its stored outcome and owes nothing again"
+    );
+
+    for (email, active) in [
+        ("first.once@example.com", true),
+        ("quiet.once@example.com", false),
+        ("second.once@example.com", true),
+        ("third.once@example.com", true),
+    ] {
+        let found = app
+            .get(&format!("/Users?filter=emails.value eq \"{email}\""))
+            .await;
+        assert_eq!(found.body["totalResults"], 1, "{email} once, by its email");
+        assert_eq!(found.body["Resources"][0]["active"], active, "{email}");
+    }
+    let all = app.get("/Users?count=0").await;
+    assert_eq!(
+        all.body["totalResults"], 4,
+        "no user written twice or left half"
+    );
+    let welcomes = app
+        .store
+        .run(move |c| {
+            scimsync::store::outbox::for_org(c, &org).map_err(scimsync::store::Error::from)
+        })
+        .await
+        .expect("outbox")
+        .into_iter()
+        .filter(|row| row.kind == "welcome")
+        .map(|row| row.recipient)
+        .collect::<std::collections::BTreeSet<_>>();
+    assert_eq!(
+        welcomes,
+        [
+            "first.once@example.com",
+            "second.once@example.com",
+            "third.once@example.com"
+        ]
+        .map(str::to_owned)
+        .into(),
+        "one welcome for each active user"
+    );
 }
 
 async fn changes_applied_together_end_as_they_would_alone(app: TestApp) {
