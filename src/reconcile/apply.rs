@@ -208,6 +208,18 @@ fn applied_log(
     (row, applied.mail)
 }
 
+/// The id and resource of a user create.
+fn as_user_create(change: &ScimChange) -> Option<(&str, &Value)> {
+    match &change.op {
+        ChangeOp::Create {
+            kind: ResourceKind::User,
+            id,
+            resource,
+        } => Some((id, resource)),
+        _ => None,
+    }
+}
+
 /// Adds the rows that creating user `id` from `resource` writes.
 fn add_user_create(
     rows: &mut UserCreates,
@@ -263,14 +275,7 @@ fn user_creates_at_once(
     let mut rows = UserCreates::default();
     let mut mail = Vec::with_capacity(batch.len());
     for (change, attempts) in batch {
-        let ChangeOp::Create {
-            kind: ResourceKind::User,
-            id,
-            resource,
-        } = &change.op
-        else {
-            return None;
-        };
+        let (id, resource) = as_user_create(change)?;
         let applied = add_user_create(&mut rows, change, id, resource, policy).ok()?;
         let (log, owed) = applied_log(change, *attempts, applied, started);
         rows.log.push(log);
@@ -396,12 +401,7 @@ pub fn apply_together(conn: &mut Conn, batch: &[(&ScimChange, i32)], policy: &Po
         // depend on them being absent, and a group may name them.
         let mut creates = UserCreates::default();
         for (i, (change, attempts)) in batch.iter().enumerate() {
-            let ChangeOp::Create {
-                kind: ResourceKind::User,
-                id,
-                resource,
-            } = &change.op
-            else {
+            let Some((id, resource)) = as_user_create(change) else {
                 continue;
             };
             let applied = add_user_create(&mut creates, change, id, resource, policy)?;

@@ -244,6 +244,15 @@ fn rename_user(org: &str, app: &TestApp, id: &str) -> ScimChange {
     )
 }
 
+/// Asserts that one user has `email`, and whether it is active.
+async fn found_once_by_email(app: &TestApp, email: &str, active: bool) {
+    let found = app
+        .get(&format!("/Users?filter=emails.value eq \"{email}\""))
+        .await;
+    assert_eq!(found.body["totalResults"], 1, "{email} once, by its email");
+    assert_eq!(found.body["Resources"][0]["active"], active, "{email}");
+}
+
 /// Applies `batch` the way a worker's lane does: together, else each
 /// change alone. Returns whether it went together, and (status, mail
 /// owed) for each change.
@@ -315,11 +324,7 @@ async fn user_creates_written_at_once_end_as_they_would_alone(app: TestApp) {
         ("second.once@example.com", true),
         ("third.once@example.com", true),
     ] {
-        let found = app
-            .get(&format!("/Users?filter=emails.value eq \"{email}\""))
-            .await;
-        assert_eq!(found.body["totalResults"], 1, "{email} once, by its email");
-        assert_eq!(found.body["Resources"][0]["active"], active, "{email}");
+        found_once_by_email(&app, email, active).await;
     }
     let all = app.get("/Users?count=0").await;
     assert_eq!(
@@ -406,14 +411,7 @@ async fn changes_applied_together_end_as_they_would_alone(app: TestApp) {
         ("quiet@example.com", false),
         ("second@example.com", true),
     ] {
-        let found = app
-            .get(&format!("/Users?filter=emails.value eq \"{email}\""))
-            .await;
-        assert_eq!(
-            found.body["totalResults"], 1,
-            "{email} is found by its email"
-        );
-        assert_eq!(found.body["Resources"][0]["active"], active, "{email}");
+        found_once_by_email(&app, email, active).await;
     }
     let renamed = app.get(&format!("/Users/{kept}")).await;
     assert_eq!(renamed.body["displayName"], "Renamed Together");
