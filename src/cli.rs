@@ -30,8 +30,9 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the web server and workers in one process. Applies migrations,
-    /// and on first start creates the organization "default" and prints a
-    /// token for it.
+    /// and on first start creates the organization "default" and a token
+    /// for it: printed on a terminal, otherwise written to the file
+    /// <data_dir>/first-scim-token, whose path is printed.
     Run,
     /// Run the SCIM web server only (scale out behind a load balancer).
     Serve,
@@ -356,11 +357,12 @@ fn describe_backends(settings: &Settings) -> anyhow::Result<String> {
 
 async fn serve(settings: Settings, role: Role) -> anyhow::Result<()> {
     tracing::info!("{}", describe_backends(&settings)?);
+    let data_dir = settings.paths.data_dir.clone();
     let app = Application::build(settings, role, role == Role::All).await?;
     if role == Role::All
         && let Some(issued) = ops::orgs::bootstrap_default(app.store()).await?
     {
-        print_first_start(app.public_url(), &issued.token);
+        show_first_token(app.public_url(), &issued.token, &data_dir);
     }
     let token = CancellationToken::new();
     let trigger = token.clone();
@@ -371,17 +373,70 @@ async fn serve(settings: Settings, role: Role) -> anyhow::Result<()> {
     app.run_until(token).await
 }
 
-/// Shows the first token once. Written without `println!`: a server must
-/// not die because whoever started it closed its standard output.
-fn print_first_start(public_url: &str, token: &str) {
+/// Where a first start that has no terminal leaves the token, in the data
+/// directory.
+const FIRST_TOKEN_FILE: &str = "first-scim-token";
+
+/// Shows the first token once. On a terminal it is printed. Anywhere else
+/// standard output is likely a log stream (a platform's, a file, a pipe)
+/// that others read and that is kept, so the token goes to a file only
+/// this user may read, and only that file's path is printed.
+fn show_first_token(public_url: &str, token: &str, data_dir: &std::path::Path) {
+    use std::io::IsTerminal;
+    if std::io::stdout().is_terminal() {
+        print_out(&format!(
+            "\nCreated the organization \"default\" and its first SCIM token. It is shown only now:\n\n    {token}\n\n\
+             In Entra ID, set the Tenant URL to {public_url}/scim/v2 and the Secret Token to the value above.\n\
+             Try it:\n\n    curl -s -H 'Authorization: Bearer {token}' '{public_url}/scim/v2/Users?filter=userName%20eq%20%22x%22'\n"
+        ));
+        return;
+    }
+    let path = data_dir.join(FIRST_TOKEN_FILE);
+    let shown = std::path::absolute(&path).unwrap_or_else(|_| path.clone());
+    match write_private_file(&path, token) {
+        Ok(()) => print_out(&format!(
+            "\nCreated the organization \"default\" and its first SCIM token. Standard output is not a terminal, \
+             so the token is not shown here; it is in the file\n\n    {}\n\n\
+             which only this user may read. Read it, set it as the Secret Token in Entra ID with the Tenant URL \
+             {public_url}/scim/v2, then delete the file.\n",
+            shown.display()
+        )),
+        // The token is lost then, but not leaked; a new one is one command away.
+        Err(e) => tracing::error!(
+            path = %shown.display(),
+            error = %e,
+            "created the organization \"default\" but could not write its first SCIM token to a file, \
+             so it is not shown; issue one with `scimsync token create default`"
+        ),
+    }
+}
+
+/// Writes `secret` to a new file that only its owner may read or write
+/// (0600 on unix). Refuses to overwrite: an existing file may be another
+/// start's token, still unread.
+fn write_private_file(path: &std::path::Path, secret: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
+    writeln!(file, "{secret}")?;
+    file.sync_all()
+}
+
+/// Prints without `println!`: a server must not die because whoever
+/// started it closed its standard output.
+fn print_out(text: &str) {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(
-        out,
-        "\nCreated the organization \"default\" and its first SCIM token. It is shown only now:\n\n    {token}\n\n\
-         In Entra ID, set the Tenant URL to {public_url}/scim/v2 and the Secret Token to the value above.\n\
-         Try it:\n\n    curl -s -H 'Authorization: Bearer {token}' '{public_url}/scim/v2/Users?filter=userName%20eq%20%22x%22'\n"
-    );
+    let _ = writeln!(out, "{text}");
     let _ = out.flush();
 }
 

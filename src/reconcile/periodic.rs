@@ -14,7 +14,7 @@ use crate::config::Settings;
 use crate::jobs::mail::SendMail;
 use crate::jobs::{Queue, ScimChange};
 use crate::store::outbox::{self, OutboxRow};
-use crate::store::{self, Conn, Store, log, now, orgs};
+use crate::store::{self, Conn, Store, invitations, log, now, orgs};
 
 /// What one pass did, for logs and tests.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -25,7 +25,8 @@ pub struct Pass {
     pub queued: usize,
     /// Digest rows written.
     pub digests: usize,
-    /// Log and outbox rows deleted past `reconciler.retention_days`.
+    /// Log, outbox and invitation rows deleted past
+    /// `reconciler.retention_days`.
     pub forgotten: usize,
 }
 
@@ -84,7 +85,8 @@ pub async fn pass(
                 .run_write(move |c| {
                     Ok::<_, store::Error>(
                         log::delete_older_than(c, before, FORGET_PER_PASS)?
-                            + outbox::delete_ended_before(c, before, FORGET_PER_PASS)?,
+                            + outbox::delete_ended_before(c, before, FORGET_PER_PASS)?
+                            + invitations::delete_expired_before(c, before, FORGET_PER_PASS)?,
                     )
                 })
                 .await?

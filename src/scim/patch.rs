@@ -721,6 +721,15 @@ fn plain_value(
             (_, Some(sub)) if sub.name == "value" => {
                 normalize_manager(value.cloned().unwrap_or(Value::Null))
             }
+            // `$ref` is derived from the id when the user is rendered
+            // (RFC 7643 §4.3: the URI of the manager's User resource), so a
+            // client's is not kept, as in a POST or PUT; nor does one make
+            // a manager without an id.
+            (_, Some(sub)) if sub.name == "$ref" => Ok(current.and_then(|mut m| {
+                let obj = m.as_object_mut()?;
+                take_ci(obj, sub.name);
+                obj.contains_key("value").then_some(m)
+            })),
             (_, Some(sub)) => {
                 let mut obj = match current {
                     Some(Value::Object(m)) => m,
@@ -2160,6 +2169,32 @@ mod tests {
             json!([{"op": "remove", "path": format!("{MANAGER_PATH}.displayName")}]),
         );
         assert_scim(&e, 400, ScimType::Mutability);
+    }
+
+    #[test]
+    fn manager_ref_sent_in_a_patch_is_not_stored() {
+        // The service derives `$ref` from the id when it renders the user,
+        // as it does for a POST or PUT that sends one.
+        let elsewhere = json!("https://elsewhere.example/Users/x");
+        for (op, path) in [
+            ("replace", format!("{MANAGER_PATH}.$ref")),
+            ("Add", "manager.$ref".to_owned()),
+            ("replace", format!("{MANAGER_PATH}[value eq \"m\"].$ref")),
+        ] {
+            let mut u = rich_user();
+            patch_user(
+                &mut u,
+                json!([{"op": op, "path": path, "value": elsewhere}]),
+            );
+            assert_eq!(manager_of(&u), Some(json!({"value": "m"})), "{op} {path}");
+            // Without a manager there is nothing to refer to.
+            let mut u = user();
+            patch_user(
+                &mut u,
+                json!([{"op": op, "path": format!("{MANAGER_PATH}.$ref"), "value": elsewhere}]),
+            );
+            assert_eq!(manager_of(&u), None, "{op} {path}");
+        }
     }
 
     #[test]

@@ -415,11 +415,14 @@ static GENERIC_PLURAL_SUBS: [AttributeDef; 4] = [
 ];
 
 static CERT_SUBS: [AttributeDef; 4] = [
+    // Binary is case exact (RFC 7643 §2.3.6); the schema listing of §8.7.1
+    // says false here, which erratum 6000 reports as a mistake.
     attr(
         "value",
         AttrType::Binary,
         "The DER certificate, base64-encoded.",
-    ),
+    )
+    .case_exact(),
     string("display", "A label for display purposes."),
     string("type", "A label saying what the certificate is for."),
     attr(
@@ -551,7 +554,11 @@ static ENTERPRISE_ATTRIBUTES: [AttributeDef; 6] = [
 ];
 
 static MEMBER_SUBS: [AttributeDef; 4] = [
-    string("value", "The id of the member's User resource.").immutable(),
+    // It holds a resource's "id" (RFC 7643 §4.2), which is case exact
+    // (§3.1), and the membership table compares it exactly.
+    string("value", "The id of the member's User resource.")
+        .case_exact()
+        .immutable(),
     attr("$ref", AttrType::Reference, "The URI of the member.")
         .refs(&["User", "Group"])
         .immutable(),

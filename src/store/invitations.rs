@@ -91,3 +91,24 @@ pub fn mark_used(conn: &mut Conn, id: &str) -> QueryResult<bool> {
     .execute(conn)?;
     Ok(n == 1)
 }
+
+/// Deletes up to `limit` invitations that expired before `before`; returns
+/// how many. The expiry bounds every invitation: one used or revoked ended
+/// sooner, and one still pending has not reached it.
+pub fn delete_expired_before(
+    conn: &mut Conn,
+    before: chrono::NaiveDateTime,
+    limit: i64,
+) -> QueryResult<usize> {
+    let old = invitations::table
+        .filter(invitations::expires_at.lt(before))
+        .select(invitations::id)
+        .limit(limit)
+        .load::<String>(conn)?;
+    let mut deleted = 0;
+    for chunk in old.chunks(500) {
+        deleted += diesel::delete(invitations::table.filter(invitations::id.eq_any(chunk)))
+            .execute(conn)?;
+    }
+    Ok(deleted)
+}

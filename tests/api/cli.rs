@@ -894,3 +894,85 @@ async fn help_lists_every_command() {
     assert_eq!(usage.code, Some(2), "{usage}");
     assert!(usage.stderr.contains("<ID>"), "{usage}");
 }
+
+/// Whether `text` holds something shaped like a SCIM token.
+fn holds_a_token(text: &str) -> bool {
+    text.match_indices("scimsync_").any(|(at, prefix)| {
+        let rest = &text[at + prefix.len()..];
+        rest.len() >= 64 && rest.bytes().take(64).all(|b| b.is_ascii_hexdigit())
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_start_without_a_terminal_writes_the_token_to_a_private_file() {
+    // Arrange: an empty embedded database; standard output is a pipe, as
+    // on a platform that ships it to a log service.
+    let dir = tempfile::tempdir().expect("working directory");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_scimsync"))
+        .arg("run")
+        .env_clear()
+        .env("PORT", port.to_string())
+        .env("RUST_LOG", "info")
+        .current_dir(dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("scimsync starts");
+
+    // Act: the first start runs until it serves, then stops.
+    let client = reqwest::Client::new();
+    crate::helpers::eventually("the service answers", || async {
+        client
+            .get(format!("http://127.0.0.1:{port}/healthz"))
+            .send()
+            .await
+            .is_ok()
+    })
+    .await;
+    child.start_kill().expect("kill");
+    let out = child.wait_with_output().await.expect("output");
+    let run = Run {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+
+    // Assert: no token in the output, which names the file instead.
+    assert!(!holds_a_token(&run.stdout), "token shown: {run}");
+    assert!(!holds_a_token(&run.stderr), "token logged: {run}");
+    let file = dir.path().join("data").join("first-scim-token");
+    assert!(
+        run.stdout.contains("data/first-scim-token"),
+        "the file is named: {run}"
+    );
+    let token = std::fs::read_to_string(&file).expect("token file");
+    let token = token.trim_end();
+    assert!(holds_a_token(token) && token.len() == 73, "{token:?}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&file)
+            .expect("metadata")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+    }
+    let db = scimsync::store::Store::open(
+        &scimsync::config::DatabaseUrl::Sqlite(dir.path().join("data").join("scimsync.db")),
+        1,
+        Duration::from_secs(5),
+    )
+    .expect("database");
+    let hash = scimsync::ops::tokens::hash_token(token);
+    let live = db
+        .run(move |c| store::tokens::find_live_by_hashes(c, &[hash]).map_err(store::Error::from))
+        .await
+        .expect("query");
+    assert_eq!(live.len(), 1, "the file holds the live first token");
+}

@@ -42,6 +42,7 @@ on_both_backends!(
     manager_cleared_by_remove_on_urn_path,
     manager_cleared_by_remove_with_value_filter,
     manager_kept_when_its_ref_is_removed,
+    manager_ref_sent_in_a_patch_is_derived_not_stored,
     filtered_manager_replace_that_matches_nothing_is_400_no_target,
     string_false_with_capital_replace_disables_and_user_stays_findable,
     boolean_false_with_lower_case_replace_disables_and_user_stays_findable,
@@ -821,6 +822,30 @@ async fn manager_kept_when_its_ref_is_removed(app: TestApp) {
         patch_user(&app, &id, json!([{"op":"remove","path":path}])).await;
         assert_manager(&app, &get_user(&app, &id).await, &boss);
     }
+}
+
+async fn manager_ref_sent_in_a_patch_is_derived_not_stored(app: TestApp) {
+    // `$ref` is the URI of the manager's User resource, which the service
+    // knows from the id; one sent by the client could name anyone.
+    let (id, boss) = user_with_manager(&app).await;
+    let elsewhere = "https://elsewhere.example/Users/x";
+    patch_user(
+        &app,
+        &id,
+        json!([{"op":"Replace","path":format!("{MANAGER}.$ref"),"value":elsewhere}]),
+    )
+    .await;
+    assert_manager(&app, &get_user(&app, &id).await, &boss);
+    // Without a manager, a $ref alone makes none.
+    let other = app.create_user("no.boss@example.com").await;
+    patch_user(
+        &app,
+        &other,
+        json!([{"op":"Add","path":"manager.$ref","value":elsewhere}]),
+    )
+    .await;
+    let user = get_user(&app, &other).await;
+    assert!(manager(&user).is_none(), "{user:?}");
 }
 
 async fn filtered_manager_replace_that_matches_nothing_is_400_no_target(app: TestApp) {

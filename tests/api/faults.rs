@@ -30,7 +30,7 @@ fn scimsync(args: &[&str], env: &[(&str, String)], dir: &std::path::Path) -> Pro
         .current_dir(dir)
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
+        .stdout(Stdio::null())
         .stderr(Stdio::null());
     for (k, v) in env {
         cmd.env(k, v);
@@ -38,25 +38,17 @@ fn scimsync(args: &[&str], env: &[(&str, String)], dir: &std::path::Path) -> Pro
     Proc(cmd.spawn().expect("scimsync starts"))
 }
 
-/// The token a first start prints; the rest of the output is drained
-/// so the service never writes into a closed pipe.
-async fn first_token(stdout: std::process::ChildStdout) -> String {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        let mut tx = Some(tx);
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if let Some(token) = line.split_whitespace().find(|w| w.starts_with("scimsync_"))
-                && let Some(tx) = tx.take()
-            {
-                let _ = tx.send(token.to_owned());
-            }
-        }
-    });
-    rx.await.expect("token printed")
+/// The token a first start leaves in the data directory under `dir`
+/// (standard output is not a terminal here, so it is not printed).
+async fn first_token(dir: &std::path::Path) -> String {
+    let file = dir.join("data").join("first-scim-token");
+    // Complete once it ends with its newline.
+    let written = || std::fs::read_to_string(&file).unwrap_or_default();
+    eventually("the first token is written", || async {
+        written().ends_with('\n')
+    })
+    .await;
+    written().trim_end().to_owned()
 }
 
 /// Sends creates `{prefix}{i}@example.com` until `n` of them are
@@ -234,10 +226,8 @@ async fn embedded_run_killed_mid_stream_loses_no_acknowledged_change() {
         .expect("port")
         .port();
     let env = vec![("PORT", port.to_string())];
-    let mut first = scimsync(&["run"], &env, dir.path());
-    // The first start prints the token of the organization it creates.
-    let stdout = first.0.stdout.take().expect("stdout");
-    let token = first_token(stdout).await;
+    let first = scimsync(&["run"], &env, dir.path());
+    let token = first_token(dir.path()).await;
     let url = format!("http://127.0.0.1:{port}/scim/v2");
     let client = reqwest::Client::new();
     eventually("the service answers", || async {
@@ -456,8 +446,7 @@ async fn sigterm_finishes_in_flight_work_and_exits_cleanly() {
         .expect("port")
         .port();
     let mut service = scimsync(&["run"], &[("PORT", port.to_string())], dir.path());
-    let stdout = service.0.stdout.take().expect("stdout");
-    let token = first_token(stdout).await;
+    let token = first_token(dir.path()).await;
     let client = reqwest::Client::new();
     let url = format!("http://127.0.0.1:{port}/scim/v2/Users");
     eventually("the service answers", || async {

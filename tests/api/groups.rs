@@ -12,6 +12,7 @@ on_both_backends!(
     group_lifecycle_as_entra_drives_it,
     duplicate_group_name_in_another_case_is_409,
     concurrent_member_patches_lose_no_member,
+    member_ids_and_certificates_compare_case_exactly,
 );
 
 async fn group_lifecycle_as_entra_drives_it(app: TestApp) {
@@ -238,4 +239,77 @@ async fn writes_that_change_nothing_keep_the_version(app: TestApp) {
         .filter_map(|m| m["value"].as_str())
         .collect();
     assert_eq!(members, [b.as_str()]);
+}
+
+/// Member ids are resource ids, which are case-exact (RFC 7643 §3.1), and
+/// binary values are case-exact (RFC 7643 §2.3.6): a filter evaluated on
+/// the document must agree with the one run in SQL.
+async fn member_ids_and_certificates_compare_case_exactly(app: TestApp) {
+    // Arrange
+    let ada = app.create_user("ada@example.com").await;
+    let group = app.create_group("Platform", &[&ada]).await;
+    let shouted = ada.to_uppercase();
+    assert_ne!(shouted, ada, "the id has letters");
+    let mut cert = crate::helpers::user_body("cert@example.com");
+    cert["x509Certificates"] = json!([{"value": "TUlJRGRq"}]);
+    assert_eq!(app.post("/Users", cert).await.status, StatusCode::CREATED);
+    let count = |query: String| {
+        let app = &app;
+        async move {
+            let reply = app.get(&query).await;
+            assert_eq!(reply.status, StatusCode::OK, "{query}: {:?}", reply.body);
+            reply.body["totalResults"].clone()
+        }
+    };
+
+    // Act and Assert: in SQL, and on the document.
+    for (id, found) in [(&ada, 1), (&shouted, 0)] {
+        for filter in [
+            format!("members%20eq%20%22{id}%22"),
+            format!("members.value%20eq%20%22{id}%22"),
+            format!("members%5Bvalue%20eq%20%22{id}%22%5D"),
+            format!(
+                "displayName%20eq%20%22Platform%22%20and%20members%5Bvalue%20eq%20%22{id}%22%5D"
+            ),
+        ] {
+            assert_eq!(
+                count(format!("/Groups?filter={filter}")).await,
+                found,
+                "{filter}"
+            );
+        }
+    }
+    for (value, found) in [("TUlJRGRq", 1), ("tuljrgrq", 0)] {
+        let filter = format!("x509Certificates.value%20eq%20%22{value}%22");
+        assert_eq!(
+            count(format!("/Users?filter={filter}")).await,
+            found,
+            "{filter}"
+        );
+    }
+    // Removing a member by an id in another case removes no one.
+    let path = format!("/Groups/{group}");
+    let remove = patch_body(json!([
+        {"op": "remove", "path": format!("members[value eq \"{shouted}\"]")}
+    ]));
+    assert_eq!(
+        app.patch(&path, remove).await.status,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(app.get(&path).await.body["members"][0]["value"], json!(ada));
+    // The schema says so.
+    let schemas = app.get("/Schemas").await;
+    let sub = |attr: &str| {
+        schemas.body["Resources"]
+            .as_array()
+            .expect("schemas")
+            .iter()
+            .flat_map(|s| s["attributes"].as_array().expect("attributes"))
+            .find(|a| a["name"] == attr)
+            .and_then(|a| a["subAttributes"].as_array())
+            .and_then(|subs| subs.iter().find(|s| s["name"] == "value"))
+            .map(|v| v["caseExact"].clone())
+    };
+    assert_eq!(sub("members"), Some(json!(true)));
+    assert_eq!(sub("x509Certificates"), Some(json!(true)));
 }

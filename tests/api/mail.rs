@@ -467,3 +467,112 @@ async fn rows_past_their_retention_are_deleted(backend: crate::helpers::Backend)
         .expect("pass");
     assert_eq!(again.forgotten, 0, "{again:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invitations_past_their_retention_are_deleted_sqlite() {
+    invitations_past_their_retention_are_deleted(crate::helpers::Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invitations_past_their_retention_are_deleted_postgres_redis() {
+    if crate::helpers::postgres_redis_enabled() {
+        invitations_past_their_retention_are_deleted(crate::helpers::Backend::PostgresRedis).await;
+    }
+}
+
+/// An invitation is kept `retention_days` past its expiry, which ends it
+/// whether or not it was used or revoked before; then it is deleted.
+async fn invitations_past_their_retention_are_deleted(backend: crate::helpers::Backend) {
+    use scimsync::reconcile::periodic;
+    use scimsync::store::{self, invitations, users};
+    // Arrange: a web process only, so no other reconciler runs.
+    let mut env = crate::helpers::test_env(backend);
+    env.settings.reconciler.retention_days = 30;
+    let app = crate::helpers::spawn_with(env, scimsync::startup::Role::Web).await;
+    let mail = app.mail_queue().await;
+    let org = app.org_id().await;
+    let now = store::now();
+    let days = chrono::TimeDelta::days;
+    let user = users::UserRow {
+        id: uuid::Uuid::new_v4().to_string(),
+        org_id: org.clone(),
+        user_name: "invited@example.com".into(),
+        user_name_key: "invited@example.com".into(),
+        external_id: None,
+        display_name: None,
+        display_name_key: None,
+        email: Some("invited@example.com".into()),
+        active: true,
+        resource: "{}".into(),
+        version: 1,
+        created_at: now - days(60),
+        updated_at: now - days(60),
+        joined_at: None,
+    };
+    let invitation = |id: &str, expires_at, used_at, revoked_at| invitations::InvitationRow {
+        id: id.to_owned(),
+        org_id: org.clone(),
+        user_id: user.id.clone(),
+        token_hash: scimsync::ops::tokens::hash_token(id),
+        email: "invited@example.com".into(),
+        created_at: expires_at - days(7),
+        expires_at,
+        used_at,
+        revoked_at,
+    };
+    let rows = vec![
+        invitation("expired-long-ago", now - days(31), None, None),
+        invitation("used-long-ago", now - days(31), Some(now - days(37)), None),
+        invitation(
+            "revoked-long-ago",
+            now - days(32),
+            None,
+            Some(now - days(38)),
+        ),
+        invitation("expired-lately", now - days(29), None, None),
+        invitation("used-lately", now + days(1), Some(now - days(1)), None),
+        invitation("pending", now + days(7), None, None),
+    ];
+    app.store
+        .run(move |c| {
+            users::insert_if_free(c, &user)?;
+            invitations::insert_all(c, &rows)?;
+            Ok::<_, store::Error>(())
+        })
+        .await
+        .expect("rows");
+
+    // Act
+    let pass = periodic::pass(&app.store, &mail, &app.settings)
+        .await
+        .expect("pass");
+
+    // Assert
+    assert_eq!(pass.forgotten, 3, "{pass:?}");
+    let ids = [
+        "expired-long-ago",
+        "used-long-ago",
+        "revoked-long-ago",
+        "expired-lately",
+        "used-lately",
+        "pending",
+    ];
+    let left: Vec<&str> = app
+        .store
+        .run(move |c| {
+            let mut left = Vec::new();
+            for id in ids {
+                if invitations::find(c, id)?.is_some() {
+                    left.push(id);
+                }
+            }
+            Ok::<_, store::Error>(left)
+        })
+        .await
+        .expect("read");
+    assert_eq!(left, ["expired-lately", "used-lately", "pending"]);
+    let again = periodic::pass(&app.store, &mail, &app.settings)
+        .await
+        .expect("pass");
+    assert_eq!(again.forgotten, 0, "{again:?}");
+}
