@@ -433,7 +433,11 @@ static CERT_SUBS: [AttributeDef; 4] = [
 ];
 
 static USER_GROUP_SUBS: [AttributeDef; 4] = [
-    string("value", "The id of the group.").read_only(),
+    // Group and manager values hold a resource's case-exact "id" (RFC 7643
+    // §3.1), as members do.
+    string("value", "The id of the group.")
+        .case_exact()
+        .read_only(),
     attr("$ref", AttrType::Reference, "The URI of the group.")
         .refs(&["User", "Group"])
         .read_only(),
@@ -534,7 +538,7 @@ static USER_ATTRIBUTES: [AttributeDef; 22] = [
 ];
 
 static MANAGER_SUBS: [AttributeDef; 3] = [
-    string("value", "The id of the manager's User resource."),
+    string("value", "The id of the manager's User resource.").case_exact(),
     attr(
         "$ref",
         AttrType::Reference,

@@ -25,6 +25,7 @@ on_both_backends!(
     users_are_found_by_any_email_and_by_work_email,
     users_are_found_by_creation_time_as_an_instant,
     concurrent_patches_of_one_user_lose_no_update,
+    manager_ids_compare_case_exactly,
 );
 
 async fn test_connection_filter_for_unknown_user_is_an_empty_list(app: TestApp) {
@@ -530,3 +531,32 @@ async fn a_change_read_before_the_person_joined_keeps_them_joined(app: TestApp) 
         .expect("store");
     assert!(joined.is_some(), "the change did not erase the join");
 }
+
+/// A manager is named by a user's id, which is case-exact (RFC 7643
+/// §3.1): a filter with the id in other letters finds no report.
+async fn manager_ids_compare_case_exactly(app: TestApp) {
+    let boss = app.create_user("boss@example.com").await;
+    let shouted = boss.to_uppercase();
+    assert_ne!(shouted, boss, "the id has letters");
+    let mut report = user_body("report@example.com");
+    report["schemas"]
+        .as_array_mut()
+        .expect("schemas")
+        .push(json!(ENTERPRISE));
+    report[ENTERPRISE] = json!({"manager": {"value": boss}});
+    let created = app.post("/Users", report).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{:?}", created.body);
+    for (id, found) in [(&boss, 1), (&shouted, 0)] {
+        let filter = format!("{ENTERPRISE}:manager.value eq \"{id}\"");
+        let reply = app
+            .get(&format!(
+                "/Users?filter={}",
+                url::form_urlencoded::byte_serialize(filter.as_bytes()).collect::<String>()
+            ))
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "{filter}: {:?}", reply.body);
+        assert_eq!(reply.body["totalResults"], found, "{filter}");
+    }
+}
+
+const ENTERPRISE: &str = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User";
