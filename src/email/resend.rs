@@ -216,6 +216,16 @@ pub(crate) fn classify(
                 retry_after,
             })
         }
+        // A key that is missing, wrong, revoked or restricted, or a sending
+        // domain not verified: the account's problem, not the message's.
+        // Kept and retried, it goes out once an operator fixes the
+        // settings; failed for good, every welcome meanwhile would be lost.
+        (401 | 403, _) => Err(SendError::Transient {
+            reason: format!(
+                "{reason} (the API key or the account, not the message: it is kept and retried)"
+            ),
+            retry_after,
+        }),
         (409, Some("invalid_idempotent_request")) => Err(SendError::permanent(format!(
             "{reason} (Resend already accepted a different message with this outbox id in the last 24 hours; not sending another)"
         ))),
@@ -425,13 +435,18 @@ mod tests {
             !e.is_transient() && e.reason().contains("already accepted"),
             "{e}"
         );
-        for status in [400, 401, 403, 404, 451] {
+        for status in [400, 404, 422, 451] {
             assert!(
                 !classify(status, None, "")
                     .expect_err("error")
                     .is_transient(),
                 "{status}"
             );
+        }
+        // The key or the account, not the message: kept for a retry.
+        for status in [401, 403] {
+            let e = classify(status, None, "").expect_err("error");
+            assert!(e.is_transient() && e.reason().contains("kept"), "{e}");
         }
         let e = classify(301, None, "").expect_err("redirect");
         assert!(!e.is_transient() && e.reason().contains("redirect"));

@@ -84,6 +84,7 @@ both!(
     smtp_permanent_failure_is_recorded_and_reported_in_the_next_digest,
     resend_api_is_called_as_documented_and_429_is_retried_after_its_delay,
     resend_rejection_is_permanent_and_keeps_the_answer,
+    resend_refusing_the_key_keeps_the_mail_for_a_retry,
     owed_mail_whose_job_was_lost_is_sent_once_by_the_reconciler,
     welcome_handed_back_is_sent_once_through_the_queue,
     sends_recorded_together_each_keep_their_own_payload,
@@ -271,6 +272,37 @@ async fn resend_rejection_is_permanent_and_keeps_the_answer(backend: Backend) {
     .await;
     let row = welcome_row(&app, "flaky@example.com").await.expect("row");
     assert_eq!(row.attempts, 3, "500, malformed 200, then accepted");
+}
+
+/// A refused key (rotated, revoked, or the sending domain not verified) is
+/// the account's problem, not the message's: the mail is kept and retried,
+/// and goes out once the key works, instead of every welcome sent
+/// meanwhile failing for good.
+async fn resend_refusing_the_key_keeps_the_mail_for_a_retry(backend: Backend) {
+    let provider = HttpStub::start().await.expect("stub");
+    provider.push(Reply::json(
+        401,
+        r#"{"statusCode":401,"name":"missing_api_key","message":"Missing API key in the authorization header."}"#,
+    ));
+    provider.push(Reply::json(
+        403,
+        r#"{"statusCode":403,"name":"invalid_api_key","message":"API key is invalid."}"#,
+    ));
+    let app = app_with_mail(
+        backend,
+        format!("resend+http://re_test_key@{}", provider.addr()),
+    )
+    .await;
+    app.create_user("keyed@example.com").await;
+    eventually("the message goes out once the key works", || async {
+        welcome_row(&app, "keyed@example.com")
+            .await
+            .is_some_and(|r| r.state == "sent" || r.state == "failed")
+    })
+    .await;
+    let row = welcome_row(&app, "keyed@example.com").await.expect("row");
+    assert_eq!(row.state, "sent", "{row:?}");
+    assert_eq!(row.attempts, 3, "401, 403, then accepted");
 }
 
 /// Creates a user the way a worker applies the change, through an

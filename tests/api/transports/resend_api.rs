@@ -162,7 +162,7 @@ async fn a_malformed_2xx_is_retried_with_the_same_idempotency_key() {
 }
 
 #[tokio::test]
-async fn a_refused_key_is_permanent_and_hints_at_the_key() {
+async fn a_refused_key_is_kept_for_a_retry_and_hints_at_the_key() {
     let (stub, transport) = stub_and_transport().await;
     stub.push(Reply::json(
         401,
@@ -174,7 +174,10 @@ async fn a_refused_key_is_permanent_and_hints_at_the_key() {
         .await
         .expect_err("401");
 
-    assert!(!err.is_transient());
+    assert!(
+        err.is_transient(),
+        "the key's problem, not the message's: {err}"
+    );
     assert!(!err.reason().contains("re_test_key"), "key leaked: {err}");
     assert!(hint(&err, &transport).is_some_and(|h| h.contains("API key")));
 }
