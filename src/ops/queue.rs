@@ -153,7 +153,11 @@ pub async fn retry(
             later.applied_at.format("%Y-%m-%d %H:%M:%S UTC"),
         );
     }
-    let again = ScimChange::new(&original.org_id, &original.base_url, original.op.clone());
+    let mut again = ScimChange::new(&original.org_id, &original.base_url, original.op.clone());
+    // The retry stands for the request Entra ID sent then: a change it sent
+    // later stays later than the retry, and a dead change it sent later
+    // can still be retried after this one.
+    again.received_at = original.received_at;
     // The claim and the push run as one task of their own, so an operator
     // who goes away (a closed admin tab drops its request) cannot leave a
     // change marked retried that was never queued.
@@ -184,15 +188,19 @@ pub async fn retry(
     .await?
 }
 
-/// A change applied to the resource of `dead` after it died, if any.
+/// An applied change to the resource of `dead` that Entra ID sent after
+/// it, if any. What counts is when each was received, not when `dead` was
+/// recorded dead: a change can fail for minutes while a later one to the
+/// same resource applies.
 async fn applied_since(store: &Store, dead: &log::LogRow) -> anyhow::Result<Option<log::LogRow>> {
     let Some(resource) = dead.resource_id.clone() else {
         return Ok(None);
     };
-    let (org, after) = (dead.org_id.clone(), dead.applied_at);
+    let (org, after) = (dead.org_id.clone(), dead.received_at);
     Ok(store
         .run(move |c| {
-            log::applied_to_resource_after(c, &org, &resource, after).map_err(store::Error::from)
+            log::applied_to_resource_received_after(c, &org, &resource, after)
+                .map_err(store::Error::from)
         })
         .await?)
 }

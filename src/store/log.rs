@@ -267,8 +267,9 @@ pub fn unresolve(conn: &mut Conn, change_id: &str, resolution: &str) -> QueryRes
     Ok(n == 1)
 }
 
-/// The newest change applied to a resource after `after`, if any.
-pub fn applied_to_resource_after(
+/// The newest applied change to a resource that was received after
+/// `after`, if any.
+pub fn applied_to_resource_received_after(
     conn: &mut Conn,
     org_id: &str,
     resource_id: &str,
@@ -277,7 +278,7 @@ pub fn applied_to_resource_after(
     provisioning_log::table
         .filter(provisioning_log::org_id.eq(org_id))
         .filter(provisioning_log::resource_id.eq(resource_id))
-        .filter(provisioning_log::applied_at.gt(after))
+        .filter(provisioning_log::received_at.gt(after))
         .filter(provisioning_log::outcome.eq("applied"))
         .order(provisioning_log::applied_at.desc())
         .select(LogRow::as_select())

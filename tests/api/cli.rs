@@ -20,6 +20,8 @@ on_both_backends!(
     queue_stats_counts_applied_rejected_and_dead_changes,
     dead_changes_are_listed_shown_retried_and_discarded,
     dead_change_overtaken_by_a_later_one_is_not_retried,
+    dead_change_overtaken_while_it_failed_is_not_retried,
+    dead_changes_to_one_user_retried_oldest_first_all_apply,
     retry_that_cannot_be_queued_leaves_the_change_retryable,
     log_filters_by_org_user_outcome_and_age,
     doctor_passes_with_a_worker_and_names_a_bad_database,
@@ -595,6 +597,67 @@ async fn dead_change_overtaken_by_a_later_one_is_not_retried(app: TestApp) {
     assert_eq!(row.resolution, None, "left for the operator to discard");
     let user = app.get(&format!("/Users/{id}")).await;
     assert_eq!(user.body["active"], true, "{:?}", user.body);
+}
+
+/// A change that kept failing while a later one to the same user applied,
+/// and was recorded dead only after that, is still the older of the two.
+async fn dead_change_overtaken_while_it_failed_is_not_retried(app: TestApp) {
+    let id = app.create_user("slow@example.com").await;
+    let deactivate = ChangeOp::Patch {
+        kind: ResourceKind::User,
+        id: id.clone(),
+        body: crate::helpers::patch_body(serde_json::json!([
+            {"op": "Replace", "path": "active", "value": "False"}
+        ])),
+        if_match: None,
+    };
+    let change = ScimChange::new(&org_id(&app, "acme").await, &app.scim, deactivate);
+    let later = app
+        .patch(
+            &format!("/Users/{id}"),
+            crate::helpers::patch_body(serde_json::json!([
+                {"op": "Replace", "path": "displayName", "value": "Still Here"}
+            ])),
+        )
+        .await;
+    assert_eq!(later.status, StatusCode::OK, "{:?}", later.body);
+    let dead = crate::helpers::record_change_dead(&app, change, "slow@example.com").await;
+
+    let refused = scimsync(&app, &["queue", "retry", &dead]).await;
+    assert!(
+        refused.failed().stderr.contains("was changed again since"),
+        "{refused}"
+    );
+    let user = app.get(&format!("/Users/{id}")).await;
+    assert_eq!(user.body["active"], true, "{:?}", user.body);
+}
+
+/// Two dead changes to one user, retried oldest first: the retry of the
+/// first is not a later change that refuses the second.
+async fn dead_changes_to_one_user_retried_oldest_first_all_apply(app: TestApp) {
+    let id = app.create_user("twice@example.com").await;
+    let rename = |name: &str| ChangeOp::Patch {
+        kind: ResourceKind::User,
+        id: id.clone(),
+        body: crate::helpers::patch_body(serde_json::json!([
+            {"op": "Replace", "path": "displayName", "value": name}
+        ])),
+        if_match: None,
+    };
+    let first = record_dead(&app, "acme", "twice@example.com", rename("First")).await;
+    let second = record_dead(&app, "acme", "twice@example.com", rename("Second")).await;
+
+    scimsync(&app, &["queue", "retry", &first]).await.ok();
+    let path = format!("/Users/{id}");
+    eventually("the first retry applies", || async {
+        app.get(&path).await.body["displayName"] == "First"
+    })
+    .await;
+    scimsync(&app, &["queue", "retry", &second]).await.ok();
+    eventually("the second retry applies", || async {
+        app.get(&path).await.body["displayName"] == "Second"
+    })
+    .await;
 }
 
 async fn retry_that_cannot_be_queued_leaves_the_change_retryable(app: TestApp) {

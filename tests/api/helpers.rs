@@ -545,10 +545,21 @@ pub async fn record_dead(
     subject: &str,
     op: scimsync::jobs::ChangeOp,
 ) -> String {
-    use scimsync::store::{self, log};
     let change = scimsync::jobs::ScimChange::new(org_id, &app.scim, op);
+    record_change_dead(app, change, subject).await
+}
+
+/// Logs `change`, received when it says, as dead now; returns its id.
+pub async fn record_change_dead(
+    app: &TestApp,
+    change: scimsync::jobs::ScimChange,
+    subject: &str,
+) -> String {
+    use scimsync::store::{self, log};
     let at = store::now();
+    let org_id = change.org_id.as_str();
     let row = log::LogRow {
+        received_at: change.received_at.naive_utc(),
         operation: change.op.name().to_owned(),
         resource_id: Some(change.op.id().to_owned()),
         subject: Some(subject.to_owned()),
