@@ -1125,7 +1125,11 @@ impl Invite<'_> {
     }
 
     /// Deactivation revokes pending invitations; activating a user who
-    /// never joined and has none pending issues a fresh one.
+    /// never joined and has none pending issues a fresh one. A new email
+    /// address while an invitation is pending revokes it and issues one to
+    /// the new address: whoever reads the old mailbox must not join as the
+    /// user, and a welcome still owed there is cancelled when its turn
+    /// comes.
     fn on_transition(
         &self,
         c: &mut Conn,
@@ -1140,6 +1144,17 @@ impl Invite<'_> {
         }
         if !old.active && new.joined_at.is_none() && !invitations::has_pending(c, &new.id)? {
             return Ok(Some(self.issue(c, new)?));
+        }
+        let moved = !old
+            .email
+            .as_deref()
+            .map(str::to_lowercase)
+            .eq(&new.email.as_deref().map(str::to_lowercase));
+        if old.active && moved && new.joined_at.is_none() && invitations::has_pending(c, &new.id)? {
+            invitations::revoke_pending(c, &new.id)?;
+            if new.email.is_some() {
+                return Ok(Some(self.issue(c, new)?));
+            }
         }
         Ok(None)
     }

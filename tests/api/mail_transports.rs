@@ -86,6 +86,7 @@ both!(
     resend_rejection_is_permanent_and_keeps_the_answer,
     resend_refusing_the_key_keeps_the_mail_for_a_retry,
     owed_mail_whose_job_was_lost_is_sent_once_by_the_reconciler,
+    welcome_owed_when_the_email_changes_goes_to_the_new_address,
     welcome_handed_back_is_sent_once_through_the_queue,
     sends_recorded_together_each_keep_their_own_payload,
 );
@@ -318,6 +319,45 @@ async fn commit_without_sending(app: &TestApp, user_name: &str) -> scimsync::rec
     scimsync::reconcile::apply_with_retry(&applier, &app.settings, &change, 1)
         .await
         .expect("commit")
+}
+
+/// A welcome still owed when Entra ID corrects the user's email goes to
+/// the new address: the invitation sent to the old one would let whoever
+/// reads that mailbox join as the user.
+async fn welcome_owed_when_the_email_changes_goes_to_the_new_address(backend: Backend) {
+    let (sink, app) = app_with_sink_and_reconciler_after(backend, 1).await;
+    // The welcome to the old address is owed but not out yet (its sender
+    // died; a temporary failure leaves it waiting the same way).
+    let committed = commit_without_sending(&app, "old.address@example.com").await;
+    assert_eq!(committed.mail.len(), 1, "the change owes one welcome");
+    let id = committed.log.resource_id.clone().expect("id");
+    let moved = app
+        .patch(
+            &format!("/Users/{id}"),
+            patch_body(json!([{
+                "op": "replace",
+                "path": "emails[type eq \"work\"].value",
+                "value": "new.address@example.com"
+            }])),
+        )
+        .await;
+    assert_eq!(moved.status, StatusCode::OK, "{:?}", moved.body);
+
+    eventually("the welcome reaches the new address", || async {
+        to(&sink, "new.address@example.com").len() == 1
+    })
+    .await;
+    eventually(
+        "the old welcome is given up once its claim runs out",
+        || async {
+            welcome_row(&app, "old.address@example.com")
+                .await
+                .is_some_and(|r| r.state == "cancelled")
+        },
+    )
+    .await;
+    assert!(to(&sink, "old.address@example.com").is_empty());
+    assert_eq!(to(&sink, "new.address@example.com").len(), 1, "once");
 }
 
 async fn owed_mail_whose_job_was_lost_is_sent_once_by_the_reconciler(backend: Backend) {
