@@ -627,6 +627,9 @@ pub fn validate_resource(kind: ResourceKind, body: Value) -> Result<Value, ScimE
             }
             if let Some(members) = core.get("members") {
                 check_member_count(members.as_array().map_or(1, Vec::len))?;
+                // What the group's members are read as is valid too: an
+                // accepted group never fails later for its member ids.
+                member_ids(members)?;
             }
         }
     }
