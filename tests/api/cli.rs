@@ -146,6 +146,18 @@ async fn record_dead(app: &TestApp, org: &str, subject: &str, op: ChangeOp) -> S
     crate::helpers::record_dead(app, &org, subject, op).await
 }
 
+/// A PATCH of user `id` that replaces `path` with `value`.
+fn replace_in_user(id: &str, path: &str, value: Value) -> ChangeOp {
+    ChangeOp::Patch {
+        kind: ResourceKind::User,
+        id: id.to_owned(),
+        body: crate::helpers::patch_body(serde_json::json!([
+            {"op": "Replace", "path": path, "value": value}
+        ])),
+        if_match: None,
+    }
+}
+
 async fn logged(app: &TestApp, id: &str) -> Option<log::LogRow> {
     let id = id.to_owned();
     app.store
@@ -563,14 +575,7 @@ async fn dead_changes_are_listed_shown_retried_and_discarded(app: TestApp) {
 
 async fn dead_change_overtaken_by_a_later_one_is_not_retried(app: TestApp) {
     let id = app.create_user("stale@example.com").await;
-    let deactivate = ChangeOp::Patch {
-        kind: ResourceKind::User,
-        id: id.clone(),
-        body: crate::helpers::patch_body(serde_json::json!([
-            {"op": "Replace", "path": "active", "value": "False"}
-        ])),
-        if_match: None,
-    };
+    let deactivate = replace_in_user(&id, "active", serde_json::json!("False"));
     let dead = record_dead(&app, "acme", "stale@example.com", deactivate).await;
     // Entra ID moves on: the user is changed again and that applies.
     let later = app
@@ -603,14 +608,7 @@ async fn dead_change_overtaken_by_a_later_one_is_not_retried(app: TestApp) {
 /// and was recorded dead only after that, is still the older of the two.
 async fn dead_change_overtaken_while_it_failed_is_not_retried(app: TestApp) {
     let id = app.create_user("slow@example.com").await;
-    let deactivate = ChangeOp::Patch {
-        kind: ResourceKind::User,
-        id: id.clone(),
-        body: crate::helpers::patch_body(serde_json::json!([
-            {"op": "Replace", "path": "active", "value": "False"}
-        ])),
-        if_match: None,
-    };
+    let deactivate = replace_in_user(&id, "active", serde_json::json!("False"));
     let change = ScimChange::new(&org_id(&app, "acme").await, &app.scim, deactivate);
     let later = app
         .patch(
@@ -636,14 +634,7 @@ async fn dead_change_overtaken_while_it_failed_is_not_retried(app: TestApp) {
 /// first is not a later change that refuses the second.
 async fn dead_changes_to_one_user_retried_oldest_first_all_apply(app: TestApp) {
     let id = app.create_user("twice@example.com").await;
-    let rename = |name: &str| ChangeOp::Patch {
-        kind: ResourceKind::User,
-        id: id.clone(),
-        body: crate::helpers::patch_body(serde_json::json!([
-            {"op": "Replace", "path": "displayName", "value": name}
-        ])),
-        if_match: None,
-    };
+    let rename = |name: &str| replace_in_user(&id, "displayName", serde_json::json!(name));
     let first = record_dead(&app, "acme", "twice@example.com", rename("First")).await;
     let second = record_dead(&app, "acme", "twice@example.com", rename("Second")).await;
 
