@@ -59,7 +59,7 @@ pub struct MailState {
 /// burst of welcomes instead of one each. Each send still waits until its
 /// own row is marked, so a send that reports success is on record.
 pub struct SentMarks {
-    marks: Together<(String, String), Result<(), store::Error>>,
+    marks: Together<outbox::Sent, Result<(), store::Error>>,
 }
 
 impl SentMarks {
@@ -69,7 +69,7 @@ impl SentMarks {
     /// Starts the writer on the current runtime; it ends with the last
     /// handle.
     pub fn start(store: Store) -> Self {
-        let marks = Together::start(Self::MOST, move |sent: Vec<(String, String)>| {
+        let marks = Together::start(Self::MOST, move |sent: Vec<outbox::Sent>| {
             let store = store.clone();
             async move {
                 let n = sent.len();
@@ -84,10 +84,10 @@ impl SentMarks {
         SentMarks { marks }
     }
 
-    /// Marks the row `id` sent, its payload replaced by `payload`.
-    pub async fn record(&self, id: String, payload: String) -> Result<(), store::Error> {
+    /// Marks the row `sent` names sent, while its claim holds.
+    pub async fn record(&self, sent: outbox::Sent) -> Result<(), store::Error> {
         self.marks
-            .call((id, payload))
+            .call(sent)
             .await
             .unwrap_or(Err(store::Error::Cancelled))
     }
@@ -221,12 +221,13 @@ pub async fn send_owed(state: &MailState, owed: Owed) -> Result<Delivery, store:
 pub async fn hand_back(
     store: &Store,
     queue: &super::Queue<SendMail>,
-    outbox_id: &str,
+    row: &OutboxRow,
     queued_for: chrono::TimeDelta,
 ) {
-    let id = outbox_id.to_owned();
+    let outbox_id = row.id.as_str();
+    let (id, held) = (row.id.clone(), row.locked_until);
     let unclaimed = store
-        .run_write(move |c| outbox::unclaim(c, &id, queued_for).map_err(store::Error::from))
+        .run_write(move |c| outbox::unclaim(c, &id, held, queued_for).map_err(store::Error::from))
         .await;
     if let Err(e) = unclaimed {
         tracing::warn!(outbox_id, error = %e, "could not hand back a welcome; the reconciler will queue it once its claim runs out");
@@ -268,9 +269,12 @@ async fn send_claimed(
     match state.transport.send(&email).await {
         Ok(said) => {
             tracing::info!(parent: &span, server = %said, "mail sent");
-            record_sent(state, &row.id, sent_payload)
-                .instrument(span)
-                .await?;
+            let sent = outbox::Sent {
+                id: row.id.clone(),
+                held: row.locked_until,
+                payload: sent_payload,
+            };
+            record_sent(state, sent).instrument(span).await?;
             Ok(Delivery::Sent)
         }
         Err(e)
@@ -282,12 +286,12 @@ async fn send_claimed(
             tracing::warn!(parent: &span, error = %e.reason(), ?delay, "mail failed; will retry");
             let at =
                 now() + chrono::TimeDelta::from_std(delay).unwrap_or(chrono::TimeDelta::hours(1));
-            let id = row.id.clone();
+            let (id, held) = (row.id.clone(), row.locked_until);
             let reason = e.reason().to_owned();
             state
                 .store
                 .run_write(move |c| {
-                    outbox::mark_retry(c, &id, at, &reason).map_err(store::Error::from)
+                    outbox::mark_retry(c, &id, held, at, &reason).map_err(store::Error::from)
                 })
                 .await?;
             Ok(Delivery::Retrying)
@@ -303,12 +307,12 @@ async fn send_claimed(
 /// Records a message the server accepted. A transient failure to write
 /// that down is retried until the claim on the row runs out: left as it
 /// is, the row would be taken back and the message sent again.
-async fn record_sent(state: &MailState, id: &str, payload: String) -> Result<(), store::Error> {
+async fn record_sent(state: &MailState, sent: outbox::Sent) -> Result<(), store::Error> {
     let lease = Duration::from_secs(state.settings.reconciler.send_lease_secs);
     let started = std::time::Instant::now();
     let mut schedule = super::retry::schedule(&state.settings.retry);
     loop {
-        match state.sent.record(id.to_owned(), payload.clone()).await {
+        match state.sent.record(sent.clone()).await {
             Err(e) if e.is_transient() => {
                 let delay = super::retry::persistent_delay(&mut schedule, &state.settings.retry);
                 if started.elapsed() + delay >= lease {
@@ -332,12 +336,12 @@ async fn finish(
     st: &str,
     reason: &str,
 ) -> Result<(), store::Error> {
-    let (id, payload) = (row.id.clone(), row.payload.clone());
+    let (id, held, payload) = (row.id.clone(), row.locked_until, row.payload.clone());
     let (st, reason) = (st.to_owned(), reason.to_owned());
     state
         .store
         .run_write(move |c| {
-            outbox::finish(c, &id, &st, &reason, &payload).map_err(store::Error::from)
+            outbox::finish(c, &id, held, &st, &reason, &payload).map_err(store::Error::from)
         })
         .await
 }

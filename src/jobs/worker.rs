@@ -56,7 +56,7 @@ impl WorkerState {
         mail::hand_back(
             &self.store,
             &self.mail,
-            &owed.row.id,
+            &owed.row,
             chrono::TimeDelta::seconds(requeue),
         )
         .await;

@@ -472,6 +472,7 @@ fn withdraw_revoked_welcomes(
                 outbox::finish(
                     c,
                     &owed.row.id,
+                    owed.row.locked_until,
                     "cancelled",
                     "the invitation was revoked before it was sent",
                     &owed.row.payload,

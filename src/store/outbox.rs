@@ -145,12 +145,29 @@ pub fn claim(
     }
 }
 
+/// The claim a process holds on an outbox row: the `locked_until` its
+/// claim wrote. The statements that settle a claimed row (sent, retry,
+/// handed back, finished) name it as well as the state, so a process whose
+/// claim ran out, and was taken back and claimed again by another, changes
+/// nothing: the row is the other claim's now.
+pub type Held = Option<chrono::NaiveDateTime>;
+
+/// A send to record: the row, the claim it was sent under, and the payload
+/// to keep (without its token).
+#[derive(Debug, Clone)]
+pub struct Sent {
+    pub id: String,
+    pub held: Held,
+    pub payload: String,
+}
+
 /// Records a successful send; the payload is replaced (it may hold a token).
-pub fn mark_sent(conn: &mut Conn, id: &str, payload: &str) -> QueryResult<()> {
+pub fn mark_sent(conn: &mut Conn, id: &str, held: Held, payload: &str) -> QueryResult<()> {
     diesel::update(
         outbox::table
             .filter(outbox::id.eq(id))
-            .filter(row_in_state("sending")),
+            .filter(row_in_state("sending"))
+            .filter(outbox::locked_until.eq(held)),
     )
     .set((
         outbox::state.eq("sent"),
@@ -163,15 +180,15 @@ pub fn mark_sent(conn: &mut Conn, id: &str, payload: &str) -> QueryResult<()> {
     Ok(())
 }
 
-/// Records several successful sends, each `(id, payload)` as
-/// [`mark_sent`] would: one statement on PostgreSQL, one transaction on
-/// SQLite (in process, where a statement costs no round trip).
-pub fn mark_all_sent(conn: &mut Conn, sent: &[(String, String)]) -> QueryResult<()> {
+/// Records several successful sends, each as [`mark_sent`] would: one
+/// statement on PostgreSQL, one transaction on SQLite (in process, where a
+/// statement costs no round trip).
+pub fn mark_all_sent(conn: &mut Conn, sent: &[Sent]) -> QueryResult<()> {
     match conn {
         Conn::Pg(c) => super::unnest::mark_all_sent(c, now(), sent),
         Conn::Sqlite(_) => conn.transaction(|c| {
-            for (id, payload) in sent {
-                mark_sent(c, id, payload)?;
+            for one in sent {
+                mark_sent(c, &one.id, one.held, &one.payload)?;
             }
             Ok(())
         }),
@@ -182,13 +199,15 @@ pub fn mark_all_sent(conn: &mut Conn, sent: &[(String, String)]) -> QueryResult<
 pub fn mark_retry(
     conn: &mut Conn,
     id: &str,
+    held: Held,
     at: chrono::NaiveDateTime,
     error: &str,
 ) -> QueryResult<()> {
     diesel::update(
         outbox::table
             .filter(outbox::id.eq(id))
-            .filter(row_in_state("sending")),
+            .filter(row_in_state("sending"))
+            .filter(outbox::locked_until.eq(held)),
     )
     .set((
         outbox::state.eq("pending"),
@@ -210,19 +229,25 @@ pub fn mark_retry(
 pub fn finish(
     conn: &mut Conn,
     id: &str,
+    held: Held,
     state: &str,
     error: &str,
     payload: &str,
 ) -> QueryResult<()> {
-    diesel::update(outbox::table.filter(outbox::id.eq(id)))
-        .set((
-            outbox::state.eq(state),
-            outbox::next_attempt_at.eq(now()),
-            outbox::locked_until.eq(None::<chrono::NaiveDateTime>),
-            outbox::last_error.eq(Some(error)),
-            outbox::payload.eq(without_token(payload)),
-        ))
-        .execute(conn)?;
+    diesel::update(
+        outbox::table
+            .filter(outbox::id.eq(id))
+            .filter(row_in_state("sending"))
+            .filter(outbox::locked_until.eq(held)),
+    )
+    .set((
+        outbox::state.eq(state),
+        outbox::next_attempt_at.eq(now()),
+        outbox::locked_until.eq(None::<chrono::NaiveDateTime>),
+        outbox::last_error.eq(Some(error)),
+        outbox::payload.eq(without_token(payload)),
+    ))
+    .execute(conn)?;
     Ok(())
 }
 
@@ -243,11 +268,17 @@ pub fn without_token(payload: &str) -> String {
 
 /// Hands a row claimed by this process back unsent, marked as queued for
 /// `queued_for`, as if its first attempt had not begun.
-pub fn unclaim(conn: &mut Conn, id: &str, queued_for: chrono::TimeDelta) -> QueryResult<()> {
+pub fn unclaim(
+    conn: &mut Conn,
+    id: &str,
+    held: Held,
+    queued_for: chrono::TimeDelta,
+) -> QueryResult<()> {
     diesel::update(
         outbox::table
             .filter(outbox::id.eq(id))
-            .filter(row_in_state("sending")),
+            .filter(row_in_state("sending"))
+            .filter(outbox::locked_until.eq(held)),
     )
     .set((
         outbox::state.eq("pending"),

@@ -22,7 +22,7 @@ use diesel::{QueryResult, RunQueryDsl};
 
 use super::invitations::InvitationRow;
 use super::log::LogRow;
-use super::outbox::OutboxRow;
+use super::outbox::{OutboxRow, Sent};
 use super::users::{EmailKey, UserRow};
 
 /// One column's values, bound as one array parameter.
@@ -266,6 +266,7 @@ fn user_creates(rows: &UserCreates) -> Together<'_> {
 struct MarkSent<'a> {
     at: NaiveDateTime,
     ids: Vec<&'a str>,
+    held: Vec<Option<NaiveDateTime>>,
     payloads: Vec<&'a str>,
 }
 
@@ -279,9 +280,12 @@ impl QueryFragment<Pg> for MarkSent<'_> {
         out.push_bind_param::<Array<Text>, _>(&self.ids)?;
         out.push_sql("::text[], ");
         out.push_bind_param::<Array<Text>, _>(&self.payloads)?;
+        out.push_sql("::text[], ");
+        out.push_bind_param::<Array<Nullable<Timestamp>>, _>(&self.held)?;
         out.push_sql(
-            "::text[]) AS sent(id, payload) \
-             WHERE outbox.id = sent.id AND (outbox.state = 'sending') IS TRUE",
+            "::timestamp[]) AS sent(id, payload, held) \
+             WHERE outbox.id = sent.id AND (outbox.state = 'sending') IS TRUE \
+             AND outbox.locked_until = sent.held",
         );
         Ok(())
     }
@@ -294,18 +298,17 @@ impl QueryId for MarkSent<'_> {
 
 impl RunQueryDsl<PgConnection> for MarkSent<'_> {}
 
-/// Marks the outbox rows `sent` (id, payload without its token) sent at
-/// `at`, each only while this worker's claim on it holds.
-pub fn mark_all_sent(
-    conn: &mut PgConnection,
-    at: NaiveDateTime,
-    sent: &[(String, String)],
-) -> QueryResult<()> {
-    let (ids, payloads) = sent
-        .iter()
-        .map(|(id, payload)| (id.as_str(), payload.as_str()))
-        .unzip();
-    MarkSent { at, ids, payloads }.execute(conn).map(drop)
+/// Marks the outbox rows `sent` sent at `at`, each with its payload
+/// without the token, and only while the claim it was sent under holds.
+pub fn mark_all_sent(conn: &mut PgConnection, at: NaiveDateTime, sent: &[Sent]) -> QueryResult<()> {
+    MarkSent {
+        at,
+        ids: sent.iter().map(|s| s.id.as_str()).collect(),
+        held: sent.iter().map(|s| s.held).collect(),
+        payloads: sent.iter().map(|s| s.payload.as_str()).collect(),
+    }
+    .execute(conn)
+    .map(drop)
 }
 
 #[cfg(test)]

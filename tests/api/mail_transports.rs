@@ -424,7 +424,7 @@ async fn welcome_handed_back_is_sent_once_through_the_queue(backend: Backend) {
     scimsync::jobs::mail::hand_back(
         &app.store,
         &mail,
-        &owed.row.id,
+        &owed.row,
         chrono::TimeDelta::seconds(600),
     )
     .await;
@@ -448,37 +448,61 @@ async fn welcome_handed_back_is_sent_once_through_the_queue(backend: Backend) {
 }
 
 /// Several sends recorded in one statement: each row marked sent with its
-/// own payload; a row that is not being sent is left as it is.
+/// own payload; a row that is not being sent, or is being sent under
+/// another claim than the one named (its first claim ran out and it was
+/// claimed again), is left as it is.
 async fn sends_recorded_together_each_keep_their_own_payload(backend: Backend) {
     let (_sink, app) = app_with_sink_and_reconciler_after(backend, 600).await;
     let mut claimed = Vec::new();
     for name in ["first@example.com", "second@example.com"] {
         let committed = commit_without_sending(&app, name).await;
-        claimed.push(committed.mail[0].row.id.clone());
+        claimed.push(committed.mail[0].row.clone());
     }
-    let third = commit_without_sending(&app, "third@example.com").await;
-    let (third, payload) = (
-        third.mail[0].row.id.clone(),
-        third.mail[0].row.payload.clone(),
-    );
-    let (id, finished) = (third.clone(), "failed".to_owned());
+    let third = commit_without_sending(&app, "third@example.com").await.mail[0]
+        .row
+        .clone();
+    let (id, held, payload) = (third.id.clone(), third.locked_until, third.payload.clone());
     app.store
         .run(move |c| {
-            outbox::finish(c, &id, &finished, "given up", &payload)
+            outbox::finish(c, &id, held, "failed", "given up", &payload)
                 .map_err(scimsync::store::Error::from)
         })
         .await
         .expect("finish");
+    let fourth = commit_without_sending(&app, "fourth@example.com")
+        .await
+        .mail[0]
+        .row
+        .clone();
+    let stale = fourth
+        .locked_until
+        .map(|t| t - chrono::TimeDelta::seconds(1));
+    let (id, payload) = (fourth.id.clone(), fourth.payload.clone());
+    app.store
+        .run(move |c| {
+            outbox::finish(c, &id, stale, "failed", "given up", &payload)
+                .map_err(scimsync::store::Error::from)
+        })
+        .await
+        .expect("finish under a stale claim");
 
-    let sent: Vec<(String, String)> = claimed
+    let sent: Vec<outbox::Sent> = claimed
         .iter()
         .chain([&third])
-        .map(|id| (id.clone(), json!({ "kept": id }).to_string()))
+        .map(|row| (row, row.locked_until))
+        .chain([(&fourth, stale)])
+        .map(|(row, held)| outbox::Sent {
+            id: row.id.clone(),
+            held,
+            payload: json!({ "kept": row.id }).to_string(),
+        })
         .collect();
     app.store
         .run(move |c| outbox::mark_all_sent(c, &sent).map_err(scimsync::store::Error::from))
         .await
         .expect("mark");
+    let claimed: Vec<String> = claimed.into_iter().map(|row| row.id).collect();
+    let third = third.id;
 
     let rows = outbox_rows(&app).await;
     for id in &claimed {
@@ -492,6 +516,13 @@ async fn sends_recorded_together_each_keep_their_own_payload(backend: Backend) {
             "its own payload, the token gone"
         );
     }
+    let other = rows.iter().find(|r| r.id == fourth.id).expect("row");
+    assert_eq!(
+        (other.state.as_str(), other.locked_until),
+        ("sending", fourth.locked_until),
+        "a stale claim neither finishes nor marks a row claimed again"
+    );
+    assert_eq!(other.payload, fourth.payload);
     let untouched = rows.iter().find(|r| r.id == third).expect("row");
     assert_eq!(untouched.state, "failed", "only rows being sent are marked");
     assert!(untouched.sent_at.is_none());
