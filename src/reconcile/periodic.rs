@@ -97,6 +97,16 @@ pub async fn pass(
         mail.push(&SendMail::new(id), 3).await?;
         queued += 1;
     }
+    Ok(Pass {
+        released,
+        queued,
+        digests,
+        forgotten,
+    })
+}
+
+/// Forgets finished jobs of both queues, [`SWEEP_PER_PASS`] of each at most.
+async fn sweep_finished(mail: &Queue<SendMail>, settings: &Settings) {
     let changes = mail.sibling::<ScimChange>(&settings.queue.name);
     for swept in [
         changes.sweep_done(SWEEP_PER_PASS).await,
@@ -111,15 +121,12 @@ pub async fn pass(
             ),
         }
     }
-    Ok(Pass {
-        released,
-        queued,
-        digests,
-        forgotten,
-    })
 }
 
-/// Runs passes until `shutdown`, logging what they did.
+/// Runs passes until `shutdown`, logging what they did. Finished jobs are
+/// swept before every pass but the first: the pass at start-up is for what
+/// a crash left owed, and finished jobs are only weight that can wait an
+/// interval.
 pub async fn run(
     store: Store,
     mail: Queue<SendMail>,
@@ -127,7 +134,12 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let every = Duration::from_millis(settings.reconciler.interval_ms.max(50));
+    let mut first = true;
     loop {
+        if !first {
+            sweep_finished(&mail, &settings).await;
+        }
+        first = false;
         match pass(&store, &mail, &settings).await {
             Ok(p) if p != Pass::default() => tracing::info!(
                 released = p.released,

@@ -13,8 +13,8 @@ mod finished_jobs_are_swept_from_the_queue {
 
     use crate::helpers::{Backend, postgres_redis_enabled, spawn_with, test_env};
 
-    /// The app's own reconciler sweeps too: a long interval keeps it to
-    /// its first pass, before any job exists.
+    /// The app's own reconciler sweeps too, from its second pass on: a
+    /// long interval keeps it from sweeping while the test runs.
     async fn app(backend: Backend) -> crate::helpers::TestApp {
         let mut env = test_env(backend);
         env.settings.reconciler.interval_ms = 3_600_000;
