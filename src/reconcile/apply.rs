@@ -271,6 +271,14 @@ fn user_creates_at_once(
     let Conn::Pg(c) = conn else {
         return None;
     };
+    // Before any row is made: a mixed batch would make invitation tokens
+    // for its creates only to drop them.
+    if !batch
+        .iter()
+        .all(|(change, _)| as_user_create(change).is_some())
+    {
+        return None;
+    }
     let started = Instant::now();
     let mut rows = UserCreates::default();
     let mut mail = Vec::with_capacity(batch.len());

@@ -152,6 +152,22 @@ pub fn claim(
 /// nothing: the row is the other claim's now.
 pub type Held = Option<chrono::NaiveDateTime>;
 
+/// The row `id` while it is being sent under the claim `held`.
+fn held_row(id: &str, held: Held) -> HeldRow<'_> {
+    outbox::table
+        .filter(outbox::id.eq(id))
+        .filter(row_in_state("sending"))
+        .filter(outbox::locked_until.eq(held))
+}
+
+type HeldRow<'a> = diesel::dsl::Filter<
+    diesel::dsl::Filter<
+        diesel::dsl::Filter<outbox::table, diesel::dsl::Eq<outbox::id, &'a str>>,
+        diesel::expression::SqlLiteral<diesel::sql_types::Bool>,
+    >,
+    diesel::dsl::Eq<outbox::locked_until, Held>,
+>;
+
 /// A send to record: the row, the claim it was sent under, and the payload
 /// to keep (without its token).
 #[derive(Debug, Clone)]
@@ -163,20 +179,15 @@ pub struct Sent {
 
 /// Records a successful send; the payload is replaced (it may hold a token).
 pub fn mark_sent(conn: &mut Conn, id: &str, held: Held, payload: &str) -> QueryResult<()> {
-    diesel::update(
-        outbox::table
-            .filter(outbox::id.eq(id))
-            .filter(row_in_state("sending"))
-            .filter(outbox::locked_until.eq(held)),
-    )
-    .set((
-        outbox::state.eq("sent"),
-        outbox::sent_at.eq(Some(now())),
-        outbox::locked_until.eq(None::<chrono::NaiveDateTime>),
-        outbox::payload.eq(payload),
-        outbox::last_error.eq(None::<String>),
-    ))
-    .execute(conn)?;
+    diesel::update(held_row(id, held))
+        .set((
+            outbox::state.eq("sent"),
+            outbox::sent_at.eq(Some(now())),
+            outbox::locked_until.eq(None::<chrono::NaiveDateTime>),
+            outbox::payload.eq(payload),
+            outbox::last_error.eq(None::<String>),
+        ))
+        .execute(conn)?;
     Ok(())
 }
 
@@ -203,19 +214,14 @@ pub fn mark_retry(
     at: chrono::NaiveDateTime,
     error: &str,
 ) -> QueryResult<()> {
-    diesel::update(
-        outbox::table
-            .filter(outbox::id.eq(id))
-            .filter(row_in_state("sending"))
-            .filter(outbox::locked_until.eq(held)),
-    )
-    .set((
-        outbox::state.eq("pending"),
-        outbox::next_attempt_at.eq(at),
-        outbox::locked_until.eq(None::<chrono::NaiveDateTime>),
-        outbox::last_error.eq(Some(error)),
-    ))
-    .execute(conn)?;
+    diesel::update(held_row(id, held))
+        .set((
+            outbox::state.eq("pending"),
+            outbox::next_attempt_at.eq(at),
+            outbox::locked_until.eq(None::<chrono::NaiveDateTime>),
+            outbox::last_error.eq(Some(error)),
+        ))
+        .execute(conn)?;
     Ok(())
 }
 
@@ -234,20 +240,15 @@ pub fn finish(
     error: &str,
     payload: &str,
 ) -> QueryResult<()> {
-    diesel::update(
-        outbox::table
-            .filter(outbox::id.eq(id))
-            .filter(row_in_state("sending"))
-            .filter(outbox::locked_until.eq(held)),
-    )
-    .set((
-        outbox::state.eq(state),
-        outbox::next_attempt_at.eq(now()),
-        outbox::locked_until.eq(None::<chrono::NaiveDateTime>),
-        outbox::last_error.eq(Some(error)),
-        outbox::payload.eq(without_token(payload)),
-    ))
-    .execute(conn)?;
+    diesel::update(held_row(id, held))
+        .set((
+            outbox::state.eq(state),
+            outbox::next_attempt_at.eq(now()),
+            outbox::locked_until.eq(None::<chrono::NaiveDateTime>),
+            outbox::last_error.eq(Some(error)),
+            outbox::payload.eq(without_token(payload)),
+        ))
+        .execute(conn)?;
     Ok(())
 }
 
@@ -274,18 +275,13 @@ pub fn unclaim(
     held: Held,
     queued_for: chrono::TimeDelta,
 ) -> QueryResult<()> {
-    diesel::update(
-        outbox::table
-            .filter(outbox::id.eq(id))
-            .filter(row_in_state("sending"))
-            .filter(outbox::locked_until.eq(held)),
-    )
-    .set((
-        outbox::state.eq("pending"),
-        outbox::attempts.eq(outbox::attempts - 1),
-        outbox::locked_until.eq(Some(now() + queued_for)),
-    ))
-    .execute(conn)?;
+    diesel::update(held_row(id, held))
+        .set((
+            outbox::state.eq("pending"),
+            outbox::attempts.eq(outbox::attempts - 1),
+            outbox::locked_until.eq(Some(now() + queued_for)),
+        ))
+        .execute(conn)?;
     Ok(())
 }
 
