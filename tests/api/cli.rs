@@ -146,6 +146,19 @@ async fn record_dead(app: &TestApp, org: &str, subject: &str, op: ChangeOp) -> S
     crate::helpers::record_dead(app, &org, subject, op).await
 }
 
+/// Entra ID moving on: user `id` renamed through the API, applied.
+async fn rename_over_http(app: &TestApp, id: &str) {
+    let later = app
+        .patch(
+            &format!("/Users/{id}"),
+            crate::helpers::patch_body(serde_json::json!([
+                {"op": "Replace", "path": "displayName", "value": "Still Here"}
+            ])),
+        )
+        .await;
+    assert_eq!(later.status, StatusCode::OK, "{:?}", later.body);
+}
+
 /// A PATCH of user `id` that replaces `path` with `value`.
 fn replace_in_user(id: &str, path: &str, value: Value) -> ChangeOp {
     ChangeOp::Patch {
@@ -578,15 +591,7 @@ async fn dead_change_overtaken_by_a_later_one_is_not_retried(app: TestApp) {
     let deactivate = replace_in_user(&id, "active", serde_json::json!("False"));
     let dead = record_dead(&app, "acme", "stale@example.com", deactivate).await;
     // Entra ID moves on: the user is changed again and that applies.
-    let later = app
-        .patch(
-            &format!("/Users/{id}"),
-            crate::helpers::patch_body(serde_json::json!([
-                {"op": "Replace", "path": "displayName", "value": "Still Here"}
-            ])),
-        )
-        .await;
-    assert_eq!(later.status, StatusCode::OK, "{:?}", later.body);
+    rename_over_http(&app, &id).await;
 
     let refused = scimsync(&app, &["queue", "retry", &dead]).await;
     let err = &refused.failed().stderr;
@@ -610,15 +615,7 @@ async fn dead_change_overtaken_while_it_failed_is_not_retried(app: TestApp) {
     let id = app.create_user("slow@example.com").await;
     let deactivate = replace_in_user(&id, "active", serde_json::json!("False"));
     let change = ScimChange::new(&org_id(&app, "acme").await, &app.scim, deactivate);
-    let later = app
-        .patch(
-            &format!("/Users/{id}"),
-            crate::helpers::patch_body(serde_json::json!([
-                {"op": "Replace", "path": "displayName", "value": "Still Here"}
-            ])),
-        )
-        .await;
-    assert_eq!(later.status, StatusCode::OK, "{:?}", later.body);
+    rename_over_http(&app, &id).await;
     let dead = crate::helpers::record_change_dead(&app, change, "slow@example.com").await;
 
     let refused = scimsync(&app, &["queue", "retry", &dead]).await;
@@ -962,10 +959,7 @@ async fn first_start_without_a_terminal_writes_the_token_to_a_private_file() {
     // Arrange: an empty embedded database; standard output is a pipe, as
     // on a platform that ships it to a log service.
     let dir = tempfile::tempdir().expect("working directory");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port")
-        .port();
+    let port = crate::helpers::free_port();
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_scimsync"))
         .arg("run")
         .env_clear()

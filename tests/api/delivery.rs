@@ -244,6 +244,20 @@ fn rename_user(org: &str, app: &TestApp, id: &str) -> ScimChange {
     )
 }
 
+/// The welcome rows of organization `org`'s outbox.
+async fn welcomes_of(app: &TestApp, org: &str) -> Vec<scimsync::store::outbox::OutboxRow> {
+    let org = org.to_owned();
+    app.store
+        .run(move |c| {
+            scimsync::store::outbox::for_org(c, &org).map_err(scimsync::store::Error::from)
+        })
+        .await
+        .expect("outbox")
+        .into_iter()
+        .filter(|row| row.kind == "welcome")
+        .collect()
+}
+
 /// Asserts that one user has `email`, and whether it is active.
 async fn found_once_by_email(app: &TestApp, email: &str, active: bool) {
     let found = app
@@ -331,15 +345,9 @@ async fn user_creates_written_at_once_end_as_they_would_alone(app: TestApp) {
         all.body["totalResults"], 4,
         "no user written twice or left half"
     );
-    let welcomes = app
-        .store
-        .run(move |c| {
-            scimsync::store::outbox::for_org(c, &org).map_err(scimsync::store::Error::from)
-        })
+    let welcomes = welcomes_of(&app, &org)
         .await
-        .expect("outbox")
         .into_iter()
-        .filter(|row| row.kind == "welcome")
         .map(|row| row.recipient)
         .collect::<std::collections::BTreeSet<_>>();
     assert_eq!(
@@ -415,16 +423,7 @@ async fn changes_applied_together_end_as_they_would_alone(app: TestApp) {
     }
     let renamed = app.get(&format!("/Users/{kept}")).await;
     assert_eq!(renamed.body["displayName"], "Renamed Together");
-    let welcomes = app
-        .store
-        .run(move |c| {
-            scimsync::store::outbox::for_org(c, &org).map_err(scimsync::store::Error::from)
-        })
-        .await
-        .expect("outbox")
-        .into_iter()
-        .filter(|row| row.kind == "welcome")
-        .collect::<Vec<_>>();
+    let welcomes = welcomes_of(&app, &org).await;
     let gone_welcome = welcomes
         .iter()
         .find(|row| row.recipient == "gone@example.com")

@@ -221,10 +221,7 @@ async fn worker_killed_mid_stream_loses_no_acknowledged_change() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_run_killed_mid_stream_loses_no_acknowledged_change() {
     let dir = tempfile::tempdir().expect("dir");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port")
-        .port();
+    let port = crate::helpers::free_port();
     let env = vec![("PORT", port.to_string())];
     let first = scimsync(&["run"], &env, dir.path());
     let token = first_token(dir.path()).await;
@@ -441,10 +438,7 @@ async fn smtp_outage_backs_off_and_delivers_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_in_flight_work_and_exits_cleanly() {
     let dir = tempfile::tempdir().expect("dir");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port")
-        .port();
+    let port = crate::helpers::free_port();
     let mut service = scimsync(&["run"], &[("PORT", port.to_string())], dir.path());
     let token = first_token(dir.path()).await;
     let client = reqwest::Client::new();

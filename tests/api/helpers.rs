@@ -44,6 +44,39 @@ macro_rules! on_both_backends {
     };
 }
 
+/// Runs each named `async fn(Backend)` once per backend, as two tests:
+/// `<name>::sqlite` and `<name>::postgres_redis`. For tests that build
+/// their own app (other settings, another role) instead of taking one.
+#[macro_export]
+macro_rules! on_each_backend {
+    ($($test:ident),* $(,)?) => {
+        $(
+            mod $test {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    super::$test($crate::helpers::Backend::Sqlite).await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres_redis() {
+                    if $crate::helpers::postgres_redis_enabled() {
+                        super::$test($crate::helpers::Backend::PostgresRedis).await;
+                    }
+                }
+            }
+        )*
+    };
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago, for a process the
+/// test starts.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
 /// Where the PostgreSQL + Redis suite connects; both must be set to run it.
 pub const PG_VAR: &str = "SCIMSYNC_TEST_POSTGRES_URL";
 pub const REDIS_VAR: &str = "SCIMSYNC_TEST_REDIS_URL";

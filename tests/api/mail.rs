@@ -5,7 +5,7 @@ use reqwest::StatusCode;
 use serde_json::json;
 
 use crate::helpers::{TestApp, eventually, invitation_token, patch_body, user_body};
-use crate::on_both_backends;
+use crate::{on_both_backends, on_each_backend};
 
 on_both_backends!(
     active_user_gets_one_welcome_with_a_working_link,
@@ -13,6 +13,14 @@ on_both_backends!(
     deactivation_revokes_the_invitation,
     failed_changes_are_reported_in_one_digest,
     every_failed_mail_is_counted_in_the_digest,
+);
+
+on_each_backend!(
+    failure_committed_after_a_digest_is_in_the_next,
+    digest_is_queued_behind_a_mail_backlog,
+    a_quiet_organization_moves_its_digest_watermark,
+    rows_past_their_retention_are_deleted,
+    invitations_past_their_retention_are_deleted,
 );
 
 async fn welcome_for(app: &TestApp, email: &str) -> Vec<String> {
@@ -141,19 +149,6 @@ async fn failed_changes_are_reported_in_one_digest(app: TestApp) {
     assert!(digests[0].contains("409"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failure_committed_after_a_digest_is_in_the_next_sqlite() {
-    failure_committed_after_a_digest_is_in_the_next(crate::helpers::Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failure_committed_after_a_digest_is_in_the_next_postgres_redis() {
-    if crate::helpers::postgres_redis_enabled() {
-        failure_committed_after_a_digest_is_in_the_next(crate::helpers::Backend::PostgresRedis)
-            .await;
-    }
-}
-
 /// A failure's time is taken before its transaction commits. One that
 /// commits just after a digest was written, stamped a second earlier, must
 /// be in the next digest, not in none.
@@ -258,18 +253,6 @@ async fn digests(app: &TestApp) -> Vec<scimsync::store::outbox::OutboxRow> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn digest_is_queued_behind_a_mail_backlog_sqlite() {
-    digest_is_queued_behind_a_mail_backlog(crate::helpers::Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn digest_is_queued_behind_a_mail_backlog_postgres_redis() {
-    if crate::helpers::postgres_redis_enabled() {
-        digest_is_queued_behind_a_mail_backlog(crate::helpers::Backend::PostgresRedis).await;
-    }
-}
-
 /// During a long first cycle the mail queue is never empty. A digest, which
 /// never had a job, is queued all the same; mail whose job is merely late
 /// is not queued twice.
@@ -311,19 +294,6 @@ async fn digest_is_queued_behind_a_mail_backlog(backend: crate::helpers::Backend
         .await
         .expect("pass");
     assert_eq!(again.queued, 0, "queued once: {again:?}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_quiet_organization_moves_its_digest_watermark_sqlite() {
-    a_quiet_organization_moves_its_digest_watermark(crate::helpers::Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_quiet_organization_moves_its_digest_watermark_postgres_redis() {
-    if crate::helpers::postgres_redis_enabled() {
-        a_quiet_organization_moves_its_digest_watermark(crate::helpers::Backend::PostgresRedis)
-            .await;
-    }
 }
 
 /// An organization with nothing to report still moves the point its next
@@ -372,18 +342,6 @@ async fn a_quiet_organization_moves_its_digest_watermark(backend: crate::helpers
     let row = digests(&app).await.remove(0);
     let payload: serde_json::Value = serde_json::from_str(&row.payload).expect("payload");
     assert_eq!(payload["total"], 1, "{payload}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rows_past_their_retention_are_deleted_sqlite() {
-    rows_past_their_retention_are_deleted(crate::helpers::Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rows_past_their_retention_are_deleted_postgres_redis() {
-    if crate::helpers::postgres_redis_enabled() {
-        rows_past_their_retention_are_deleted(crate::helpers::Backend::PostgresRedis).await;
-    }
 }
 
 /// The log and the mail that went out are kept `retention_days`; owed mail
@@ -466,18 +424,6 @@ async fn rows_past_their_retention_are_deleted(backend: crate::helpers::Backend)
         .await
         .expect("pass");
     assert_eq!(again.forgotten, 0, "{again:?}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn invitations_past_their_retention_are_deleted_sqlite() {
-    invitations_past_their_retention_are_deleted(crate::helpers::Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn invitations_past_their_retention_are_deleted_postgres_redis() {
-    if crate::helpers::postgres_redis_enabled() {
-        invitations_past_their_retention_are_deleted(crate::helpers::Backend::PostgresRedis).await;
-    }
 }
 
 /// An invitation is kept `retention_days` past its expiry, which ends it

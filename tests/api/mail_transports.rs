@@ -60,25 +60,7 @@ async fn welcome_row(app: &TestApp, to: &str) -> Option<OutboxRow> {
         .find(|r| r.kind == "welcome" && r.recipient == to)
 }
 
-/// Runs `test` on both backends as two tests.
-macro_rules! both {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                super::$name(crate::helpers::Backend::Sqlite).await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres_redis() {
-                if crate::helpers::postgres_redis_enabled() {
-                    super::$name(crate::helpers::Backend::PostgresRedis).await;
-                }
-            }
-        }
-    )*};
-}
-
-both!(
+crate::on_each_backend!(
     smtp_one_welcome_per_active_user_none_for_inactive_or_deactivated,
     smtp_transient_failure_then_success_sends_exactly_once,
     smtp_permanent_failure_is_recorded_and_reported_in_the_next_digest,
