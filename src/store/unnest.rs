@@ -271,22 +271,30 @@ struct MarkSent<'a> {
 }
 
 impl QueryFragment<Pg> for MarkSent<'_> {
+    /// The rows are found by `id = ANY(ids)`, and each row's payload and
+    /// claim are picked from the other arrays by its position among the
+    /// ids. Joining `unnest(ids, …)` to the outbox reads the same, but on a
+    /// new database PostgreSQL plans that join as a scan of the whole
+    /// outbox, and the connection keeps that plan as the outbox grows: each
+    /// mark read every row ever sent. `ANY` over the primary key is planned
+    /// as an index lookup from an empty table on.
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
         out.push_sql("UPDATE outbox SET state = 'sent', sent_at = ");
         out.push_bind_param::<Timestamp, _>(&self.at)?;
-        out.push_sql(
-            ", locked_until = NULL, last_error = NULL, payload = sent.payload FROM unnest(",
-        );
-        out.push_bind_param::<Array<Text>, _>(&self.ids)?;
-        out.push_sql("::text[], ");
+        out.push_sql(", locked_until = NULL, last_error = NULL, payload = (");
         out.push_bind_param::<Array<Text>, _>(&self.payloads)?;
-        out.push_sql("::text[], ");
-        out.push_bind_param::<Array<Nullable<Timestamp>>, _>(&self.held)?;
+        out.push_sql("::text[])[array_position(");
+        out.push_bind_param::<Array<Text>, _>(&self.ids)?;
+        out.push_sql("::text[], outbox.id)] WHERE outbox.id = ANY(");
+        out.push_bind_param::<Array<Text>, _>(&self.ids)?;
         out.push_sql(
-            "::timestamp[]) AS sent(id, payload, held) \
-             WHERE outbox.id = sent.id AND (outbox.state = 'sending') IS TRUE \
-             AND outbox.locked_until = sent.held",
+            "::text[]) AND (outbox.state = 'sending') IS TRUE \
+             AND outbox.locked_until = (",
         );
+        out.push_bind_param::<Array<Nullable<Timestamp>>, _>(&self.held)?;
+        out.push_sql("::timestamp[])[array_position(");
+        out.push_bind_param::<Array<Text>, _>(&self.ids)?;
+        out.push_sql("::text[], outbox.id)]");
         Ok(())
     }
 }
@@ -313,6 +321,8 @@ pub fn mark_all_sent(conn: &mut PgConnection, at: NaiveDateTime, sent: &[Sent]) 
 
 #[cfg(test)]
 mod tests {
+    use diesel::Connection;
+
     use super::*;
 
     fn sql(rows: &UserCreates) -> String {
@@ -358,5 +368,88 @@ mod tests {
         assert!(text.contains(") INSERT INTO provisioning_log ("));
         assert_eq!(text.matches("unnest(").count(), 5);
         assert!(text.contains("$55::text[]"));
+    }
+
+    /// One line of what `EXPLAIN` prints.
+    #[derive(diesel::QueryableByName)]
+    struct PlanLine {
+        #[diesel(sql_type = Text, column_name = "QUERY PLAN")]
+        line: String,
+    }
+
+    /// Drops the scratch database when the test ends, passed or not.
+    struct Scratch {
+        admin_url: String,
+        db: String,
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            if let Ok(mut admin) = PgConnection::establish(&self.admin_url) {
+                let _ = diesel::sql_query(format!(
+                    "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+                    self.db
+                ))
+                .execute(&mut admin);
+            }
+        }
+    }
+
+    /// A connection keeps the plan it makes for a prepared statement, so a
+    /// plan made while the outbox is empty must still suit it at a million
+    /// rows.
+    #[test]
+    fn marking_sends_finds_the_rows_by_key_on_a_new_database() {
+        use diesel_migrations::MigrationHarness;
+
+        let Ok(admin_url) = std::env::var("SCIMSYNC_TEST_POSTGRES_URL") else {
+            eprintln!("note: skipped; set SCIMSYNC_TEST_POSTGRES_URL to run it");
+            return;
+        };
+        let scratch = Scratch {
+            db: format!(
+                "scimsync_plan_{}",
+                ulid::Ulid::new().to_string().to_lowercase()
+            ),
+            admin_url,
+        };
+        let mut admin = PgConnection::establish(&scratch.admin_url).expect("PostgreSQL");
+        diesel::sql_query(format!("CREATE DATABASE \"{}\"", scratch.db))
+            .execute(&mut admin)
+            .expect("scratch database");
+        let mut url = url::Url::parse(&scratch.admin_url).expect("PostgreSQL URL");
+        url.set_path(&scratch.db);
+        let mut conn = PgConnection::establish(url.as_str()).expect("scratch connection");
+        conn.run_pending_migrations(super::super::PG_MIGRATIONS)
+            .expect("migrations");
+
+        let mark = MarkSent {
+            at: crate::store::now(),
+            ids: vec!["a"],
+            held: vec![None],
+            payloads: vec!["{}"],
+        };
+        let text = diesel::debug_query::<Pg, _>(&mark).to_string();
+        let text = text.split(" -- binds:").next().unwrap_or_default();
+        let params = (1..100)
+            .take_while(|n| text.contains(&format!("${n}")))
+            .count();
+        // The plan every later call of the connection gets.
+        diesel::sql_query("SET plan_cache_mode = force_generic_plan")
+            .execute(&mut conn)
+            .expect("plan mode");
+        diesel::sql_query(format!("PREPARE mark AS {text}"))
+            .execute(&mut conn)
+            .expect("prepare");
+        let nulls = vec!["NULL"; params].join(", ");
+        let plan: Vec<String> = diesel::sql_query(format!("EXPLAIN EXECUTE mark({nulls})"))
+            .load::<PlanLine>(&mut conn)
+            .expect("explain")
+            .into_iter()
+            .map(|l| l.line)
+            .collect();
+        let plan = plan.join("\n");
+        assert!(!plan.contains("Seq Scan on outbox"), "{plan}");
+        assert!(plan.contains("outbox_pkey"), "{plan}");
     }
 }
