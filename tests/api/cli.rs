@@ -946,6 +946,27 @@ async fn help_lists_every_command() {
     assert!(usage.stderr.contains("<ID>"), "{usage}");
 }
 
+/// A send lease that a send could outlast is refused when the settings
+/// load, naming the lease, the send timeout and the shortest lease that
+/// works; that shortest lease is accepted.
+#[tokio::test]
+async fn a_send_lease_a_send_could_outlast_is_refused() {
+    let lease = |secs: &str| vec![("SCIMSYNC_RECONCILER__SEND_LEASE_SECS", secs.to_owned())];
+    for short in ["60", "119"] {
+        let refused = run_with(&lease(short), &["migrate"]).await;
+        let said = &refused.failed().stderr;
+        for part in [
+            format!("reconciler.send_lease_secs = {short} is too short"),
+            "send timeout of 60 s".to_owned(),
+            "goes out twice".to_owned(),
+            "SCIMSYNC_RECONCILER__SEND_LEASE_SECS) to at least 120".to_owned(),
+        ] {
+            assert!(said.contains(&part), "{part:?} not said: {refused}");
+        }
+    }
+    run_with(&lease("120"), &["migrate"]).await.ok();
+}
+
 /// Whether `text` holds something shaped like a SCIM token.
 fn holds_a_token(text: &str) -> bool {
     text.match_indices("scimsync_").any(|(at, prefix)| {
