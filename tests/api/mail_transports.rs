@@ -72,6 +72,7 @@ crate::on_each_backend!(
     welcome_handed_back_is_sent_once_through_the_queue,
     sends_recorded_together_each_keep_their_own_payload,
     welcome_whose_claim_a_send_could_outlast_is_not_sent_under_it,
+    welcomes_taken_back_unsent_keep_their_attempts,
 );
 
 async fn smtp_one_welcome_per_active_user_none_for_inactive_or_deactivated(backend: Backend) {
@@ -570,4 +571,54 @@ async fn welcome_whose_claim_a_send_could_outlast_is_not_sent_under_it(backend: 
     );
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     assert!(to(&sink, "stalled@example.com").is_empty(), "nothing sent");
+}
+
+/// A welcome taken back unsent, because its worker died after the commit
+/// or skipped it as claimed too long ago, has made no attempt: with two
+/// attempts allowed, its first real send failing for a moment is retried,
+/// not recorded as the last.
+async fn welcomes_taken_back_unsent_keep_their_attempts(backend: Backend) {
+    let sink = SmtpSink::start().await.expect("sink");
+    let mut env = test_env(backend);
+    env.settings.mail.url = sink.url();
+    env.settings.mail.max_attempts = 2;
+    // Claims that run out at once, taken back within a pass.
+    env.settings.reconciler.requeue_after_secs = 1;
+    env.settings.reconciler.send_lease_secs = 1;
+    let app = spawn_with(env, Role::All).await;
+    let worker = scimsync::startup::Application::build(app.settings.clone(), Role::Worker, false)
+        .await
+        .expect("worker builds");
+    let mailer = worker.mail_state();
+    // One after the other, so that each meets the server's 451 once.
+    for (who, skipped) in [("orphan@example.com", false), ("skipped@example.com", true)] {
+        sink.script(
+            Stage::EndOfData,
+            "451 4.3.0 mailbox busy, try again later",
+            1,
+        );
+        let committed = commit_without_sending(&app, who).await;
+        if skipped {
+            // Its worker finds less of the claim left than a send needs.
+            let skip = scimsync::jobs::mail::send_owed(&mailer, committed.mail[0].clone()).await;
+            assert_eq!(
+                skip.expect("send_owed"),
+                scimsync::jobs::mail::Delivery::Skipped
+            );
+        }
+        // Otherwise its worker died right after the commit.
+        eventually("the welcome ends", || async {
+            welcome_row(&app, who)
+                .await
+                .is_some_and(|r| r.state == "sent" || r.state == "failed")
+        })
+        .await;
+        let row = welcome_row(&app, who).await.expect("row");
+        assert_eq!(
+            (row.state.as_str(), row.attempts, row.last_error.is_some()),
+            ("sent", 2, false),
+            "{who}: a 451, then accepted"
+        );
+        assert_eq!(to(&sink, who).len(), 1, "{who}");
+    }
 }
