@@ -359,10 +359,8 @@ async fn serve(settings: Settings, role: Role) -> anyhow::Result<()> {
     tracing::info!("{}", describe_backends(&settings)?);
     let data_dir = settings.paths.data_dir.clone();
     let app = Application::build(settings, role, role == Role::All).await?;
-    if role == Role::All
-        && let Some(issued) = ops::orgs::bootstrap_default(app.store()).await?
-    {
-        show_first_token(app.public_url(), &issued.token, &data_dir);
+    if role == Role::All && ops::orgs::bootstrap_default(app.store()).await? {
+        issue_first_token(app.store(), app.public_url(), &data_dir).await?;
     }
     let token = CancellationToken::new();
     let trigger = token.clone();
@@ -377,38 +375,61 @@ async fn serve(settings: Settings, role: Role) -> anyhow::Result<()> {
 /// directory.
 const FIRST_TOKEN_FILE: &str = "first-scim-token";
 
-/// Shows the first token once. On a terminal it is printed. Anywhere else
-/// standard output is likely a log stream (a platform's, a file, a pipe)
-/// that others read and that is kept, so the token goes to a file only
-/// this user may read, and only that file's path is printed.
-fn show_first_token(public_url: &str, token: &str, data_dir: &std::path::Path) {
+/// Issues the organization "default" its first token and shows it once. On
+/// a terminal it is printed. Anywhere else standard output is likely a log
+/// stream (a platform's, a file, a pipe) that others read and that is
+/// kept, so the token goes to a file only this user may read, and only
+/// that file's path is printed.
+///
+/// The file is written before the token is stored: a token that could not
+/// be written anywhere would be live in the database and known to nobody.
+/// If the file cannot be written, no token is issued and the error says how
+/// to issue one; the service runs on without it.
+async fn issue_first_token(
+    store: &Store,
+    public_url: &str,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<()> {
     use std::io::IsTerminal;
+    const LABEL: &str = "first token";
     if std::io::stdout().is_terminal() {
+        let token = ops::tokens::create(store, "default", LABEL).await?.token;
         print_out(&format!(
             "\nCreated the organization \"default\" and its first SCIM token. It is shown only now:\n\n    {token}\n\n\
              In Entra ID, set the Tenant URL to {public_url}/scim/v2 and the Secret Token to the value above.\n\
              Try it:\n\n    curl -s -H 'Authorization: Bearer {token}' '{public_url}/scim/v2/Users?filter=userName%20eq%20%22x%22'\n"
         ));
-        return;
+        return Ok(());
     }
     let path = data_dir.join(FIRST_TOKEN_FILE);
     let shown = std::path::absolute(&path).unwrap_or_else(|_| path.clone());
-    match write_private_file(&path, token) {
-        Ok(()) => print_out(&format!(
-            "\nCreated the organization \"default\" and its first SCIM token. Standard output is not a terminal, \
-             so the token is not shown here; it is in the file\n\n    {}\n\n\
-             which only this user may read. Read it, set it as the Secret Token in Entra ID with the Tenant URL \
-             {public_url}/scim/v2, then delete the file.\n",
-            shown.display()
-        )),
-        // The token is lost then, but not leaked; a new one is one command away.
-        Err(e) => tracing::error!(
+    let token = ops::tokens::generate_token();
+    if let Err(e) = write_private_file(&path, &token) {
+        tracing::error!(
             path = %shown.display(),
             error = %e,
-            "created the organization \"default\" but could not write its first SCIM token to a file, \
-             so it is not shown; issue one with `scimsync token create default`"
-        ),
+            "created the organization \"default\" but issued it no SCIM token: the first token could not be \
+             written to its file, and it is never printed where standard output is not a terminal; \
+             issue one with `scimsync token create default`, which prints it once"
+        );
+        return Ok(());
     }
+    if let Err(e) = ops::tokens::create_from(store, "default", LABEL, token).await {
+        // The file would hold a token that does not work.
+        let _ = std::fs::remove_file(&path);
+        return Err(e.context(
+            "cannot store the first SCIM token of the organization \"default\"; \
+             issue one with `scimsync token create default`",
+        ));
+    }
+    print_out(&format!(
+        "\nCreated the organization \"default\" and its first SCIM token. Standard output is not a terminal, \
+         so the token is not shown here; it is in the file\n\n    {}\n\n\
+         which only this user may read. Read it, set it as the Secret Token in Entra ID with the Tenant URL \
+         {public_url}/scim/v2, then delete the file.\n",
+        shown.display()
+    ));
+    Ok(())
 }
 
 /// Writes `secret` to a new file that only its owner may read or write
@@ -427,8 +448,12 @@ fn write_private_file(path: &std::path::Path, secret: &str) -> std::io::Result<(
         options.mode(0o600);
     }
     let mut file = options.open(path)?;
-    writeln!(file, "{secret}")?;
-    file.sync_all()
+    let written = writeln!(file, "{secret}").and_then(|()| file.sync_all());
+    if written.is_err() {
+        // Ours, and holding part of a secret that will not be issued.
+        let _ = std::fs::remove_file(path);
+    }
+    written
 }
 
 /// Prints without `println!`: a server must not die because whoever

@@ -268,7 +268,34 @@ impl Settings {
         }
         settings.database_url()?;
         settings.queue_url()?;
+        settings.check_send_lease()?;
         Ok(settings)
+    }
+
+    /// Refuses a send lease that a send could outlast. A send may take up
+    /// to the transports' timeout; if its claim on the outbox row runs out
+    /// first, the reconciler takes the row back while the send still runs
+    /// and another worker sends the mail again. Refused rather than raised
+    /// in silence: an operator who set the lease should learn it is not
+    /// the one in force.
+    fn check_send_lease(&self) -> anyhow::Result<()> {
+        use crate::email::transport::{CLAIM_LEFT_TO_SEND, SEND_DEADLINE, SHORTEST_SEND_LEASE};
+        let lease = self.reconciler.send_lease_secs;
+        let shortest = SHORTEST_SEND_LEASE.as_secs();
+        if lease < shortest {
+            let timeout = SEND_DEADLINE.as_secs();
+            bail!(
+                "reconciler.send_lease_secs = {lease} is too short for the mail send timeout of {timeout} s \
+                 (SMTP and HTTP API, fixed): a mail's claim must outlast its send, or the reconciler takes \
+                 the mail back while it is still being sent and it goes out twice. Set \
+                 reconciler.send_lease_secs (SCIMSYNC_RECONCILER__SEND_LEASE_SECS) to at least {shortest}: \
+                 the send timeout, {} s to record the outcome, and {} s for a welcome to reach its send \
+                 after its change commits",
+                CLAIM_LEFT_TO_SEND.as_secs() - timeout,
+                shortest - CLAIM_LEFT_TO_SEND.as_secs(),
+            );
+        }
+        Ok(())
     }
 
     /// The database to use; refuses schemes it does not know with the fix.

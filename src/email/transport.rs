@@ -135,10 +135,25 @@ resend://API_KEY@api.resend.com (Resend's HTTP API), file://DIR (.eml files)";
 /// Per-command SMTP timeout: a server that says nothing for this long is gone.
 const SMTP_COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Longest a whole send may take. It must stay well under the outbox's send
-/// lease (120 s by default): past the lease another worker may claim the row
-/// and send it a second time.
+/// Longest a whole send may take (the SMTP and HTTP send timeout). A send
+/// runs under a claim on its outbox row (`reconciler.send_lease_secs`); past
+/// the claim the reconciler may hand the row to another worker, which sends
+/// it a second time. So a send starts only under a claim that outlasts it
+/// ([`CLAIM_LEFT_TO_SEND`]), and the settings refuse a lease too short for
+/// that ([`SHORTEST_SEND_LEASE`]).
 pub(crate) const SEND_DEADLINE: Duration = Duration::from_secs(60);
+
+/// What a claim must have left for a send to start under it: the longest
+/// send, then 30 s to record its outcome, which also covers the clocks of
+/// the processes that claim rows and take them back differing a little.
+pub(crate) const CLAIM_LEFT_TO_SEND: Duration = Duration::from_secs(SEND_DEADLINE.as_secs() + 30);
+
+/// The shortest `reconciler.send_lease_secs` accepted: [`CLAIM_LEFT_TO_SEND`]
+/// and 30 s more, for a welcome, claimed when its change commits, to reach
+/// its send; a welcome that takes longer waits for its claim to run out
+/// and the reconciler's re-drive.
+pub(crate) const SHORTEST_SEND_LEASE: Duration =
+    Duration::from_secs(CLAIM_LEFT_TO_SEND.as_secs() + 30);
 
 impl Transport {
     /// From SCIMSYNC_MAIL_URL. Schemes: `file://DIR` (writes `DIR/<id>.eml`,

@@ -12,6 +12,7 @@ use super::queue::{Job, Queued};
 use super::together::Together;
 use crate::config::Settings;
 use crate::email::templates::{self, Digest, FailureLine, Welcome};
+use crate::email::transport::CLAIM_LEFT_TO_SEND;
 use crate::email::{Email, SendError, Transport};
 use crate::reconcile::Owed;
 use crate::store::outbox::{self, OutboxRow};
@@ -196,12 +197,13 @@ pub async fn deliver(state: &MailState, outbox_id: &str) -> Result<Delivery, sto
 /// it wrote, and the person's name travels in the row. Only the
 /// organization is read (once a minute per organization and process).
 pub async fn send_owed(state: &MailState, owed: Owed) -> Result<Delivery, store::Error> {
-    // The claim runs from the commit. Starting a send late in it could
-    // overlap with the reconciler's re-drive once it runs out: then leave
-    // the row to that re-drive instead.
-    let lease = chrono::TimeDelta::seconds(secs(state.settings.reconciler.send_lease_secs));
+    // The claim runs from the commit. A send that could outlast what is
+    // left of it could overlap with the reconciler's re-drive once it runs
+    // out, and the mail would go out twice: then leave the row to that
+    // re-drive instead.
+    let needed = chrono::TimeDelta::from_std(CLAIM_LEFT_TO_SEND).unwrap_or(chrono::TimeDelta::MAX);
     let left = owed.row.locked_until.map(|until| until - now());
-    if left.is_none_or(|left| left < lease / 2) {
+    if left.is_none_or(|left| left < needed) {
         tracing::info!(outbox_id = %owed.row.id, "welcome claimed too long ago to send now; the reconciler will queue it");
         return Ok(Delivery::Skipped);
     }

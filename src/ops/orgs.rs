@@ -2,7 +2,6 @@
 
 use anyhow::{Context, bail};
 
-use super::tokens::{self, IssuedToken};
 use crate::store::{Store, orgs};
 
 /// An organization as listed.
@@ -77,24 +76,25 @@ pub async fn list(store: &Store) -> anyhow::Result<Vec<OrgInfo>> {
     Ok(rows.into_iter().map(OrgInfo::from).collect())
 }
 
-/// On an empty database, creates the organization `default` and a token for
-/// it; returns the token to show once. Does nothing otherwise.
-pub async fn bootstrap_default(store: &Store) -> anyhow::Result<Option<IssuedToken>> {
+/// On an empty database, creates the organization `default`; returns
+/// whether it did, and so whether this process is to issue its first token.
+/// Does nothing otherwise.
+pub async fn bootstrap_default(store: &Store) -> anyhow::Result<bool> {
     let count = store
         .run(|c| orgs::count(c).map_err(crate::store::Error::from))
         .await?;
     if count > 0 {
-        return Ok(None);
+        return Ok(false);
     }
     if let Err(e) = create(store, "default", Some("Default organization"), None).await {
         // Another process starting on the same empty database made it
-        // first (its slug is unique), and showed its token.
+        // first (its slug is unique), and issues its token.
         let made = store
             .run(|c| orgs::find_by_slug(c, "default").map_err(crate::store::Error::from))
             .await?;
-        return if made.is_some() { Ok(None) } else { Err(e) };
+        return if made.is_some() { Ok(false) } else { Err(e) };
     }
-    Ok(Some(tokens::create(store, "default", "first token").await?))
+    Ok(true)
 }
 
 /// Sets (or clears) where an organization's failure digests go.

@@ -70,9 +70,20 @@ fn info(row: tokens::TokenRow, org: &str) -> TokenInfo {
 }
 
 pub async fn create(store: &Store, org_slug: &str, label: &str) -> anyhow::Result<IssuedToken> {
+    create_from(store, org_slug, label, generate_token()).await
+}
+
+/// Stores `token`, made by [`generate_token`], as a live token of the
+/// organization: for a caller that must put the token somewhere safe
+/// before it may be used (the first start's token file).
+pub async fn create_from(
+    store: &Store,
+    org_slug: &str,
+    label: &str,
+    token: String,
+) -> anyhow::Result<IssuedToken> {
     let slug = org_slug.to_owned();
     let label = label.to_owned();
-    let token = generate_token();
     let hash = hash_token(&token);
     let row = store
         .run(move |c| -> anyhow::Result<tokens::TokenRow> {

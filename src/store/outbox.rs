@@ -285,7 +285,15 @@ pub fn unclaim(
     Ok(())
 }
 
-/// Returns rows whose sender died mid-send to `pending`; returns how many.
+/// Returns rows whose claim ran out to `pending`; returns how many.
+///
+/// The attempt the claim counted is given back, as [`unclaim`] does: no
+/// outcome of it was recorded, and most often no send began at all (a
+/// welcome whose worker died after its commit, or skipped it as claimed
+/// too long ago). Counted, such a row would reach `mail.max_attempts`
+/// with fewer real attempts, and be recorded failed after a temporary
+/// failure it was allowed to retry. A claimed row has counted at least
+/// one attempt, so this never goes below zero.
 pub fn release_expired(conn: &mut Conn) -> QueryResult<usize> {
     diesel::update(
         outbox::table
@@ -295,6 +303,7 @@ pub fn release_expired(conn: &mut Conn) -> QueryResult<usize> {
     .set((
         outbox::state.eq("pending"),
         outbox::locked_until.eq(None::<chrono::NaiveDateTime>),
+        outbox::attempts.eq(outbox::attempts - 1),
     ))
     .execute(conn)
 }

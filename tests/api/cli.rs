@@ -946,6 +946,27 @@ async fn help_lists_every_command() {
     assert!(usage.stderr.contains("<ID>"), "{usage}");
 }
 
+/// A send lease that a send could outlast is refused when the settings
+/// load, naming the lease, the send timeout and the shortest lease that
+/// works; that shortest lease is accepted.
+#[tokio::test]
+async fn a_send_lease_a_send_could_outlast_is_refused() {
+    let lease = |secs: &str| vec![("SCIMSYNC_RECONCILER__SEND_LEASE_SECS", secs.to_owned())];
+    for short in ["60", "119"] {
+        let refused = run_with(&lease(short), &["migrate"]).await;
+        let said = &refused.failed().stderr;
+        for part in [
+            format!("reconciler.send_lease_secs = {short} is too short"),
+            "send timeout of 60 s".to_owned(),
+            "goes out twice".to_owned(),
+            "SCIMSYNC_RECONCILER__SEND_LEASE_SECS) to at least 120".to_owned(),
+        ] {
+            assert!(said.contains(&part), "{part:?} not said: {refused}");
+        }
+    }
+    run_with(&lease("120"), &["migrate"]).await.ok();
+}
+
 /// Whether `text` holds something shaped like a SCIM token.
 fn holds_a_token(text: &str) -> bool {
     text.match_indices("scimsync_").any(|(at, prefix)| {
@@ -954,26 +975,23 @@ fn holds_a_token(text: &str) -> bool {
     })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn first_start_without_a_terminal_writes_the_token_to_a_private_file() {
-    // Arrange: an empty embedded database; standard output is a pipe, as
-    // on a platform that ships it to a log service.
-    let dir = tempfile::tempdir().expect("working directory");
+/// Runs `scimsync run` in `dir` on an empty embedded database with
+/// standard output a pipe, as on a platform that ships it to a log
+/// service, until it serves; then stops it.
+async fn first_start_without_a_terminal(dir: &std::path::Path) -> Run {
     let port = crate::helpers::free_port();
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_scimsync"))
         .arg("run")
         .env_clear()
         .env("PORT", port.to_string())
         .env("RUST_LOG", "info")
-        .current_dir(dir.path())
+        .current_dir(dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .expect("scimsync starts");
-
-    // Act: the first start runs until it serves, then stops.
     let client = reqwest::Client::new();
     crate::helpers::eventually("the service answers", || async {
         client
@@ -985,11 +1003,30 @@ async fn first_start_without_a_terminal_writes_the_token_to_a_private_file() {
     .await;
     child.start_kill().expect("kill");
     let out = child.wait_with_output().await.expect("output");
-    let run = Run {
+    Run {
         code: out.status.code(),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    };
+    }
+}
+
+/// The embedded database a first start in `dir` wrote.
+fn embedded_store(dir: &std::path::Path) -> scimsync::store::Store {
+    scimsync::store::Store::open(
+        &scimsync::config::DatabaseUrl::Sqlite(dir.join("data").join("scimsync.db")),
+        1,
+        Duration::from_secs(5),
+    )
+    .expect("database")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_start_without_a_terminal_writes_the_token_to_a_private_file() {
+    // Arrange: an empty working directory.
+    let dir = tempfile::tempdir().expect("working directory");
+
+    // Act: the first start runs until it serves, then stops.
+    let run = first_start_without_a_terminal(dir.path()).await;
 
     // Assert: no token in the output, which names the file instead.
     assert!(!holds_a_token(&run.stdout), "token shown: {run}");
@@ -1011,16 +1048,43 @@ async fn first_start_without_a_terminal_writes_the_token_to_a_private_file() {
             .mode();
         assert_eq!(mode & 0o777, 0o600, "{mode:o}");
     }
-    let db = scimsync::store::Store::open(
-        &scimsync::config::DatabaseUrl::Sqlite(dir.path().join("data").join("scimsync.db")),
-        1,
-        Duration::from_secs(5),
-    )
-    .expect("database");
+    let db = embedded_store(dir.path());
     let hash = scimsync::ops::tokens::hash_token(token);
     let live = db
         .run(move |c| store::tokens::find_live_by_hashes(c, &[hash]).map_err(store::Error::from))
         .await
         .expect("query");
     assert_eq!(live.len(), 1, "the file holds the live first token");
+}
+
+/// A first start that cannot write the token file issues no token: one
+/// live in the database but written nowhere would be a valid secret that
+/// nobody holds. The error says how to issue one, and the service runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_start_that_cannot_write_the_token_file_issues_no_token() {
+    // Arrange: something the file cannot be created over (a directory;
+    // a read-only data directory would not stop root) at its path.
+    let dir = tempfile::tempdir().expect("working directory");
+    let file = dir.path().join("data").join("first-scim-token");
+    std::fs::create_dir_all(&file).expect("obstacle");
+
+    // Act: the first start runs until it serves, then stops.
+    let run = first_start_without_a_terminal(dir.path()).await;
+
+    // Assert: no token live, none shown, and the way to issue one said.
+    let tokens = scimsync::ops::tokens::list(&embedded_store(dir.path()), "default")
+        .await
+        .expect("the organization \"default\" was created");
+    assert!(
+        tokens.iter().all(|t| t.revoked_at.is_some()),
+        "a live token nobody holds: {tokens:?}"
+    );
+    assert!(!holds_a_token(&run.stdout), "token shown: {run}");
+    assert!(!holds_a_token(&run.stderr), "token logged: {run}");
+    assert!(
+        run.stderr.contains("issued it no SCIM token")
+            && run.stderr.contains("`scimsync token create default`"),
+        "the fix is named: {run}"
+    );
+    assert!(file.is_dir(), "the obstacle is left as it was");
 }

@@ -71,6 +71,8 @@ crate::on_each_backend!(
     welcome_owed_when_the_email_changes_goes_to_the_new_address,
     welcome_handed_back_is_sent_once_through_the_queue,
     sends_recorded_together_each_keep_their_own_payload,
+    welcome_whose_claim_a_send_could_outlast_is_not_sent_under_it,
+    welcomes_taken_back_unsent_keep_their_attempts,
 );
 
 async fn smtp_one_welcome_per_active_user_none_for_inactive_or_deactivated(backend: Backend) {
@@ -517,4 +519,106 @@ async fn sends_recorded_together_each_keep_their_own_payload(backend: Backend) {
         "finished: kept without its token: {}",
         untouched.payload
     );
+}
+
+/// A welcome whose claim, written when its change committed, has less left
+/// than the longest send and the time to record it is not sent under that
+/// claim: the send could still run when the claim runs out and the
+/// reconciler hands the row to another sender, and the mail would go out
+/// twice. It waits for the reconciler instead.
+async fn welcome_whose_claim_a_send_could_outlast_is_not_sent_under_it(backend: Backend) {
+    // The default lease (120 s): only the claim's age decides.
+    let sink = SmtpSink::start().await.expect("sink");
+    let mut env = test_env(backend);
+    env.settings.mail.url = sink.url();
+    let app = spawn_with(env, Role::All).await;
+    let committed = commit_without_sending(&app, "stalled@example.com").await;
+    let [owed] = committed.mail.as_slice() else {
+        panic!("the change owes one welcome, not {}", committed.mail.len());
+    };
+    // The worker stalled 40 s after the commit: 80 s of the claim are
+    // left, more than half the lease but less than a 60 s send and 30 s to
+    // record it.
+    let mut owed = owed.clone();
+    let held = Some(scimsync::store::now() + chrono::TimeDelta::seconds(80));
+    let id = owed.row.id.clone();
+    app.store
+        .run(move |c| {
+            use diesel::prelude::*;
+            use scimsync::store::schema::outbox as table;
+            diesel::update(table::table.filter(table::id.eq(&id)))
+                .set(table::locked_until.eq(held))
+                .execute(c)
+                .map_err(scimsync::store::Error::from)
+        })
+        .await
+        .expect("claim aged");
+    owed.row.locked_until = held;
+
+    let worker = scimsync::startup::Application::build(app.settings.clone(), Role::Worker, false)
+        .await
+        .expect("worker builds");
+    let delivery = scimsync::jobs::mail::send_owed(&worker.mail_state(), owed)
+        .await
+        .expect("send_owed");
+
+    assert_eq!(delivery, scimsync::jobs::mail::Delivery::Skipped);
+    let row = welcome_row(&app, "stalled@example.com").await.expect("row");
+    assert_eq!(
+        (row.state.as_str(), row.locked_until),
+        ("sending", held),
+        "left claimed for the reconciler"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(to(&sink, "stalled@example.com").is_empty(), "nothing sent");
+}
+
+/// A welcome taken back unsent, because its worker died after the commit
+/// or skipped it as claimed too long ago, has made no attempt: with two
+/// attempts allowed, its first real send failing for a moment is retried,
+/// not recorded as the last.
+async fn welcomes_taken_back_unsent_keep_their_attempts(backend: Backend) {
+    let sink = SmtpSink::start().await.expect("sink");
+    let mut env = test_env(backend);
+    env.settings.mail.url = sink.url();
+    env.settings.mail.max_attempts = 2;
+    // Claims that run out at once, taken back within a pass.
+    env.settings.reconciler.requeue_after_secs = 1;
+    env.settings.reconciler.send_lease_secs = 1;
+    let app = spawn_with(env, Role::All).await;
+    let worker = scimsync::startup::Application::build(app.settings.clone(), Role::Worker, false)
+        .await
+        .expect("worker builds");
+    let mailer = worker.mail_state();
+    // One after the other, so that each meets the server's 451 once.
+    for (who, skipped) in [("orphan@example.com", false), ("skipped@example.com", true)] {
+        sink.script(
+            Stage::EndOfData,
+            "451 4.3.0 mailbox busy, try again later",
+            1,
+        );
+        let committed = commit_without_sending(&app, who).await;
+        if skipped {
+            // Its worker finds less of the claim left than a send needs.
+            let skip = scimsync::jobs::mail::send_owed(&mailer, committed.mail[0].clone()).await;
+            assert_eq!(
+                skip.expect("send_owed"),
+                scimsync::jobs::mail::Delivery::Skipped
+            );
+        }
+        // Otherwise its worker died right after the commit.
+        eventually("the welcome ends", || async {
+            welcome_row(&app, who)
+                .await
+                .is_some_and(|r| r.state == "sent" || r.state == "failed")
+        })
+        .await;
+        let row = welcome_row(&app, who).await.expect("row");
+        assert_eq!(
+            (row.state.as_str(), row.attempts, row.last_error.is_some()),
+            ("sent", 2, false),
+            "{who}: a 451, then accepted"
+        );
+        assert_eq!(to(&sink, who).len(), 1, "{who}");
+    }
 }
