@@ -2,6 +2,7 @@
 //! outcome; reads go straight to the database.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Extension;
@@ -29,9 +30,9 @@ use crate::scim::resource::{
     group_fields, group_member_ids, project, require_email, user_fields, validate_resource,
 };
 use crate::scim::schema::{LIST_RESPONSE_SCHEMA, SEARCH_REQUEST_SCHEMA};
-use crate::store::teams::{self, TeamQuery};
-use crate::store::users::{self, UserQuery};
-use crate::store::{Order, SortKey};
+use crate::store::teams::{self, TeamQuery, TeamRow};
+use crate::store::users::{self, UserQuery, UserRow};
+use crate::store::{Order, SortKey, Store};
 
 /// Largest page a list returns; published in ServiceProviderConfig.
 pub const MAX_PAGE_SIZE: i64 = 200;
@@ -651,23 +652,18 @@ async fn list(
             }
         }
         _ => {
-            state
-                .store
-                .run(move |c| -> Result<Page, crate::store::Error> {
-                    let spec = ListSpec {
-                        filter: filter.as_ref(),
-                        order,
-                        start,
-                        count,
-                        base: &base,
-                        with_members,
-                    };
-                    match kind {
-                        ResourceKind::User => list_users(c, &org.0, &spec),
-                        ResourceKind::Group => list_teams(c, &org.0, &spec),
-                    }
-                })
-                .await?
+            let spec = ListSpec {
+                filter: filter.map(Arc::new),
+                order,
+                start,
+                count,
+                base: Arc::from(base),
+                with_members,
+            };
+            match kind {
+                ResourceKind::User => list_users(&state.store, &org.0, &spec).await?,
+                ResourceKind::Group => list_teams(&state.store, &org.0, &spec).await?,
+            }
         }
     };
     let mut resources = page.resources;
@@ -718,149 +714,206 @@ fn window(start: i64, count: i64) -> (i64, i64) {
     (start - 1, count)
 }
 
-/// What one list asks for.
-#[derive(Clone, Copy)]
-struct ListSpec<'a> {
-    filter: Option<&'a Filter>,
+/// What one list asks for. Owned, so that each batch of a scan can take it
+/// along to the blocking pool.
+struct ListSpec {
+    filter: Option<Arc<Filter>>,
     order: Order,
     start: i64,
     count: i64,
-    base: &'a str,
+    base: Arc<str>,
     /// Whether groups are rendered with their members.
     with_members: bool,
 }
 
-fn list_users(
-    c: &mut crate::store::Conn,
+/// What one batch of a scan found.
+struct Batch<R> {
+    /// How many rows of the batch match the filter.
+    matched: i64,
+    /// Those of them that fall in the window, rendered.
+    resources: Vec<Value>,
+    /// The batch's last row, where the next batch resumes; `None` when the
+    /// batch came back short, so the scan is over.
+    resume: Option<R>,
+}
+
+impl<R> Batch<R> {
+    /// Whether the next match, after `seen` in the batches before, falls
+    /// in the window.
+    fn next_on_page(&self, seen: i64, (offset, limit): (i64, i64)) -> bool {
+        let at = seen + self.matched;
+        at >= offset && at < offset + limit
+    }
+
+    /// Where the next batch resumes: after the last row, if the batch was
+    /// full and more rows may follow.
+    fn resume_after(&mut self, mut rows: Vec<R>) {
+        let full = i64::try_from(rows.len()).unwrap_or(0) >= SCAN_BATCH;
+        self.resume = if full { rows.pop() } else { None };
+    }
+}
+
+impl<R> Default for Batch<R> {
+    fn default() -> Self {
+        Batch {
+            matched: 0,
+            resources: Vec::new(),
+            resume: None,
+        }
+    }
+}
+
+async fn list_users(
+    store: &Store,
     org: &str,
-    spec: &ListSpec<'_>,
+    spec: &ListSpec,
 ) -> Result<Page, crate::store::Error> {
-    let ListSpec {
-        filter,
-        order,
-        base,
-        ..
-    } = *spec;
-    let (q, residual) = user_query(filter);
-    let (offset, limit) = window(spec.start, spec.count);
-    let Some(filter) = filter.filter(|_| residual) else {
-        let rows = if limit > 0 {
-            users::page(c, org, &q, order, offset, limit)?
-        } else {
-            Vec::new()
-        };
-        let total = match page_total(offset, limit, rows.len()) {
-            Some(total) => total,
-            None => users::count(c, org, &q)?,
-        };
-        let resources = rows
-            .iter()
-            .map(|r| render_user(r, base))
-            .collect::<Result<_, _>>()?;
-        return Ok(Page { total, resources });
+    let (q, residual) = user_query(spec.filter.as_deref());
+    let window = window(spec.start, spec.count);
+    let (offset, limit) = window;
+    let order = spec.order;
+    let org = org.to_owned();
+    let base = spec.base.clone();
+    let Some(filter) = spec.filter.clone().filter(|_| residual) else {
+        return store
+            .run(move |c| {
+                let rows = if limit > 0 {
+                    users::page(c, &org, &q, order, offset, limit)?
+                } else {
+                    Vec::new()
+                };
+                let total = match page_total(offset, limit, rows.len()) {
+                    Some(total) => total,
+                    None => users::count(c, &org, &q)?,
+                };
+                let resources = rows
+                    .iter()
+                    .map(|r| render_user(r, &base))
+                    .collect::<Result<_, _>>()?;
+                Ok(Page { total, resources })
+            })
+            .await;
     };
     // Evaluate the rest of the filter batch by batch: memory stays bounded
-    // by the batch and the page, whatever the tenant's size.
+    // by the batch and the page, whatever the tenant's size. Each batch
+    // takes a connection and gives it back, so a scan of a large tenant
+    // keeps none from the other requests for its whole length, and one
+    // whose client has gone stops at the next batch.
     let mut total = 0;
     let mut resources = Vec::new();
     let mut after = None;
-    let mut scanned = 0;
     loop {
-        // Creation order can resume after the last row seen; any other
-        // order pages by offset.
-        let rows = if order.is_default() {
-            users::scan(c, org, &q, after.take(), SCAN_BATCH)?
-        } else {
-            users::page(c, org, &q, order, scanned, SCAN_BATCH)?
-        };
-        scanned += i64::try_from(rows.len()).unwrap_or(0);
-        let Some(last) = rows.last() else { break };
-        after = Some((last.created_at, last.id.clone()));
-        for row in &rows {
-            let resource = render_user(row, base)?;
-            if matches_user(filter, &resource, row.active) {
-                if total >= offset && total < offset + limit {
-                    resources.push(resource);
+        let (org, q, base, filter) = (org.clone(), q.clone(), base.clone(), filter.clone());
+        let seen = total;
+        let batch = store
+            .run(move |c| -> Result<Batch<UserRow>, crate::store::Error> {
+                let rows = users::scan(c, &org, &q, order, after.as_ref(), SCAN_BATCH)?;
+                let mut batch = Batch::default();
+                for row in &rows {
+                    let resource = render_user(row, &base)?;
+                    if matches_user(&filter, &resource, row.active) {
+                        if batch.next_on_page(seen, window) {
+                            batch.resources.push(resource);
+                        }
+                        batch.matched += 1;
+                    }
                 }
-                total += 1;
-            }
-        }
-        if i64::try_from(rows.len()).unwrap_or(0) < SCAN_BATCH {
+                batch.resume_after(rows);
+                Ok(batch)
+            })
+            .await?;
+        total += batch.matched;
+        resources.extend(batch.resources);
+        after = batch.resume;
+        if after.is_none() {
             break;
         }
     }
     Ok(Page { total, resources })
 }
 
-fn list_teams(
+/// A group as a list answers it, with its members or without.
+fn render_group(
     c: &mut crate::store::Conn,
+    row: &teams::TeamRow,
+    base: &str,
+    members: bool,
+) -> Result<Value, crate::store::Error> {
+    if members {
+        render_team(c, row, base)
+    } else {
+        render_team_with(row, base, None)
+    }
+}
+
+async fn list_teams(
+    store: &Store,
     org: &str,
-    spec: &ListSpec<'_>,
+    spec: &ListSpec,
 ) -> Result<Page, crate::store::Error> {
-    let ListSpec {
-        filter,
-        order,
-        base,
-        with_members,
-        ..
-    } = *spec;
-    let (q, residual) = team_query(filter);
-    let (offset, limit) = window(spec.start, spec.count);
-    let render = |c: &mut crate::store::Conn, row: &teams::TeamRow, members: bool| {
-        if members {
-            render_team(c, row, base)
-        } else {
-            render_team_with(row, base, None)
-        }
-    };
-    let Some(filter) = filter.filter(|_| residual) else {
-        let rows = if limit > 0 {
-            teams::page(c, org, &q, order, offset, limit)?
-        } else {
-            Vec::new()
-        };
-        let total = match page_total(offset, limit, rows.len()) {
-            Some(total) => total,
-            None => teams::count(c, org, &q)?,
-        };
-        let mut resources = Vec::with_capacity(rows.len());
-        for row in &rows {
-            resources.push(render(c, row, with_members)?);
-        }
-        return Ok(Page { total, resources });
+    let (q, residual) = team_query(spec.filter.as_deref());
+    let window = window(spec.start, spec.count);
+    let (offset, limit) = window;
+    let order = spec.order;
+    let with_members = spec.with_members;
+    let org = org.to_owned();
+    let base = spec.base.clone();
+    let Some(filter) = spec.filter.clone().filter(|_| residual) else {
+        return store
+            .run(move |c| {
+                let rows = if limit > 0 {
+                    teams::page(c, &org, &q, order, offset, limit)?
+                } else {
+                    Vec::new()
+                };
+                let total = match page_total(offset, limit, rows.len()) {
+                    Some(total) => total,
+                    None => teams::count(c, &org, &q)?,
+                };
+                let mut resources = Vec::with_capacity(rows.len());
+                for row in &rows {
+                    resources.push(render_group(c, row, &base, with_members)?);
+                }
+                Ok(Page { total, resources })
+            })
+            .await;
     };
     // Members are loaded to match only when the filter looks at them, and
     // to answer only for the groups on the page: a group's members may
-    // number a hundred thousand.
-    let match_members = names_members(filter);
+    // number a hundred thousand. Batches as in `list_users`.
+    let match_members = names_members(&filter);
     let mut total = 0;
     let mut resources = Vec::new();
     let mut after = None;
-    let mut scanned = 0;
     loop {
-        let rows = if order.is_default() {
-            teams::scan(c, org, &q, after.take(), SCAN_BATCH)?
-        } else {
-            teams::page(c, org, &q, order, scanned, SCAN_BATCH)?
-        };
-        scanned += i64::try_from(rows.len()).unwrap_or(0);
-        let Some(last) = rows.last() else { break };
-        after = Some((last.created_at, last.id.clone()));
-        for row in &rows {
-            let resource = render(c, row, match_members)?;
-            if matches(filter, ResourceKind::Group, &resource) {
-                if total >= offset && total < offset + limit {
-                    let resource = if with_members == match_members {
-                        resource
-                    } else {
-                        render(c, row, with_members)?
-                    };
-                    resources.push(resource);
+        let (org, q, base, filter) = (org.clone(), q.clone(), base.clone(), filter.clone());
+        let seen = total;
+        let batch = store
+            .run(move |c| -> Result<Batch<TeamRow>, crate::store::Error> {
+                let rows = teams::scan(c, &org, &q, order, after.as_ref(), SCAN_BATCH)?;
+                let mut batch = Batch::default();
+                for row in &rows {
+                    let resource = render_group(c, row, &base, match_members)?;
+                    if matches(&filter, ResourceKind::Group, &resource) {
+                        if batch.next_on_page(seen, window) {
+                            let resource = if with_members == match_members {
+                                resource
+                            } else {
+                                render_group(c, row, &base, with_members)?
+                            };
+                            batch.resources.push(resource);
+                        }
+                        batch.matched += 1;
+                    }
                 }
-                total += 1;
-            }
-        }
-        if i64::try_from(rows.len()).unwrap_or(0) < SCAN_BATCH {
+                batch.resume_after(rows);
+                Ok(batch)
+            })
+            .await?;
+        total += batch.matched;
+        resources.extend(batch.resources);
+        after = batch.resume;
+        if after.is_none() {
             break;
         }
     }
@@ -982,43 +1035,36 @@ pub async fn search_all(
     let with_members = projection.wants_members();
     // Across types only attributes both have can order the list.
     let order = sort_order(ResourceKind::Group, &params)?;
-    let base = state.base_url.clone();
-    let (users_page, groups_page) = state
-        .store
-        .run(move |c| -> Result<(Page, Page), crate::store::Error> {
-            let empty = || Page {
-                total: 0,
-                resources: Vec::new(),
-            };
-            let spec = ListSpec {
-                filter: filter.as_ref(),
-                order,
-                start,
-                count,
-                base: &base,
-                with_members,
-            };
-            let users = if users_ok {
-                list_users(c, &org.0, &spec)?
-            } else {
-                empty()
-            };
-            // The groups' window starts where the users' total ends.
-            let skip = (start - 1 - users.total).max(0);
-            let room = count - i64::try_from(users.resources.len()).unwrap_or(0);
-            let groups = if groups_ok {
-                let rest = ListSpec {
-                    start: skip + 1,
-                    count: room.max(0),
-                    ..spec
-                };
-                list_teams(c, &org.0, &rest)?
-            } else {
-                empty()
-            };
-            Ok((users, groups))
-        })
-        .await?;
+    let empty = || Page {
+        total: 0,
+        resources: Vec::new(),
+    };
+    let spec = ListSpec {
+        filter: filter.map(Arc::new),
+        order,
+        start,
+        count,
+        base: Arc::from(state.base_url.as_str()),
+        with_members,
+    };
+    let users_page = if users_ok {
+        list_users(&state.store, &org.0, &spec).await?
+    } else {
+        empty()
+    };
+    // The groups' window starts where the users' total ends.
+    let skip = (start - 1 - users_page.total).max(0);
+    let room = count - i64::try_from(users_page.resources.len()).unwrap_or(0);
+    let groups_page = if groups_ok {
+        let rest = ListSpec {
+            start: skip + 1,
+            count: room.max(0),
+            ..spec
+        };
+        list_teams(&state.store, &org.0, &rest).await?
+    } else {
+        empty()
+    };
     let mut resources = Vec::new();
     for (kind, page) in [
         (ResourceKind::User, users_page.resources),
@@ -1234,32 +1280,37 @@ pub async fn method_not_allowed() -> Response {
 
 #[cfg(test)]
 mod tests {
-    use super::{names_members, page_total};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    use serde_json::json;
+
+    use super::{ListSpec, Page, list_teams, list_users, names_members, page_total};
+    use crate::scim::ResourceKind;
     use crate::scim::filter::parse_filter;
+    use crate::store::users::{self, UserQuery};
+    use crate::store::{Order, SortKey, Store};
 
     /// A filter that does not look at members matches without them: the
     /// members of a group are loaded when it is on the page, not for every
     /// group scanned (one may have a hundred thousand).
     #[tokio::test]
     async fn members_are_loaded_for_the_groups_on_the_page_only() {
-        use std::sync::Arc;
-        use std::sync::atomic::{AtomicUsize, Ordering};
-
         use diesel::Connection;
         use diesel::connection::InstrumentationEvent;
 
-        use super::{ListSpec, list_teams};
         use crate::config::DatabaseUrl;
-        use crate::store::{Order, Store, now, orgs, teams};
+        use crate::store::{now, orgs, teams};
 
         let dir = tempfile::tempdir().expect("temp dir");
         let url = DatabaseUrl::Sqlite(dir.path().join("scim.db"));
+        // One connection, so the one counting here is the one the list uses.
         let store = Store::open(&url, 1, std::time::Duration::from_secs(5)).expect("store");
         store.migrate().await.expect("migrations");
         let loads = Arc::new(AtomicUsize::new(0));
         let counted = loads.clone();
-        let page = store
-            .run(move |c| -> Result<super::Page, crate::store::Error> {
+        let org = store
+            .run(move |c| -> Result<String, crate::store::Error> {
                 let org = orgs::insert(c, "org", "Org", None)?;
                 for (i, name) in ["Eng", "Ops", "Sales", "Eng2"].into_iter().enumerate() {
                     let at = now();
@@ -1285,23 +1336,322 @@ mod tests {
                         counted.fetch_add(1, Ordering::Relaxed);
                     }
                 });
-                let filter = parse_filter("displayName sw \"Eng\"").expect("filter parses");
-                let spec = ListSpec {
-                    filter: Some(&filter),
-                    order: Order::default(),
-                    start: 2,
-                    count: 10,
-                    base: "https://scim.example.com",
-                    with_members: true,
-                };
-                list_teams(c, &org.id, &spec)
+                Ok(org.id)
             })
             .await
-            .expect("list");
+            .expect("seed");
+        let filter = parse_filter("displayName sw \"Eng\"").expect("filter parses");
+        let spec = ListSpec {
+            filter: Some(Arc::new(filter)),
+            order: Order::default(),
+            start: 2,
+            count: 10,
+            base: Arc::from("https://scim.example.com"),
+            with_members: true,
+        };
+        let page = list_teams(&store, &org, &spec).await.expect("list");
         assert_eq!(page.total, 2);
         assert_eq!(page.resources.len(), 1);
         assert_eq!(page.resources[0]["displayName"], "Eng2");
         assert_eq!(loads.load(Ordering::Relaxed), 1, "one group is on the page");
+    }
+
+    /// A store with one connection, `users` users and `teams` groups in
+    /// one organization; returns its directory, the store and the
+    /// organization's id. Every third user has no displayName and the
+    /// others share seven; ids do not follow names or creation. So ties and
+    /// rows without the sort key cross the edges of a scan's batches.
+    async fn seeded(
+        users: usize,
+        teams: usize,
+        events: Option<Box<dyn diesel::r2d2::HandleEvent>>,
+    ) -> (tempfile::TempDir, Store, String) {
+        use crate::config::DatabaseUrl;
+        use crate::store::{now, orgs, teams as team_rows, users as user_rows};
+
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = DatabaseUrl::Sqlite(dir.path().join("scim.db"));
+        let timeout = std::time::Duration::from_secs(5);
+        let store = match events {
+            Some(events) => Store::open_observed(&url, 1, timeout, events),
+            None => Store::open(&url, 1, timeout),
+        }
+        .expect("store");
+        store.migrate().await.expect("migrations");
+        let org = store
+            .run(move |c| -> Result<String, crate::store::Error> {
+                let org = orgs::insert(c, "org", "Org", None)?;
+                let at = now();
+                let rows: Vec<user_rows::UserRow> = (0..users)
+                    .map(|i| {
+                        let name = format!("User{i:04}@Example.com");
+                        let display = (!i.is_multiple_of(3)).then(|| format!("Team {}", i % 7));
+                        user_rows::UserRow {
+                            id: format!("u{:04}", (i * 37) % users),
+                            org_id: org.id.clone(),
+                            user_name: name.clone(),
+                            user_name_key: name.to_lowercase(),
+                            external_id: None,
+                            display_name: display.clone(),
+                            display_name_key: display.as_deref().map(str::to_lowercase),
+                            email: None,
+                            active: true,
+                            resource: json!({"userName": name, "displayName": display}).to_string(),
+                            version: 1,
+                            created_at: at,
+                            updated_at: at,
+                            joined_at: None,
+                        }
+                    })
+                    .collect();
+                // A few at a time: SQLite limits the values of a statement.
+                for chunk in rows.chunks(50) {
+                    user_rows::insert_all_if_free(c, chunk)?;
+                }
+                for i in 0..teams {
+                    let name = format!("Group {i:04}");
+                    team_rows::insert(
+                        c,
+                        &team_rows::TeamRow {
+                            id: format!("t{:04}", (i * 37) % teams),
+                            org_id: org.id.clone(),
+                            display_name: name.clone(),
+                            display_name_key: name.to_lowercase(),
+                            external_id: None,
+                            resource: json!({"displayName": name}).to_string(),
+                            version: 1,
+                            created_at: at,
+                            updated_at: at,
+                        },
+                    )?;
+                }
+                Ok(org.id)
+            })
+            .await
+            .expect("seed");
+        (dir, store, org)
+    }
+
+    /// A list whose filter is left to the evaluator (`pr` never runs in
+    /// SQL) and matches every resource.
+    fn scan_spec(filter: &str, order: Order, start: i64, count: i64) -> ListSpec {
+        ListSpec {
+            filter: Some(Arc::new(parse_filter(filter).expect("filter parses"))),
+            order,
+            start,
+            count,
+            base: Arc::from("https://scim.example.com"),
+            with_members: false,
+        }
+    }
+
+    fn ids(page: &Page) -> Vec<String> {
+        page.resources
+            .iter()
+            .map(|r| r["id"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    }
+
+    /// A scan sorted other than by creation resumes each batch after the
+    /// last row's key and id, in the order the SQL path pages in. With an
+    /// offset, every batch sorted and stepped over all the rows before it
+    /// again: a scan of a tenant read it over and over.
+    #[tokio::test]
+    async fn a_sorted_scan_resumes_after_the_last_row_instead_of_an_offset() {
+        use diesel::Connection;
+        use diesel::connection::InstrumentationEvent;
+
+        let (_dir, store, org) = seeded(1200, 0, None).await;
+        let orders = [
+            (SortKey::DisplayName, false),
+            (SortKey::DisplayName, true),
+            (SortKey::Name, true),
+            (SortKey::LastModified, false),
+        ]
+        .map(|(key, descending)| Order { key, descending });
+        // What the SQL path answers for a window across the first batch's
+        // edge, and for the last rows, which have no displayName.
+        let windows = [(481, 40), (1150, 100)];
+        let mut expected = Vec::new();
+        for order in orders {
+            for (start, count) in windows {
+                let org = org.clone();
+                let rows = store
+                    .run(move |c| {
+                        users::page(c, &org, &UserQuery::default(), order, start - 1, count)
+                            .map_err(crate::store::Error::from)
+                    })
+                    .await
+                    .expect("page");
+                expected.push(rows.into_iter().map(|r| r.id).collect::<Vec<_>>());
+            }
+        }
+        let statements = Arc::new(Mutex::new(Vec::new()));
+        let seen = statements.clone();
+        store
+            .run(move |c| -> Result<(), crate::store::Error> {
+                c.set_instrumentation(move |event: InstrumentationEvent<'_>| {
+                    if let InstrumentationEvent::StartQuery { query, .. } = event {
+                        seen.lock().expect("lock").push(query.to_string());
+                    }
+                });
+                Ok(())
+            })
+            .await
+            .expect("instrument");
+        let mut answered = Vec::new();
+        for order in orders {
+            for (start, count) in windows {
+                let spec = scan_spec("userName pr", order, start, count);
+                let page = list_users(&store, &org, &spec).await.expect("list");
+                assert_eq!(page.total, 1200, "{order:?}");
+                answered.push(ids(&page));
+            }
+        }
+        assert_eq!(answered, expected);
+        let statements = statements.lock().expect("lock");
+        let scans = statements
+            .iter()
+            .filter(|s| s.contains("FROM `users`"))
+            .count();
+        assert!(scans >= 3 * orders.len() * windows.len(), "{statements:#?}");
+        let offsets: Vec<_> = statements.iter().filter(|s| s.contains("OFFSET")).collect();
+        assert!(
+            offsets.is_empty(),
+            "{} statements step over rows with OFFSET, such as {:?}",
+            offsets.len(),
+            offsets.first()
+        );
+    }
+
+    /// Counts the connections the pool hands out and takes back.
+    #[derive(Debug, Default)]
+    struct Checkouts {
+        out: AtomicUsize,
+        back: AtomicUsize,
+    }
+
+    #[derive(Debug)]
+    struct CountCheckouts(Arc<Checkouts>);
+
+    impl diesel::r2d2::HandleEvent for CountCheckouts {
+        fn handle_checkout(&self, _: diesel::r2d2::event::CheckoutEvent) {
+            self.0.out.fetch_add(1, Ordering::SeqCst);
+        }
+
+        fn handle_checkin(&self, _: diesel::r2d2::event::CheckinEvent) {
+            self.0.back.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// A scan takes a connection for each batch and gives it back before
+    /// the next: held for a whole scan of a large tenant, one connection
+    /// was kept from every other request for as long as the scan lasted,
+    /// and a few such lists could take the whole pool.
+    #[tokio::test]
+    async fn a_scan_takes_a_connection_per_batch_and_gives_it_back() {
+        let checkouts = Arc::new(Checkouts::default());
+        let events = Box::new(CountCheckouts(checkouts.clone()));
+        let (_dir, store, org) = seeded(1200, 1200, Some(events)).await;
+        let order = Order {
+            key: SortKey::Name,
+            descending: false,
+        };
+        // 1,200 rows: two full batches and a short one.
+        for kind in [ResourceKind::User, ResourceKind::Group] {
+            let before = checkouts.out.load(Ordering::SeqCst);
+            let page = match kind {
+                ResourceKind::User => {
+                    list_users(&store, &org, &scan_spec("userName pr", order, 1, 10)).await
+                }
+                ResourceKind::Group => {
+                    list_teams(&store, &org, &scan_spec("displayName pr", order, 1, 10)).await
+                }
+            }
+            .expect("list");
+            assert_eq!(page.total, 1200, "{kind:?}");
+            assert_eq!(
+                checkouts.out.load(Ordering::SeqCst) - before,
+                3,
+                "{kind:?}: one connection for each batch"
+            );
+            assert_eq!(
+                checkouts.back.load(Ordering::SeqCst),
+                checkouts.out.load(Ordering::SeqCst),
+                "{kind:?}: each given back"
+            );
+        }
+    }
+
+    /// A user added during a sorted scan, before the rows scanned so far,
+    /// moves no other from one batch into the next: with an offset the
+    /// next batch began one row early, and a user was counted and listed
+    /// twice.
+    #[tokio::test]
+    async fn a_user_added_during_a_sorted_scan_repeats_no_other() {
+        use diesel::Connection;
+        use diesel::connection::InstrumentationEvent;
+        use diesel::sqlite::SqliteConnection;
+
+        use crate::store::{Conn, now, users as user_rows};
+
+        let (dir, store, org) = seeded(1200, 0, None).await;
+        let path = dir.path().join("scim.db");
+        let mut other = Conn::Sqlite(
+            SqliteConnection::establish(&path.to_string_lossy()).expect("second connection"),
+        );
+        let added = org.clone();
+        store
+            .run(move |c| -> Result<(), crate::store::Error> {
+                let mut selects = 0;
+                c.set_instrumentation(move |event: InstrumentationEvent<'_>| {
+                    let InstrumentationEvent::StartQuery { query, .. } = event else {
+                        return;
+                    };
+                    if !query.to_string().contains("FROM `users`") {
+                        return;
+                    }
+                    selects += 1;
+                    if selects != 2 {
+                        return;
+                    }
+                    // Just before the second batch is read.
+                    let at = now();
+                    let row = user_rows::UserRow {
+                        id: "added".into(),
+                        org_id: added.clone(),
+                        user_name: "aaron@example.com".into(),
+                        user_name_key: "aaron@example.com".into(),
+                        external_id: None,
+                        display_name: None,
+                        display_name_key: None,
+                        email: None,
+                        active: true,
+                        resource: json!({"userName": "aaron@example.com"}).to_string(),
+                        version: 1,
+                        created_at: at,
+                        updated_at: at,
+                        joined_at: None,
+                    };
+                    let inserted = user_rows::insert_all_if_free(&mut other, &[row]);
+                    assert_eq!(inserted.ok(), Some(1), "the user is added");
+                });
+                Ok(())
+            })
+            .await
+            .expect("instrument");
+        let order = Order {
+            key: SortKey::Name,
+            descending: false,
+        };
+        let page = list_users(&store, &org, &scan_spec("userName pr", order, 1, 2000))
+            .await
+            .expect("list");
+        let ids = ids(&page);
+        let distinct: std::collections::BTreeSet<&String> = ids.iter().collect();
+        assert_eq!(distinct.len(), ids.len(), "no user listed twice");
+        assert_eq!(page.total, 1200, "the users there were when the scan began");
+        assert_eq!(ids.len(), 1200);
     }
 
     #[test]

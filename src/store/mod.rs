@@ -66,13 +66,6 @@ pub struct Order {
     pub descending: bool,
 }
 
-impl Order {
-    /// Whether this is creation order, which keyset scans can follow.
-    pub fn is_default(&self) -> bool {
-        *self == Order::default()
-    }
-}
-
 /// Which database a [`Store`] talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -282,6 +275,27 @@ impl std::fmt::Debug for Store {
 impl Store {
     /// Builds the pool without connecting yet; the first query connects.
     pub fn open(url: &DatabaseUrl, pool_size: u32, timeout: Duration) -> anyhow::Result<Self> {
+        Self::open_with(url, pool_size, timeout, None)
+    }
+
+    /// [`Store::open`], with `events` told each time the pool hands out or
+    /// takes back a connection: tests see how long work keeps one.
+    #[cfg(test)]
+    pub(crate) fn open_observed(
+        url: &DatabaseUrl,
+        pool_size: u32,
+        timeout: Duration,
+        events: Box<dyn r2d2::HandleEvent>,
+    ) -> anyhow::Result<Self> {
+        Self::open_with(url, pool_size, timeout, Some(events))
+    }
+
+    fn open_with(
+        url: &DatabaseUrl,
+        pool_size: u32,
+        timeout: Duration,
+        events: Option<Box<dyn r2d2::HandleEvent>>,
+    ) -> anyhow::Result<Self> {
         let backend = match url {
             DatabaseUrl::Postgres(_) => Backend::Postgres,
             DatabaseUrl::Sqlite(path) => {
@@ -293,7 +307,11 @@ impl Store {
                 Backend::Sqlite
             }
         };
-        let pool = r2d2::Pool::builder()
+        let mut pool = r2d2::Pool::builder();
+        if let Some(events) = events {
+            pool = pool.event_handler(events);
+        }
+        let pool = pool
             .max_size(pool_size.max(1))
             .min_idle(Some(0))
             .connection_timeout(timeout)

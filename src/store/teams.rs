@@ -239,25 +239,129 @@ pub fn page(
         .load(conn)
 }
 
+/// `query` in id order, from after `after` on.
+fn by_id<'a>(
+    mut query: teams::BoxedQuery<'a, Db>,
+    descending: bool,
+    after: Option<String>,
+) -> teams::BoxedQuery<'a, Db> {
+    if let Some(id) = after {
+        query = if descending {
+            query.filter(teams::id.lt(id))
+        } else {
+            query.filter(teams::id.gt(id))
+        };
+    }
+    if descending {
+        query.order(teams::id.desc())
+    } else {
+        query.order(teams::id.asc())
+    }
+}
+
+/// The next `limit` rows after `after` in `order`, resuming from the last
+/// row's sort key and id (see [`super::users::scan`]).
 pub fn scan(
     conn: &mut Conn,
     org_id: &str,
     q: &TeamQuery,
-    after: Option<(chrono::NaiveDateTime, String)>,
+    order: Order,
+    after: Option<&TeamRow>,
     limit: i64,
 ) -> QueryResult<Vec<TeamRow>> {
-    let mut query = filtered(org_id, q);
-    if let Some((created_at, id)) = after {
-        query = query.filter(
-            teams::created_at
-                .gt(created_at)
-                .or(teams::created_at.eq(created_at).and(teams::id.gt(id))),
-        );
+    if q.pins_one() {
+        // At most one row, which the first batch holds; no ORDER BY, for
+        // the reason `page` gives.
+        if after.is_some() {
+            return Ok(Vec::new());
+        }
+        return filtered(org_id, q)
+            .limit(limit)
+            .select(TeamRow::as_select())
+            .load(conn);
     }
-    if !q.pins_one() {
-        query = query.order((teams::created_at.asc(), teams::id.asc()));
+    let desc = order.descending;
+    // The rows after (key, id) in (key, id) order: `key >= k` (`<=`
+    // descending) bounds an index range, the rest drops the rows of key k
+    // up to the last one returned.
+    macro_rules! after_key {
+        ($query:expr, $col:expr, $key:expr, $id:expr) => {
+            if desc {
+                $query.filter(
+                    $col.le($key.clone())
+                        .and($col.lt($key).or(teams::id.lt($id))),
+                )
+            } else {
+                $query.filter(
+                    $col.ge($key.clone())
+                        .and($col.gt($key).or(teams::id.gt($id))),
+                )
+            }
+        };
     }
-    query.limit(limit).select(TeamRow::as_select()).load(conn)
+    macro_rules! by_key_then_id {
+        ($query:expr, $col:expr) => {
+            if desc {
+                $query.order(($col.desc(), teams::id.desc()))
+            } else {
+                $query.order(($col.asc(), teams::id.asc()))
+            }
+        };
+    }
+    macro_rules! never_null {
+        ($col:expr, $key:expr) => {{
+            let mut query = filtered(org_id, q);
+            if let Some(row) = after {
+                query = after_key!(query, $col, $key(row), row.id.clone());
+            }
+            by_key_then_id!(query, $col)
+                .limit(limit)
+                .select(TeamRow::as_select())
+                .load(conn)
+        }};
+    }
+    macro_rules! maybe_null {
+        ($col:expr, $key:expr) => {{
+            let resume: Option<(Option<String>, String)> = after.map(|r| ($key(r), r.id.clone()));
+            let mut rows = Vec::new();
+            // The rows that have the key, unless the last batch already
+            // reached those without it.
+            if !matches!(resume, Some((None, _))) {
+                let mut query = filtered(org_id, q).filter($col.is_not_null());
+                if let Some((Some(key), id)) = resume.clone() {
+                    query = after_key!(query, $col, key, id);
+                }
+                rows = by_key_then_id!(query, $col)
+                    .limit(limit)
+                    .select(TeamRow::as_select())
+                    .load(conn)?;
+            }
+            let room = limit - i64::try_from(rows.len()).unwrap_or(limit);
+            if room > 0 {
+                let id = match resume {
+                    Some((None, id)) => Some(id),
+                    _ => None,
+                };
+                let query = by_id(filtered(org_id, q).filter($col.is_null()), desc, id);
+                rows.extend(query.limit(room).select(TeamRow::as_select()).load(conn)?);
+            }
+            Ok(rows)
+        }};
+    }
+    match order.key {
+        SortKey::Created => never_null!(teams::created_at, |r: &TeamRow| r.created_at),
+        SortKey::LastModified => never_null!(teams::updated_at, |r: &TeamRow| r.updated_at),
+        SortKey::Id => by_id(filtered(org_id, q), desc, after.map(|r| r.id.clone()))
+            .limit(limit)
+            .select(TeamRow::as_select())
+            .load(conn),
+        SortKey::Name | SortKey::DisplayName => {
+            never_null!(teams::display_name_key, |r: &TeamRow| r
+                .display_name_key
+                .clone())
+        }
+        SortKey::ExternalId => maybe_null!(teams::external_id, |r: &TeamRow| r.external_id.clone()),
+    }
 }
 
 /// Members of a team in a stable order.

@@ -263,27 +263,140 @@ pub fn page(
         .load(conn)
 }
 
-/// The next `limit` rows after `after` in the stable order, for scans that
-/// evaluate a filter batch by batch instead of loading a tenant at once.
+/// `query` in id order, from after `after` on.
+fn by_id<'a>(
+    mut query: users::BoxedQuery<'a, Db>,
+    descending: bool,
+    after: Option<String>,
+) -> users::BoxedQuery<'a, Db> {
+    if let Some(id) = after {
+        query = if descending {
+            query.filter(users::id.lt(id))
+        } else {
+            query.filter(users::id.gt(id))
+        };
+    }
+    if descending {
+        query.order(users::id.desc())
+    } else {
+        query.order(users::id.asc())
+    }
+}
+
+/// The next `limit` rows after `after` (the last row of the batch before)
+/// in `order`, for scans that evaluate a filter batch by batch instead of
+/// loading a tenant at once.
+///
+/// The order is [`page`]'s, but each batch resumes after the last row's
+/// sort key and id instead of skipping an offset: an offset re-reads every
+/// row before it, so a scan read the tenant over and over, and a row added
+/// or removed before it meanwhile made the next batch repeat or miss one.
+/// A key that is never null is ordered without `page`'s `IS NULL` term,
+/// which no index serves (the order is the same, as no row has a null),
+/// so the batch walks the key's index from the last row on where there is
+/// one (there is none for the modification time: each batch sorts the
+/// rows after the last). A key that may be null is read in two runs, the
+/// rows that have it, over its index, then the rows without it, by id.
 pub fn scan(
     conn: &mut Conn,
     org_id: &str,
     q: &UserQuery,
-    after: Option<(chrono::NaiveDateTime, String)>,
+    order: Order,
+    after: Option<&UserRow>,
     limit: i64,
 ) -> QueryResult<Vec<UserRow>> {
-    let mut query = filtered(org_id, q);
-    if let Some((created_at, id)) = after {
-        query = query.filter(
-            users::created_at
-                .gt(created_at)
-                .or(users::created_at.eq(created_at).and(users::id.gt(id))),
-        );
+    if q.pins_one() {
+        // At most one row, which the first batch holds; no ORDER BY, for
+        // the reason `page` gives.
+        if after.is_some() {
+            return Ok(Vec::new());
+        }
+        return filtered(org_id, q)
+            .limit(limit)
+            .select(UserRow::as_select())
+            .load(conn);
     }
-    if !q.pins_one() {
-        query = query.order((users::created_at.asc(), users::id.asc()));
+    let desc = order.descending;
+    // The rows after (key, id) in (key, id) order: `key >= k` (`<=`
+    // descending) bounds an index range, the rest drops the rows of key k
+    // up to the last one returned.
+    macro_rules! after_key {
+        ($query:expr, $col:expr, $key:expr, $id:expr) => {
+            if desc {
+                $query.filter(
+                    $col.le($key.clone())
+                        .and($col.lt($key).or(users::id.lt($id))),
+                )
+            } else {
+                $query.filter(
+                    $col.ge($key.clone())
+                        .and($col.gt($key).or(users::id.gt($id))),
+                )
+            }
+        };
     }
-    query.limit(limit).select(UserRow::as_select()).load(conn)
+    macro_rules! by_key_then_id {
+        ($query:expr, $col:expr) => {
+            if desc {
+                $query.order(($col.desc(), users::id.desc()))
+            } else {
+                $query.order(($col.asc(), users::id.asc()))
+            }
+        };
+    }
+    macro_rules! never_null {
+        ($col:expr, $key:expr) => {{
+            let mut query = filtered(org_id, q);
+            if let Some(row) = after {
+                query = after_key!(query, $col, $key(row), row.id.clone());
+            }
+            by_key_then_id!(query, $col)
+                .limit(limit)
+                .select(UserRow::as_select())
+                .load(conn)
+        }};
+    }
+    macro_rules! maybe_null {
+        ($col:expr, $key:expr) => {{
+            let resume: Option<(Option<String>, String)> = after.map(|r| ($key(r), r.id.clone()));
+            let mut rows = Vec::new();
+            // The rows that have the key, unless the last batch already
+            // reached those without it.
+            if !matches!(resume, Some((None, _))) {
+                let mut query = filtered(org_id, q).filter($col.is_not_null());
+                if let Some((Some(key), id)) = resume.clone() {
+                    query = after_key!(query, $col, key, id);
+                }
+                rows = by_key_then_id!(query, $col)
+                    .limit(limit)
+                    .select(UserRow::as_select())
+                    .load(conn)?;
+            }
+            let room = limit - i64::try_from(rows.len()).unwrap_or(limit);
+            if room > 0 {
+                let id = match resume {
+                    Some((None, id)) => Some(id),
+                    _ => None,
+                };
+                let query = by_id(filtered(org_id, q).filter($col.is_null()), desc, id);
+                rows.extend(query.limit(room).select(UserRow::as_select()).load(conn)?);
+            }
+            Ok(rows)
+        }};
+    }
+    match order.key {
+        SortKey::Created => never_null!(users::created_at, |r: &UserRow| r.created_at),
+        SortKey::LastModified => never_null!(users::updated_at, |r: &UserRow| r.updated_at),
+        SortKey::Id => by_id(filtered(org_id, q), desc, after.map(|r| r.id.clone()))
+            .limit(limit)
+            .select(UserRow::as_select())
+            .load(conn),
+        SortKey::Name => never_null!(users::user_name_key, |r: &UserRow| r.user_name_key.clone()),
+        SortKey::DisplayName => maybe_null!(users::display_name_key, |r: &UserRow| r
+            .display_name_key
+            .clone()),
+        SortKey::ExternalId => maybe_null!(users::external_id, |r: &UserRow| r.external_id.clone()),
+    }
 }
 
 /// Which of `ids` are users of this organization.
