@@ -1,5 +1,5 @@
 //! Micro-benchmarks of the SCIM protocol code on the requests Microsoft
-//! Entra ID sends (ENTRA.md §2): reading request bodies, filter parsing,
+//! Entra ID sends (docs/entra.md §2): reading request bodies, filter parsing,
 //! PATCH parsing and application, rendering and projection. `cargo bench --bench scim`
 //! measures; `cargo test --all-targets` runs each routine once as a smoke
 //! test.
@@ -26,7 +26,7 @@ use serde_json::{Value, json};
 
 const BASE_URL: &str = "https://scim.example.com/scim/v2";
 
-/// A user as Entra ID creates one (ENTRA.md §2.2) with the enterprise
+/// A user as Entra ID creates one (docs/entra.md §2.2) with the enterprise
 /// attributes an OpsLevel-style mapping sends, as sent.
 fn entra_user(n: usize) -> Value {
     json!({
@@ -57,7 +57,7 @@ fn stored_user(n: usize) -> Value {
     validate_resource(ResourceKind::User, entra_user(n)).expect("Entra's user body is valid")
 }
 
-/// A group as Entra ID creates one (ENTRA.md §2.7), normalised as stored.
+/// A group as Entra ID creates one (docs/entra.md §2.7), normalised as stored.
 fn stored_group() -> Value {
     let body = json!({
         "schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group",
@@ -209,7 +209,7 @@ fn bench_patch(
 fn patches(c: &mut Criterion) {
     let mut g = c.benchmark_group("PATCH");
     let user = stored_user(42);
-    // With aadOptscim062020 (ENTRA.md §2.4): the filtered e-mail op keeps
+    // With aadOptscim062020 (docs/entra.md §2.4): the filtered e-mail op keeps
     // its path, the rest collapse into one path-less replace.
     let replace = patch_body(json!([
         {"op": "replace", "path": "emails[type eq \"work\"].value",
@@ -227,7 +227,7 @@ fn patches(c: &mut Criterion) {
         &user,
         &replace,
     );
-    // The manager as a bare id string (ENTRA.md §2.4 "Manager").
+    // The manager as a bare id string (docs/entra.md §2.4 "Manager").
     let manager = patch_body(json!([
         {"op": "Add", "path": format!("{ENTERPRISE_USER_SCHEMA}:manager"),
          "value": user_id(271)}

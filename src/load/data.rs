@@ -1,6 +1,6 @@
 //! The simulated tenant: users, groups, memberships and one incremental
 //! cycle's changes, generated deterministically from a seed, and the
-//! request bodies Entra ID sends for them (ENTRA.md §2, default dialect).
+//! request bodies Entra ID sends for them (docs/entra.md §2, default dialect).
 
 use std::collections::HashSet;
 

@@ -2,7 +2,7 @@
 //! against a SCIM endpoint and reports throughput, latency, errors, how long
 //! until everything was applied and mailed, and the server's memory.
 //!
-//! The run follows Entra's cycle (ENTRA.md §1–2): Test Connection; each user
+//! The run follows Entra's cycle (docs/entra.md §1–2): Test Connection; each user
 //! looked up by userName, then created; each group looked up by displayName
 //! (without members), then created; members added in batches; then an
 //! incremental cycle of attribute updates, deactivations and member

@@ -7,7 +7,7 @@
 //! to the JSON: it comes back as [`MemberChange`]s for the store, which keeps
 //! members in a table.
 //!
-//! Entra ID specifics handled here (see ENTRA.md §2.4–2.7, §3):
+//! Entra ID specifics handled here (see docs/entra.md §2.4–2.7, §3):
 //! capitalised ops (`"Replace"`), `"True"`/`"False"` strings for booleans,
 //! path-less operations whose value keys are attribute paths
 //! (`"name.givenName"`, `"urn:...:enterprise:2.0:User:employeeNumber"`),
@@ -1584,7 +1584,7 @@ mod tests {
         }
     }
 
-    // --- ENTRA.md §2.4: user updates -------------------------------------
+    // --- docs/entra.md §2.4: user updates -------------------------------------
 
     #[test]
     fn default_dialect_replaces_work_email_and_family_name() {
@@ -2019,7 +2019,7 @@ mod tests {
         assert_eq!(u["schemas"], json!([USER_SCHEMA]));
     }
 
-    // --- ENTRA.md §2.5: disable / re-enable ------------------------------
+    // --- docs/entra.md §2.5: disable / re-enable ------------------------------
 
     #[test]
     fn capitalised_replace_with_string_false_deactivates() {
@@ -2461,7 +2461,7 @@ mod tests {
         );
     }
 
-    // --- ENTRA.md §2.7: groups -----------------------------------------------
+    // --- docs/entra.md §2.7: groups -----------------------------------------------
 
     fn patch_group(ops: Value) -> (Value, Vec<MemberChange>) {
         let mut g = group();

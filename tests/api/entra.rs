@@ -1,6 +1,6 @@
 //! Microsoft Entra ID's documented request sequences, replayed against the
 //! running service. Request bodies are Microsoft's own, as the team's Entra
-//! ID reference (ENTRA.md) quotes them; each test names its source. Sources:
+//! ID reference (docs/entra.md) quotes them; each test names its source. Sources:
 //!
 //! * MS-TUT: https://learn.microsoft.com/entra/identity/app-provisioning/use-scim-to-provision-users-and-groups
 //! * MS-COMPAT: https://learn.microsoft.com/entra/identity/app-provisioning/application-provisioning-config-problem-scim-compatibility
@@ -584,7 +584,7 @@ async fn aad_opt_pathless_replace_with_dotted_and_urn_keys_updates_user(app: Tes
 
 async fn pathless_replace_of_user_name_updates_it(app: TestApp) {
     // VAL-CAPTURE "Update User userName": the validator's path-less form
-    // (ENTRA.md §2.4).
+    // (docs/entra.md §2.4).
     let id = create_tutorial_user(&app).await;
     patch_user(
         &app,
@@ -623,7 +623,7 @@ async fn add_nick_name_sets_it_in_both_dialects(app: TestApp) {
 async fn add_work_email_on_user_without_one_creates_it(app: TestApp) {
     // FIELD Metatavu/keycloak-scim-server#35, Captain-P-Goldfish/SCIM-SDK#416:
     // Entra sends `Add` on emails[type eq "work"].value for a user that has
-    // no work email and expects the element created (ENTRA.md §2.4).
+    // no work email and expects the element created (docs/entra.md §2.4).
     let id = create_user_without_emails(&app, "Adele.Vance@contoso.com").await;
     patch_user(
         &app,
@@ -1170,7 +1170,7 @@ async fn group_rename_by_path_updates_display_name(app: TestApp) {
 
 async fn group_rename_by_pathless_replace_updates_display_name(app: TestApp) {
     // VAL-CAPTURE "Update Group displayName": the validator's path-less form
-    // (ENTRA.md §2.7).
+    // (docs/entra.md §2.7).
     let id = create_tutorial_group(&app, "displayName").await;
     patch_group(
         &app,
@@ -1188,7 +1188,7 @@ async fn group_rename_by_pathless_replace_updates_display_name(app: TestApp) {
 
 async fn replace_members_with_list_sets_exactly_those_members(app: TestApp) {
     // VAL-CAPTURE "Patch Group - Add Member" sent as `replace members`
-    // (ENTRA.md §2.7).
+    // (docs/entra.md §2.7).
     let users = create_users(&app, "m", 3).await;
     let id = create_tutorial_group(&app, "displayName").await;
     patch_group(
