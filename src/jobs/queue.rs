@@ -585,8 +585,11 @@ impl WorkerSeen {
     }
 }
 
-/// What is in a queue now, read from the queue's own keys or tables
-/// (apalis-redis 1.0's own statistics calls are broken; see shared notes).
+/// What is in a queue now, read from the queue's own keys or tables.
+/// apalis-redis 1.0's own statistics calls cannot be used against Redis
+/// 7.0: `fetch_by_queue` fails with WRONGTYPE (it counts the `done` and
+/// `dead` sets as sorted sets), `list_tasks` always answers an empty list,
+/// and `global` reads a key that registration never writes, so all zeros.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Depth {
     pub queue: String,
