@@ -9,6 +9,8 @@ pub mod log;
 pub mod orgs;
 pub mod outbox;
 pub mod schema;
+#[cfg(test)]
+pub(crate) mod scratch;
 pub mod teams;
 pub mod tokens;
 pub mod unnest;
@@ -65,6 +67,42 @@ pub struct Order {
     pub key: SortKey,
     pub descending: bool,
 }
+
+/// A query sent unprepared: parsed and planned on every call, with the
+/// values at hand. A prepared statement keeps the plan a connection made
+/// for it until the table's statistics change, which with autovacuum off
+/// is never, and the plan made while a table was small scans all of it:
+/// an initial cycle's userName lookups, planned on the first hundred
+/// users, read the whole table at every lookup. For reads whose plan
+/// depends on a table's size and which cost little to plan; the text
+/// still travels with its values in one round trip.
+#[derive(Debug, Clone, Copy)]
+pub struct Unprepared<Q>(pub Q);
+
+impl<Q> diesel::query_builder::QueryId for Unprepared<Q> {
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl<Q: diesel::query_builder::Query> diesel::query_builder::Query for Unprepared<Q> {
+    type SqlType = Q::SqlType;
+}
+
+impl<DB, Q> diesel::query_builder::QueryFragment<DB> for Unprepared<Q>
+where
+    DB: diesel::backend::Backend,
+    Q: diesel::query_builder::QueryFragment<DB>,
+{
+    fn walk_ast<'b>(
+        &'b self,
+        mut out: diesel::query_builder::AstPass<'_, 'b, DB>,
+    ) -> diesel::QueryResult<()> {
+        out.unsafe_to_cache_prepared();
+        self.0.walk_ast(out.reborrow())
+    }
+}
+
+impl<Q, C> RunQueryDsl<C> for Unprepared<Q> {}
 
 /// Which database a [`Store`] talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -322,9 +322,8 @@ pub fn mark_all_sent(conn: &mut PgConnection, at: NaiveDateTime, sent: &[Sent]) 
 
 #[cfg(test)]
 mod tests {
-    use diesel::Connection;
-
     use super::*;
+    use crate::store::scratch::full_scans;
 
     fn sql(rows: &UserCreates) -> String {
         let text = diesel::debug_query::<Pg, _>(&user_creates(rows)).to_string();
@@ -371,67 +370,13 @@ mod tests {
         assert!(text.contains("$55::text[]"));
     }
 
-    /// Drops the scratch database when the test ends, passed or not.
-    struct Scratch {
-        admin_url: String,
-        db: String,
-    }
-
-    impl Drop for Scratch {
-        fn drop(&mut self) {
-            if let Ok(mut admin) = PgConnection::establish(&self.admin_url) {
-                let _ = diesel::sql_query(format!(
-                    "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
-                    self.db
-                ))
-                .execute(&mut admin);
-            }
-        }
-    }
-
-    #[derive(diesel::QueryableByName)]
-    struct Scans {
-        #[diesel(sql_type = BigInt)]
-        seq_scan: i64,
-    }
-
-    /// Full scans of the outbox so far, this connection's included.
-    fn outbox_scans(conn: &mut PgConnection) -> i64 {
-        diesel::sql_query("SELECT pg_stat_force_next_flush()")
-            .execute(conn)
-            .expect("flush statistics");
-        diesel::sql_query("SELECT seq_scan FROM pg_stat_user_tables WHERE relname = 'outbox'")
-            .get_result::<Scans>(conn)
-            .expect("outbox statistics")
-            .seq_scan
-    }
-
     /// A connection marks sends from the outbox's first rows on; when the
     /// outbox has grown, a mark still reads only the rows it marks.
     #[test]
     fn marking_sends_reads_by_key_however_small_the_outbox_was() {
-        use diesel_migrations::MigrationHarness;
-
-        let Ok(admin_url) = std::env::var("SCIMSYNC_TEST_POSTGRES_URL") else {
-            eprintln!("note: skipped; set SCIMSYNC_TEST_POSTGRES_URL to run it");
+        let Some((_scratch, mut conn)) = crate::store::scratch::Scratch::create() else {
             return;
         };
-        let scratch = Scratch {
-            db: format!(
-                "scimsync_plan_{}",
-                ulid::Ulid::new().to_string().to_lowercase()
-            ),
-            admin_url,
-        };
-        let mut admin = PgConnection::establish(&scratch.admin_url).expect("PostgreSQL");
-        diesel::sql_query(format!("CREATE DATABASE \"{}\"", scratch.db))
-            .execute(&mut admin)
-            .expect("scratch database");
-        let mut url = url::Url::parse(&scratch.admin_url).expect("PostgreSQL URL");
-        url.set_path(&scratch.db);
-        let mut conn = PgConnection::establish(url.as_str()).expect("scratch connection");
-        conn.run_pending_migrations(super::super::PG_MIGRATIONS)
-            .expect("migrations");
         let outbox_rows = |from: i32, to: i32| {
             format!(
                 "INSERT INTO outbox (id, org_id, kind, recipient, payload, state, attempts, \
@@ -440,11 +385,6 @@ mod tests {
                  'sending', 1, now(), now(), '2030-01-01' FROM generate_series({from}, {to}) AS n"
             )
         };
-        diesel::sql_query(
-            "INSERT INTO organizations (id, slug, name, created_at) VALUES ('org', 'org', 'Org', now())",
-        )
-        .execute(&mut conn)
-        .expect("organization");
         diesel::sql_query(outbox_rows(1, 300))
             .execute(&mut conn)
             .expect("first rows");
@@ -464,7 +404,7 @@ mod tests {
             .execute(&mut conn)
             .expect("more rows");
 
-        let before = outbox_scans(&mut conn);
+        let before = full_scans(&mut conn, "outbox");
         mark_all_sent(
             &mut conn,
             crate::store::now(),
@@ -472,7 +412,7 @@ mod tests {
         )
         .expect("mark");
         assert_eq!(
-            outbox_scans(&mut conn),
+            full_scans(&mut conn, "outbox"),
             before,
             "the mark scanned the outbox"
         );
