@@ -72,10 +72,10 @@ pub struct Order {
 /// values at hand. A prepared statement keeps the plan a connection made
 /// for it until the table's statistics change, which with autovacuum off
 /// is never, and the plan made while a table was small scans all of it:
-/// an initial cycle's userName lookups, planned on the first hundred
-/// users, read the whole table at every lookup. For reads whose plan
-/// depends on a table's size and which cost little to plan; the text
-/// still travels with its values in one round trip.
+/// an initial cycle's userName lookups, planned while the table was
+/// nearly empty, went on reading the whole table at every lookup. For
+/// statements whose plan depends on a table's size and which cost little
+/// to plan; the text still travels with its values in one round trip.
 #[derive(Debug, Clone, Copy)]
 pub struct Unprepared<Q>(pub Q);
 
