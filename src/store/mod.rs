@@ -75,7 +75,9 @@ pub struct Order {
 /// an initial cycle's userName lookups, planned while the table was
 /// nearly empty, went on reading the whole table at every lookup. For
 /// statements whose plan depends on a table's size and which cost little
-/// to plan; the text still travels with its values in one round trip.
+/// to plan; the text still travels with its values in one round trip. On
+/// SQLite, whose plans do not depend on a table's size, it only costs
+/// preparing the statement again, in process.
 #[derive(Debug, Clone, Copy)]
 pub struct Unprepared<Q>(pub Q);
 

@@ -73,3 +73,34 @@ pub(crate) fn full_scans(conn: &mut PgConnection, table: &str) -> i64 {
         .expect("table statistics")
         .seq_scan
 }
+
+/// Runs `run` eight times on a new database, more often than PostgreSQL
+/// plans a statement afresh before it settles on a plan for the
+/// connection; then runs each of `fill`, and `run` once more on the same
+/// connection. Returns what that last run returned and how many full scans
+/// of `table` it made; None (with a note) without PostgreSQL.
+pub(crate) fn full_scans_after_growth<T>(
+    table: &str,
+    fill: &[&str],
+    mut run: impl FnMut(&mut super::Conn) -> T,
+) -> Option<(T, i64)> {
+    let (_scratch, pg) = Scratch::create()?;
+    let mut conn = super::Conn::Pg(pg);
+    for _ in 0..8 {
+        run(&mut conn);
+    }
+    let super::Conn::Pg(pg) = &mut conn else {
+        unreachable!("a PostgreSQL connection")
+    };
+    for statement in fill {
+        diesel::sql_query(*statement)
+            .execute(pg)
+            .expect("fill the table");
+    }
+    let before = full_scans(pg, table);
+    let last = run(&mut conn);
+    let super::Conn::Pg(pg) = &mut conn else {
+        unreachable!("a PostgreSQL connection")
+    };
+    Some((last, full_scans(pg, table) - before))
+}

@@ -167,12 +167,8 @@ pub fn find_by_user_name_keys(
     let query = users::table
         .filter(users::org_id.eq_any(orgs))
         .filter(users::user_name_key.eq_any(keys));
-    // Planned on every call on PostgreSQL: see `Unprepared`. SQLite's
-    // plan does not depend on the table's size.
-    match conn {
-        Conn::Pg(c) => super::Unprepared(query.select(UserRow::as_select())).load(c),
-        Conn::Sqlite(c) => query.select(UserRow::as_select()).load(c),
-    }
+    // Planned on every call: see `Unprepared`.
+    super::Unprepared(query.select(UserRow::as_select())).load(conn)
 }
 
 /// Writes `row`'s SCIM attributes if the stored version is still
