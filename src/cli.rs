@@ -70,8 +70,9 @@ pub enum Command {
     /// Reports per operation the count, requests/s, latency p50/p95/p99/max
     /// and errors by status; when every change had been applied (the service
     /// answers a write only after its commit); with --mail-dir, when the last
-    /// welcome email was written; with --pid, the peak memory of those
-    /// processes. Exits non-zero when any request was not answered 2xx or
+    /// welcome email was written; the CPU time the user phase cost the
+    /// machine, in all and a user; with --pid, the peak memory and CPU time
+    /// of those processes. Exits non-zero when any request was not answered 2xx or
     /// any welcome email is missing.
     ///
     /// With --concurrency 1,2,4,…, the user phase runs once per level on
@@ -154,7 +155,9 @@ pub struct LoadArgs {
     #[arg(long, value_name = "SECS", default_value_t = 600)]
     pub mail_timeout: u64,
     /// A server process whose peak memory to sample every 200 ms from
-    /// /proc/PID/status (repeat for several).
+    /// /proc/PID/status, and whose CPU time the user phase used to report
+    /// from /proc/PID/stat (repeat for several). The machine's CPU time is
+    /// reported without it.
     #[arg(long = "pid", value_name = "PID")]
     pub pids: Vec<u32>,
     /// Write two SVG charts to this directory (created if missing):

@@ -838,6 +838,7 @@ mod tests {
             users_per_sec: Some(rate),
             filter_user: Some(op("filter-user", Some(rate), vec![500; create_us.len()])),
             create_user: Some(op("create-user", Some(rate), create_us)),
+            cpu: None,
         }
     }
 

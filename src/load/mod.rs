@@ -15,6 +15,7 @@
 
 pub mod chart;
 pub mod client;
+pub mod cpu;
 pub mod data;
 pub mod mail;
 pub mod memory;
@@ -205,6 +206,7 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
     // Users: look up, then create what is missing; once per level of a
     // sweep, each level on users of its own.
     let phase = Instant::now();
+    let phase_cpu = cpu::Snapshot::take(&options.pids);
     recorder.set_phase(Phase::Users);
     let mut users = vec![Provisioned::Failed; plan.users.len()];
     let mut existing_users = 0;
@@ -217,6 +219,7 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
             );
         }
         let level = Instant::now();
+        let level_cpu = cpu::Snapshot::take(&options.pids);
         recorder.begin_level();
         let mut results = stream::iter(
             plan.users
@@ -258,6 +261,9 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
         }
         drop(results);
         let level_secs = level.elapsed();
+        let level_cpu = level_cpu
+            .until(&cpu::Snapshot::take(&options.pids))
+            .map(|used| used.for_users(provisioned));
         // The next level starts once this one's welcome emails are out, so
         // that sending them does not weigh on the next level's figures.
         if levels.len() > 1
@@ -279,8 +285,13 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
             provisioned,
             level_secs,
             recorder.end_level(),
+            level_cpu,
         ));
     }
+    let provisioned_users = users.iter().filter(|u| u.id().is_some()).count();
+    let user_cpu = phase_cpu
+        .until(&cpu::Snapshot::take(&options.pids))
+        .map(|used| used.for_users(provisioned_users));
     phases.push(PhaseTime::new(Phase::Users, phase.elapsed()));
 
     // Groups: look up without members, then create what is missing.
@@ -458,6 +469,7 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
         memory,
     );
     report.sweep = sweep;
+    report.user_cpu = user_cpu;
     if let Some(dir) = &options.chart_dir {
         // A chart that cannot be written fails the run but keeps its report.
         let date = chrono::DateTime::<chrono::Utc>::from(started_at);

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use super::cpu::CpuUse;
+
 /// The kinds of request Entra ID sends, in the order a cycle sends them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Op {
@@ -477,6 +479,8 @@ pub struct Level {
     pub users_per_sec: Option<f64>,
     pub filter_user: Option<OpReport>,
     pub create_user: Option<OpReport>,
+    /// CPU used from the level's first request to its last answer.
+    pub cpu: Option<CpuUse>,
 }
 
 impl Level {
@@ -488,6 +492,7 @@ impl Level {
         provisioned: usize,
         took: Duration,
         operations: Vec<OpReport>,
+        cpu: Option<CpuUse>,
     ) -> Level {
         let secs = took.as_secs_f64();
         let find = |name: &str| operations.iter().find(|o| o.operation == name).cloned();
@@ -499,6 +504,7 @@ impl Level {
             users_per_sec: (secs > 0.0 && provisioned > 0).then(|| provisioned as f64 / secs),
             filter_user: find(Op::FilterUser.name()),
             create_user: find(Op::CreateUser.name()),
+            cpu,
         }
     }
 
@@ -559,6 +565,10 @@ pub struct Report {
     pub applied_secs: Option<f64>,
     pub mail: Option<MailReport>,
     pub memory: Vec<MemoryReport>,
+    /// CPU used by the user phase (every level of a sweep, and the waits
+    /// for welcome emails between levels), by the machine and by each
+    /// `--pid`, in all and a user.
+    pub user_cpu: Option<CpuUse>,
     /// The user phase per concurrency level; in the JSON only with a sweep
     /// (several levels).
     #[serde(skip_serializing_if = "not_a_sweep")]
@@ -616,6 +626,7 @@ impl Report {
             applied_secs,
             mail,
             memory,
+            user_cpu: None,
             sweep: Vec::new(),
             charts: Vec::new(),
             chart_error: None,
@@ -796,6 +807,9 @@ impl Report {
                 }
             }
         }
+        if let Some(cpu) = &self.user_cpu {
+            let _ = writeln!(out, "cpu (user phase) {}", cpu.describe());
+        }
         if !self.charts.is_empty() {
             let _ = writeln!(out, "charts           {}", self.charts.join(", "));
         }
@@ -821,16 +835,17 @@ impl Report {
         let _ = writeln!(
             out,
             "sweep: the user phase at each concurrency, on {per_level} new users each \
-             (C create-user, F filter-user; ms)"
+             (C create-user, F filter-user; ms; CPU/USER: CPU-ms of the whole machine a user)"
         );
         let _ = writeln!(
             out,
-            "{:>5} {:>7} {:>8} {:>8} {:>9}  {:>7} {:>7} {:>7} {:>8}  {:>7} {:>7} {:>7} {:>8}  ERRORS",
+            "{:>5} {:>7} {:>8} {:>8} {:>9} {:>8}  {:>7} {:>7} {:>7} {:>8}  {:>7} {:>7} {:>7} {:>8}  ERRORS",
             "CONC",
             "USERS",
             "SECS",
             "USERS/S",
             "CREATE/S",
+            "CPU/USER",
             "C P50",
             "C P95",
             "C P99",
@@ -862,12 +877,16 @@ impl Report {
                 .collect();
             let _ = writeln!(
                 out,
-                "{:>5} {:>7} {:>8.2} {:>8} {:>9}  {:>7} {:>7} {:>7} {:>8}  {:>7} {:>7} {:>7} {:>8}  {}",
+                "{:>5} {:>7} {:>8.2} {:>8} {:>9} {:>8}  {:>7} {:>7} {:>7} {:>8}  {:>7} {:>7} {:>7} {:>8}  {}",
                 l.concurrency,
                 l.users,
                 l.secs,
                 rate(l.users_per_sec),
                 rate(l.creates_per_sec()),
+                l.cpu
+                    .as_ref()
+                    .and_then(|c| c.per_user.as_ref())
+                    .map_or_else(|| "-".to_owned(), |p| format!("{:.2}", p.machine_ms)),
                 c50,
                 c95,
                 c99,
@@ -1147,11 +1166,11 @@ mod tests {
         );
         assert_eq!(all[1].count, 2);
 
-        let level = Level::new(4, 10..12, 2, Duration::from_millis(500), first);
+        let level = Level::new(4, 10..12, 2, Duration::from_millis(500), first, None);
         assert_eq!((level.first_user, level.users), (10, 2));
         assert_eq!(level.users_per_sec, Some(4.0));
         assert_eq!(level.create_user.map(|o| o.count), Some(1));
-        let idle = Level::new(4, 0..0, 0, Duration::ZERO, vec![]);
+        let idle = Level::new(4, 0..0, 0, Duration::ZERO, vec![], None);
         assert_eq!((idle.users_per_sec, idle.creates_per_sec()), (None, None));
     }
 
@@ -1189,6 +1208,7 @@ mod tests {
                 1,
                 Duration::from_millis(250),
                 r.end_level(),
+                None,
             ));
         }
         let mut sweep = bare_report(
@@ -1200,9 +1220,29 @@ mod tests {
             },
             r.finish(),
         );
+        let used = CpuUse {
+            secs: 0.25,
+            cores: 2,
+            machine_busy_ms: 1.57,
+            machine_busy_share: Some(0.5),
+            processes: vec![super::super::cpu::ProcessCpu {
+                pid: 9,
+                cpu_ms: Some(0.5),
+            }],
+            per_user: None,
+        }
+        .for_users(1);
+        levels[0].cpu = Some(used.clone());
+        sweep.user_cpu = Some(used);
         sweep.sweep = levels;
         sweep.charts = vec!["c/throughput.svg".into(), "c/latency.svg".into()];
         let text = sweep.render();
+        assert!(
+            text.contains(
+                "cpu (user phase) machine 1.57 ms a user (2 cores, 50 % busy), pid 9 0.50 ms"
+            ),
+            "{text}"
+        );
         assert!(
             text.contains(
                 "concurrency sweep 1,8 (users phase once per level; groups and incremental at 8)"
@@ -1219,6 +1259,8 @@ mod tests {
             .collect();
         assert_eq!(rows.len(), 2, "{text}");
         assert!(rows[0].contains("4.0"), "{}", rows[0]);
+        assert!(rows[0].contains(" 1.57 "), "{}", rows[0]);
+        assert!(rows[1].contains(" - "), "{}", rows[1]);
         assert!(text.contains("charts           c/throughput.svg, c/latency.svg"));
         let json = serde_json::to_value(&sweep).unwrap();
         assert_eq!(
@@ -1226,6 +1268,8 @@ mod tests {
             serde_json::json!([1, 8])
         );
         assert_eq!(json["sweep"][1]["concurrency"], 8);
+        assert_eq!(json["sweep"][0]["cpu"]["per_user"]["machine_ms"], 1.57);
+        assert_eq!(json["user_cpu"]["processes"][0]["pid"], 9);
         assert_eq!(json["sweep"][1]["first_user"], 1);
         assert_eq!(json["sweep"][0]["create_user"]["count"], 1);
         assert!(json["sweep"][0]["create_user"]["latency_us"]["p99"].is_u64());
