@@ -141,16 +141,29 @@ impl Drop for Cleanup {
             for chunk in keys.chunks(100) {
                 let _: redis::RedisResult<()> = redis::cmd("DEL").arg(chunk).query(&mut conn);
             }
+            // apalis lists every queue it has seen in one sorted set shared
+            // by all queues; without this each test run leaves its names.
+            const QUEUES: &str = "core:apalis:queues:list";
+            let listed: Vec<String> = redis::cmd("ZRANGE")
+                .arg(QUEUES)
+                .arg(0)
+                .arg(-1)
+                .query(&mut conn)
+                .unwrap_or_default();
+            let ours: Vec<&String> = listed.iter().filter(|q| q.starts_with(&queue)).collect();
+            if !ours.is_empty() {
+                let _: redis::RedisResult<()> =
+                    redis::cmd("ZREM").arg(QUEUES).arg(ours).query(&mut conn);
+            }
         }
     }
 }
 
 /// Settings for a test: defaults, a port chosen by the OS, a short deadline.
+/// Dropped without being started, it removes its storage as an app does.
 pub struct TestEnv {
     pub settings: Settings,
-    dir: tempfile::TempDir,
-    pg: Option<(String, String)>,
-    redis: Option<(String, String)>,
+    cleanup: Cleanup,
 }
 
 /// Fresh storage for one test on `backend`.
@@ -199,9 +212,11 @@ pub fn test_env(backend: Backend) -> TestEnv {
     }
     TestEnv {
         settings,
-        dir,
-        pg,
-        redis,
+        cleanup: Cleanup {
+            _dir: dir,
+            pg,
+            redis,
+        },
     }
 }
 
@@ -238,11 +253,7 @@ pub async fn spawn_with(env: TestEnv, role: Role) -> TestApp {
         store,
         settings,
         shutdown,
-        _cleanup: Cleanup {
-            _dir: env.dir,
-            pg: env.pg,
-            redis: env.redis,
-        },
+        _cleanup: env.cleanup,
     }
 }
 
