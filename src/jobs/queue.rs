@@ -418,15 +418,14 @@ impl<T: Job> Queue<T> {
                 // and lose every queued change. NORMAL (in WAL mode) keeps
                 // the file whole; what a change's answer promises is made
                 // durable by the store, which syncs every commit.
-                sqlx::query("PRAGMA synchronous = NORMAL")
-                    .execute(&pool)
-                    .await
-                    .with_context(|| {
-                        format!("cannot set up the SQLite queue {}", path.display())
-                    })?;
-                plan_for_many_jobs(&pool).await.with_context(|| {
-                    format!("cannot set up the SQLite queue {}", path.display())
-                })?;
+                async {
+                    sqlx::query("PRAGMA synchronous = NORMAL")
+                        .execute(&pool)
+                        .await?;
+                    plan_for_many_jobs(&pool).await
+                }
+                .await
+                .with_context(|| format!("cannot set up the SQLite queue {}", path.display()))?;
                 Backend::Sqlite(
                     SqliteStorage::new(&pool).with_config(
                         apalis_sqlite::Config::default()
